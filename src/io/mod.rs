@@ -1,0 +1,10 @@
+//! File formats: `.npy` arrays and safetensors weights.
+
+mod npy;
+mod safetensors;
+
+pub use self::safetensors::{TensorNaming, load_mlp, load_mlp_with, save_mlp};
+pub use npy::{
+    NpyArray, NpyData, NpyRowReader, read_labels, read_matrix, read_npy, read_vector, write_ints, write_matrix,
+    write_vector,
+};

@@ -1,0 +1,15 @@
+//! The network core: layers, MLPs with named node layers, losses and a small trainer.
+
+mod activation;
+mod layer;
+mod linear;
+mod loss;
+mod mlp;
+mod train;
+
+pub use activation::{Activation, Elementwise};
+pub use layer::Layer;
+pub use linear::Linear;
+pub use loss::{Loss, TargetsView, accuracy};
+pub use mlp::{ForwardTrace, Mlp, OUTPUT_NODE, Section};
+pub use train::{Optimizer, TrainConfig, TrainReport, evaluate, train};

@@ -1,0 +1,195 @@
+//! A small seeded trainer (SGD with momentum, Adam), enough to make the models the estimators
+//! analyse. Not a training framework.
+
+use super::layer::Layer;
+use super::loss::{Loss, TargetsView, accuracy};
+use super::mlp::{ForwardTrace, Mlp};
+use crate::data::{Batch, Dataset};
+use crate::error::{Error, Result};
+use crate::matrix::Matrix;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+/// A first-order optimiser.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    /// `v ← μ v + g; w ← w − lr v` (PyTorch's SGD; μ = 0 is plain SGD).
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum μ.
+        momentum: f64,
+    },
+    /// Adam (Kingma & Ba) with bias correction, as PyTorch's `Adam`.
+    Adam {
+        /// Learning rate.
+        lr: f64,
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator offset.
+        eps: f64,
+    },
+}
+
+impl Optimizer {
+    /// Adam with PyTorch's defaults (β = (0.9, 0.999), ε = 1e-8).
+    pub fn adam(lr: f64) -> Self {
+        Optimizer::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+    }
+
+    /// Plain SGD.
+    pub fn sgd(lr: f64) -> Self {
+        Optimizer::Sgd { lr, momentum: 0.0 }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let positive = |name: &str, v: f64| {
+            if v > 0.0 && v.is_finite() { Ok(()) } else { Err(Error::invalid(name, v, "must be positive and finite")) }
+        };
+        let unit = |name: &str, v: f64| {
+            if (0.0..1.0).contains(&v) { Ok(()) } else { Err(Error::invalid(name, v, "must lie in [0, 1)")) }
+        };
+        match *self {
+            Optimizer::Sgd { lr, momentum } => {
+                positive("lr", lr)?;
+                unit("momentum", momentum)
+            }
+            Optimizer::Adam { lr, beta1, beta2, eps } => {
+                positive("lr", lr)?;
+                unit("beta1", beta1)?;
+                unit("beta2", beta2)?;
+                positive("eps", eps)
+            }
+        }
+    }
+}
+
+/// Training settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The optimiser.
+    pub optimizer: Optimizer,
+    /// The loss minimised.
+    pub loss: Loss,
+    /// Maximum number of passes over the data.
+    pub epochs: usize,
+    /// Minibatch size; `None` = full batch.
+    pub batch_size: Option<usize>,
+    /// Seed of the shuffling stream.
+    pub seed: u64,
+    /// Stop after the first epoch whose full-data accuracy reaches this value (labels only).
+    pub stop_at_accuracy: Option<f64>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            optimizer: Optimizer::adam(1e-3),
+            loss: Loss::CrossEntropy,
+            epochs: 100,
+            batch_size: None,
+            seed: 0,
+            stop_at_accuracy: None,
+        }
+    }
+}
+
+/// What training did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Mean minibatch loss of every epoch run.
+    pub epoch_losses: Vec<f64>,
+    /// Full-data loss after training.
+    pub final_loss: f64,
+    /// Full-data accuracy after training (labelled data only).
+    pub final_accuracy: Option<f64>,
+}
+
+/// Full-data loss and (for labelled data) accuracy of `mlp`.
+pub fn evaluate(mlp: &Mlp, data: &Dataset, loss: Loss) -> Result<(f64, Option<f64>)> {
+    let (x, t) = data.slice(0..data.len());
+    let t = t.ok_or_else(|| Error::invalid("dataset", "unlabelled", "evaluation needs targets or labels"))?;
+    let mut y = Matrix::default();
+    mlp.forward(x, &mut y)?;
+    let l = loss.value_and_grad(y.view(), t, None)?;
+    let acc = match t {
+        TargetsView::Labels(labels) => Some(accuracy(y.view(), labels)?),
+        TargetsView::Values(_) => None,
+    };
+    Ok((l, acc))
+}
+
+/// Trains `mlp` in place. Deterministic for a given seed.
+pub fn train(mlp: &mut Mlp, data: &Dataset, config: &TrainConfig) -> Result<TrainReport> {
+    config.optimizer.validate()?;
+    if config.epochs == 0 {
+        return Err(Error::invalid("epochs", 0, "must be at least 1"));
+    }
+    let batch_size = config.batch_size.unwrap_or(data.len());
+    if batch_size == 0 {
+        return Err(Error::invalid("batch_size", 0, "must be at least 1"));
+    }
+    evaluate(mlp, data, config.loss)?; // checks targets, shapes and labels before any update
+
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(config.seed);
+    let np = mlp.n_params();
+    let mut w = mlp.params();
+    let (mut grad, mut m, mut v) = (vec![0.0; np], vec![0.0; np], vec![0.0; np]);
+    let (mut trace, mut batch, mut grad_out) = (ForwardTrace::default(), Batch::default(), Matrix::default());
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    let mut step = 0_i32;
+    let mut epoch_losses = Vec::new();
+    for _ in 0..config.epochs {
+        if batch_size < data.len() {
+            order.shuffle(&mut rng);
+        }
+        let (mut total, mut count) = (0.0, 0);
+        for chunk in order.chunks(batch_size) {
+            data.gather(chunk, &mut batch)?;
+            mlp.trace(batch.inputs(), &mut trace)?;
+            let targets = batch.targets().expect("checked by evaluate");
+            let l = config.loss.value_and_grad(trace.output().view(), targets, Some(&mut grad_out))?;
+            if !l.is_finite() {
+                return Err(Error::NonFinite { what: "training loss".into(), row: step as usize, col: 0, value: l });
+            }
+            grad.fill(0.0);
+            mlp.backward_trace(&mut trace, grad_out.view(), &mut grad, None)?;
+            step += 1;
+            apply_update(&config.optimizer, step, &mut w, &grad, &mut m, &mut v);
+            mlp.set_params(&w)?;
+            total += l;
+            count += 1;
+        }
+        epoch_losses.push(total / count as f64);
+        if let Some(target) = config.stop_at_accuracy
+            && evaluate(mlp, data, config.loss)?.1.is_some_and(|a| a >= target)
+        {
+            break;
+        }
+    }
+    let (final_loss, final_accuracy) = evaluate(mlp, data, config.loss)?;
+    Ok(TrainReport { epoch_losses, final_loss, final_accuracy })
+}
+
+fn apply_update(opt: &Optimizer, step: i32, w: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64]) {
+    match *opt {
+        Optimizer::Sgd { lr, momentum } => {
+            for ((wi, &gi), mi) in w.iter_mut().zip(g).zip(m.iter_mut()) {
+                *mi = if step == 1 { gi } else { momentum * *mi + gi };
+                *wi -= lr * *mi;
+            }
+        }
+        Optimizer::Adam { lr, beta1, beta2, eps } => {
+            let (c1, c2) = (1.0 - beta1.powi(step), 1.0 - beta2.powi(step));
+            for (((wi, &gi), mi), vi) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                *mi = beta1 * *mi + (1.0 - beta1) * gi;
+                *vi = beta2 * *vi + (1.0 - beta2) * gi * gi;
+                *wi -= lr * (*mi / c1) / ((*vi / c2).sqrt() + eps);
+            }
+        }
+    }
+}
