@@ -1,28 +1,12 @@
-//! The main job on an embedded default: modular addition (p = 23), a 46→64→64→23 ReLU MLP
-//! trained to 100 % accuracy, then every analysis stage of the crate on it.
-//!
-//! `cargo run --release --example quickstart`
+//! Stage 1: train the network the later stages analyse.
 
-use degeneracy::data::modular_addition;
+use crate::{HIDDEN, P, SEED, StageResult};
 use degeneracy::nn::{Optimizer, TrainConfig, train};
 use degeneracy::{Activation, Dataset, Loss, Mlp};
 use std::time::Instant;
 
-const P: usize = 23;
-const HIDDEN: usize = 64;
-const SEED: u64 = 0;
-
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let start = Instant::now();
-    let data = modular_addition(P)?;
-    let mlp = train_stage(&data)?;
-    println!("\ntotal {:.2} s", start.elapsed().as_secs_f64());
-    drop(mlp);
-    Ok(())
-}
-
-/// Stage 1: train the network the later stages analyse.
-fn train_stage(data: &Dataset) -> Result<Mlp, Box<dyn std::error::Error>> {
+/// Trains the 46→64→64→23 ReLU MLP (full-batch Adam) to 100 % accuracy and a small loss.
+pub fn run(data: &Dataset) -> StageResult<Mlp> {
     let t = Instant::now();
     let mut mlp = Mlp::init(&[2 * P, HIDDEN, HIDDEN, P], Activation::Relu, true, SEED)?;
     let config = TrainConfig {
