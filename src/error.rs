@@ -118,6 +118,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A node layer keeps no direction: every eigenvalue of the named matrix is at or below the
+    /// truncation threshold (constant data, a dead layer, an output that ignores the node).
+    #[error("node layer `{node}`: no direction of the {matrix} is above the threshold {threshold:e}")]
+    RankZero {
+        /// The node layer.
+        node: String,
+        /// Which matrix (`gram`, `interaction (Λ)`).
+        matrix: &'static str,
+        /// The truncation threshold.
+        threshold: f64,
+    },
+
     /// A decomposition did not converge or met a matrix it cannot handle.
     #[error("{op}: linear algebra failed: {reason}")]
     LinearAlgebra {

@@ -18,8 +18,10 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod basis;
 pub mod data;
 mod error;
+pub mod estimate;
 pub mod io;
 pub mod linalg;
 mod matrix;

@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::matrix::{Matrix, MatrixView};
+use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, MatMut, MatRef, Par, Side};
 
 /// Below this many multiply–adds a GEMM runs on the calling thread.
@@ -19,6 +20,11 @@ fn parallelism(flops: usize) -> Par {
 
 fn faer_ref(m: MatrixView<'_>) -> MatRef<'_, f64> {
     MatRef::from_row_major_slice(m.as_slice(), m.nrows(), m.ncols())
+}
+
+fn faer_mut(m: &mut Matrix) -> MatMut<'_, f64> {
+    let (r, c) = m.shape();
+    MatMut::from_row_major_slice_mut(m.as_mut_slice(), r, c)
 }
 
 /// `dst ← alpha · op(a) · op(b)` (+ `dst` when `accumulate`), with `op` an optional transpose;
@@ -40,6 +46,34 @@ pub(crate) fn gemm(
     let accum = if accumulate { Accum::Add } else { Accum::Replace };
     let dst = MatMut::from_row_major_slice_mut(dst, a.nrows(), b.ncols());
     faer::linalg::matmul::matmul(dst, accum, a, b, alpha, parallelism(flops));
+}
+
+/// `g ← g + alpha · xᵀ x` on the **lower triangle** only (half the FLOPs of a full GEMM).
+/// Call [`symmetrize_from_lower`] once after the last update.
+pub(crate) fn gram_lower_add(g: &mut Matrix, x: MatrixView<'_>, alpha: f64) {
+    let xr = faer_ref(x);
+    let flops = x.nrows() * x.ncols() * x.ncols() / 2;
+    faer::linalg::matmul::triangular::matmul(
+        faer_mut(g),
+        BlockStructure::TriangularLower,
+        Accum::Add,
+        xr.transpose(),
+        BlockStructure::Rectangular,
+        xr,
+        BlockStructure::Rectangular,
+        alpha,
+        parallelism(flops),
+    );
+}
+
+/// Copies the lower triangle onto the upper one.
+pub(crate) fn symmetrize_from_lower(g: &mut Matrix) {
+    let n = g.nrows();
+    for i in 0..n {
+        for j in 0..i {
+            g[(j, i)] = g[(i, j)];
+        }
+    }
 }
 
 /// Eigendecomposition of a symmetric matrix: `(values, vectors)` with values in **descending**
@@ -76,6 +110,20 @@ mod tests {
         gemm(c.as_mut_slice(), a.view(), true, b.view(), true, 1.0, false);
         let ba = b.matmul(&a).unwrap();
         assert_eq!(c, ba.transpose());
+    }
+
+    #[test]
+    fn gram_matches_dense_product() {
+        let x = Matrix::from_fn(7, 3, |i, j| ((i * 3 + j) as f64).sin());
+        let mut g = Matrix::zeros(3, 3);
+        gram_lower_add(&mut g, x.view(), 0.5);
+        symmetrize_from_lower(&mut g);
+        let dense = x.transpose().matmul(&x).unwrap();
+        for i in 0..3 {
+            for j in 0..3 {
+                assert!((g[(i, j)] - 0.5 * dense[(i, j)]).abs() < 1e-14);
+            }
+        }
     }
 
     #[test]

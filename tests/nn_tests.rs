@@ -138,8 +138,8 @@ proptest! {
         // Folded coordinates [h, c] with c in (0, 2): the constant carrier is differentiated too.
         let mlp = Mlp::init(&[3, 3, 3, 2], act, true, seed).unwrap();
         let mut section = mlp.section(k).unwrap();
-        let mut z = Matrix::default();
-        section.preactivations(x.view(), &mut z).unwrap();
+        let w = section.single().unwrap().folded_weight();
+        let z = x.matmul(&w.transpose()).unwrap();
         prop_assume!(act != Activation::Relu || z.as_slice().iter().chain(x.col(3).iter()).all(|v| v.abs() > 1e-3));
         let gy = Matrix::from_fn(3, section.out_dim(), |i, j| 1.0 + (i * 7 + j) as f64 * 0.1);
         let (ex, _) = finite_difference_error(&mut section, &x, &gy);
@@ -165,6 +165,23 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn section_chains_match_their_composition_and_gradients() {
+    let mlp = Mlp::init(&[3, 4, 4, 2], Activation::Tanh, true, 11).unwrap();
+    let x = Matrix::from_fn(5, 4, |i, j| if j == 3 { 0.5 + 0.1 * i as f64 } else { ((i + j) as f64).sin() });
+    let mut chain = mlp.section_between(0, 3).unwrap();
+    let (mut a, mut b, mut y) = (Matrix::default(), Matrix::default(), Matrix::default());
+    mlp.section(0).unwrap().forward(x.view(), &mut a).unwrap();
+    mlp.section(1).unwrap().forward(a.view(), &mut b).unwrap();
+    mlp.section(2).unwrap().forward(b.view(), &mut a).unwrap();
+    chain.forward(x.view(), &mut y).unwrap();
+    assert_eq!(y, a);
+    let gy = Matrix::from_fn(5, 2, |i, j| (i as f64) - (j as f64) * 0.3);
+    let (ex, _) = finite_difference_error(&mut chain, &x, &gy);
+    assert!(ex < 1e-6, "{ex:e}");
+    assert!(mlp.section_between(2, 2).is_err() && mlp.section_between(0, 4).is_err());
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use super::activation::Activation;
 use super::layer::{Layer, check_backward_shapes, check_cols, check_len};
 use super::linear::Linear;
+use super::section::{FoldedLinear, Section};
 use crate::error::{Error, Result};
 use crate::linalg;
 use crate::matrix::{Matrix, MatrixView};
@@ -142,23 +143,31 @@ impl Mlp {
     /// The map from node `k` to node `k + 1` on **folded** coordinates `[h, c]` (the constant
     /// coordinate `c` multiplies the bias), as the basis and edge estimators need it.
     pub fn section(&self, k: usize) -> Result<Section> {
-        if k >= self.n_layers() {
-            return Err(Error::UnknownNode { name: format!("section {k}"), available: self.node_names() });
+        self.section_between(k, k + 1)
+    }
+
+    /// The map from node `from` to node `to > from` on folded coordinates: the chain of the
+    /// single-layer sections between them.
+    pub fn section_between(&self, from: usize, to: usize) -> Result<Section> {
+        if from >= to || to > self.n_layers() {
+            return Err(Error::invalid(
+                "section",
+                format!("{from} → {to}"),
+                format!("need 0 ≤ from < to ≤ {} (node indices)", self.n_layers()),
+            ));
         }
-        let lin = &self.linears[k];
-        let (out, inp) = lin.weight().shape();
-        let bias = lin.bias();
-        let weight =
-            Matrix::from_fn(
-                out,
-                inp + 1,
-                |i, j| {
+        let layers = (from..to)
+            .map(|k| {
+                let lin = &self.linears[k];
+                let (out, inp) = lin.weight().shape();
+                let bias = lin.bias();
+                let weight = Matrix::from_fn(out, inp + 1, |i, j| {
                     if j < inp { lin.weight()[(i, j)] } else { bias.map_or(0.0, |b| b[i]) }
-                },
-            );
-        let activation = self.activations[k];
-        let carries_constant = k + 1 < self.n_layers();
-        Ok(Section { weight, activation, carries_constant, root_one: activation.root_of_one() })
+                });
+                FoldedLinear::new(weight, self.activations[k], k + 1 < self.n_layers())
+            })
+            .collect();
+        Ok(Section::new(layers))
     }
 
     /// Forward pass of a batch keeping every node's activations and pre-activations.
@@ -316,105 +325,6 @@ impl Layer for Mlp {
             let (head, tail) = rest.split_at(lin.n_params());
             lin.set_params(head)?;
             rest = tail;
-        }
-        Ok(())
-    }
-}
-
-/// The map between two adjacent node layers on folded coordinates:
-/// `[h, c] ↦ [σ(h Wᵀ + c b), κ(c)]` (the constant coordinate `κ(c)` only between hidden
-/// nodes), with `κ(c) = σ(c·r)` where `σ(r) = 1` (rib's `root_one`) and `κ(c) = c` for
-/// activations that never reach 1. A frozen snapshot of the parameters.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Section {
-    /// `[W, b]`, shape `[out, in + 1]`.
-    weight: Matrix,
-    activation: Activation,
-    carries_constant: bool,
-    root_one: Option<f64>,
-}
-
-impl Section {
-    /// The folded weight `[W, b]`, shape `[out, in + 1]`.
-    pub fn folded_weight(&self) -> &Matrix {
-        &self.weight
-    }
-
-    /// The activation after the linear map.
-    pub fn activation(&self) -> Activation {
-        self.activation
-    }
-
-    /// Whether the output has a constant coordinate (every section but the last).
-    pub fn carries_constant(&self) -> bool {
-        self.carries_constant
-    }
-
-    /// Pre-activations `z = [h, c] · [W, b]ᵀ` of a folded batch.
-    pub fn preactivations(&self, x: MatrixView<'_>, z: &mut Matrix) -> Result<()> {
-        check_cols("Section::preactivations", x, self.in_dim())?;
-        z.resize(x.nrows(), self.weight.nrows());
-        linalg::gemm(z.as_mut_slice(), x, false, self.weight.view(), true, 1.0, false);
-        Ok(())
-    }
-
-    /// κ(c) and κ'(c) for the constant coordinate.
-    pub fn constant_carrier(&self, c: f64) -> (f64, f64) {
-        match self.root_one {
-            Some(r) => (self.activation.value(c * r), r * self.activation.derivative(c * r)),
-            None => (c, 1.0),
-        }
-    }
-}
-
-impl Layer for Section {
-    fn in_dim(&self) -> usize {
-        self.weight.ncols()
-    }
-
-    fn out_dim(&self) -> usize {
-        self.weight.nrows() + usize::from(self.carries_constant)
-    }
-
-    fn forward(&self, x: MatrixView<'_>, y: &mut Matrix) -> Result<()> {
-        let mut z = Matrix::default();
-        self.preactivations(x, &mut z)?;
-        let (d, c_col) = (self.weight.nrows(), self.in_dim() - 1);
-        y.resize(x.nrows(), self.out_dim());
-        for i in 0..x.nrows() {
-            let row = y.row_mut(i);
-            for (o, &zi) in row[..d].iter_mut().zip(z.row(i)) {
-                *o = self.activation.value(zi);
-            }
-            if self.carries_constant {
-                row[d] = self.constant_carrier(x[(i, c_col)]).0;
-            }
-        }
-        Ok(())
-    }
-
-    fn backward(
-        &self,
-        x: MatrixView<'_>,
-        grad_y: MatrixView<'_>,
-        grad_x: &mut Matrix,
-        grad_params: &mut [f64],
-    ) -> Result<()> {
-        check_backward_shapes("Section::backward", self, x, grad_y, grad_params)?;
-        let mut z = Matrix::default();
-        self.preactivations(x, &mut z)?;
-        let (d, c_col) = (self.weight.nrows(), self.in_dim() - 1);
-        for i in 0..x.nrows() {
-            for (zi, &gy) in z.row_mut(i).iter_mut().zip(&grad_y.row(i)[..d]) {
-                *zi = gy * self.activation.derivative(*zi);
-            }
-        }
-        grad_x.resize(x.nrows(), self.in_dim());
-        linalg::gemm(grad_x.as_mut_slice(), z.view(), false, self.weight.view(), false, 1.0, false);
-        if self.carries_constant {
-            for i in 0..x.nrows() {
-                grad_x[(i, c_col)] += grad_y[(i, d)] * self.constant_carrier(x[(i, c_col)]).1;
-            }
         }
         Ok(())
     }

@@ -5,11 +5,13 @@ mod layer;
 mod linear;
 mod loss;
 mod mlp;
+mod section;
 mod train;
 
 pub use activation::{Activation, Elementwise};
 pub use layer::Layer;
 pub use linear::Linear;
 pub use loss::{Loss, TargetsView, accuracy};
-pub use mlp::{ForwardTrace, Mlp, OUTPUT_NODE, Section};
+pub use mlp::{ForwardTrace, Mlp, OUTPUT_NODE};
+pub use section::{FoldedLinear, Section};
 pub use train::{Optimizer, TrainConfig, TrainReport, evaluate, train};

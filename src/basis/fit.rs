@@ -1,0 +1,244 @@
+//! Building the bases of all selected node layers, from the output backwards.
+
+use super::frame::{Frame, frame, sorted_abs_eigen};
+use super::jacobian_gram;
+use super::{BasisFormula, JacobianPath, LibConfig, NodeBasis, fold};
+use crate::data::{ActivationSampler, map_batches};
+use crate::error::{Error, Result};
+use crate::estimate::{GramAccumulator, NodeStatistics, QuadraturePoint};
+use crate::matrix::Matrix;
+use crate::nn::{ForwardTrace, Mlp, Section};
+
+/// Fits the bases of the configured node layers of `mlp` on the inputs streamed by `sampler`:
+/// one pass for the moments ([`NodeStatistics::collect`]), then [`build_bases`].
+///
+/// ```
+/// use degeneracy::basis::{Basis, LibConfig, fit_bases};
+/// use degeneracy::{Activation, Mlp, data::modular_addition};
+/// let data = modular_addition(5)?;
+/// let mlp = Mlp::init(&[10, 8, 5], Activation::Relu, true, 0)?;
+/// let bases = fit_bases(&mlp, &data, &LibConfig::default())?;
+/// assert_eq!(bases.len(), 3); // layers.0, layers.1, output
+/// assert!(bases[1].dim() <= 9); // at most the 8 units + the constant
+/// # Ok::<(), degeneracy::Error>(())
+/// ```
+pub fn fit_bases(mlp: &Mlp, sampler: &dyn ActivationSampler, config: &LibConfig) -> Result<Vec<NodeBasis>> {
+    config.validate()?;
+    let nodes = config.node_indices(mlp)?;
+    let closed_form = config.basis_formula == BasisFormula::Jacobian && config.jacobian_path == JacobianPath::Auto;
+    let quadrature = closed_form.then_some(config.quadrature);
+    let stats = NodeStatistics::collect(mlp, sampler, &nodes, quadrature, config.batch_size)?;
+    build_bases(mlp, sampler, &stats, config)
+}
+
+/// Builds the bases from collected statistics; `sampler` is streamed again only where `M'`
+/// has no closed form (the `(1-alpha)^2` formula, multi-layer sections, `JacobianPath::Generic`).
+/// Returned in node order.
+pub fn build_bases(
+    mlp: &Mlp,
+    sampler: &dyn ActivationSampler,
+    stats: &NodeStatistics,
+    config: &LibConfig,
+) -> Result<Vec<NodeBasis>> {
+    config.validate()?;
+    let nodes = config.node_indices(mlp)?;
+    if stats.nodes() != nodes {
+        return Err(Error::invalid(
+            "statistics nodes",
+            format!("{:?}", stats.nodes()),
+            format!("the config selects {nodes:?}"),
+        ));
+    }
+    let points = config.quadrature.points();
+    let mut bases: Vec<NodeBasis> = Vec::with_capacity(nodes.len());
+    let last = *nodes.last().expect("validated non-empty");
+    bases.push(final_basis(mlp, stats, last, config)?);
+    for pair in nodes.windows(2).rev() {
+        let (k, next) = (pair[0], pair[1]);
+        let c_next = bases.last().expect("pushed above").c.clone();
+        let basis = match config.basis_formula {
+            BasisFormula::Neuron => neuron_basis(mlp, stats, k, config)?,
+            BasisFormula::Svd => pca_basis(mlp, stats, k, config)?,
+            formula => {
+                let f = node_frame(mlp, stats, k, config)?;
+                let section = mlp.section_between(k, next)?;
+                let closed = stats.derivatives(k).zip(section.single()).filter(|_| formula == BasisFormula::Jacobian);
+                let (m_dash, lambda_dash) = match closed {
+                    Some((s, layer)) => (jacobian_gram::closed_form(layer, &s.finish()?, &c_next, &points), None),
+                    None => generic_m_dash(mlp, sampler, k, &section, &c_next, &points, formula, config.batch_size)?,
+                };
+                let mean = folded_mean(mlp, stats, k)?;
+                interaction_basis(mlp, k, f, mean, &m_dash, lambda_dash.as_ref(), config)?
+            }
+        };
+        bases.push(basis);
+    }
+    bases.reverse();
+    Ok(bases)
+}
+
+fn activation_moments(mlp: &Mlp, stats: &NodeStatistics, k: usize) -> Result<crate::estimate::Moments> {
+    stats
+        .activations(k)
+        .ok_or_else(|| Error::UnknownNode { name: mlp.node_name(k), available: mlp.node_names() })?
+        .finish()
+}
+
+fn node_frame(mlp: &Mlp, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<Frame> {
+    let folded = k < mlp.n_layers();
+    frame(&activation_moments(mlp, stats, k)?, folded, config.center, config.truncation_threshold, &mlp.node_name(k))
+}
+
+fn node_basis(mlp: &Mlp, k: usize, formula: Option<BasisFormula>, c: Matrix, c_pinv: Matrix) -> NodeBasis {
+    NodeBasis {
+        node: mlp.node_name(k),
+        node_index: k,
+        formula,
+        folded: k < mlp.n_layers(),
+        has_constant_direction: false,
+        c,
+        c_pinv,
+        w: None,
+        lambda: None,
+        gram_eigenvalues: Vec::new(),
+        mean: Vec::new(),
+        gram_kept: Vec::new(),
+    }
+}
+
+/// The last node layer: PCA if `rotate_final_node_layer`, else the identity.
+fn final_basis(mlp: &Mlp, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
+    if config.rotate_final_node_layer {
+        return pca_basis(mlp, stats, k, config);
+    }
+    let orig = mlp.widths()[k] + usize::from(k < mlp.n_layers());
+    Ok(node_basis(mlp, k, None, Matrix::identity(orig), Matrix::identity(orig)))
+}
+
+fn with_frame(mut b: NodeBasis, f: &Frame, mean: Vec<f64>) -> NodeBasis {
+    b.has_constant_direction = f.has_constant;
+    b.w = Some((f.w.clone(), f.w_pinv.clone()));
+    b.gram_eigenvalues = f.gram_eigenvalues.clone();
+    b.gram_kept = f.kept.clone();
+    b.mean = mean;
+    b
+}
+
+fn folded_mean(mlp: &Mlp, stats: &NodeStatistics, k: usize) -> Result<Vec<f64>> {
+    let m = activation_moments(mlp, stats, k)?;
+    Ok(if k < mlp.n_layers() { m.folded_mean() } else { m.mean })
+}
+
+fn pca_basis(mlp: &Mlp, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
+    let f = node_frame(mlp, stats, k, config)?;
+    let b = node_basis(mlp, k, Some(BasisFormula::Svd), f.w.clone(), f.w_pinv.clone());
+    Ok(with_frame(b, &f, folded_mean(mlp, stats, k)?))
+}
+
+fn neuron_basis(mlp: &Mlp, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
+    // C = I; the (uncentred) Gram spectrum is still reported.
+    let folded = k < mlp.n_layers();
+    let moments = activation_moments(mlp, stats, k)?;
+    let gram = if folded { moments.folded_gram(false) } else { moments.second_moment() };
+    let (eigenvalues, _) = sorted_abs_eigen(&gram)?;
+    let orig = gram.nrows();
+    let mut b = node_basis(mlp, k, Some(BasisFormula::Neuron), Matrix::identity(orig), Matrix::identity(orig));
+    b.gram_kept = eigenvalues.iter().copied().filter(|&v| v > config.truncation_threshold).collect();
+    b.gram_eigenvalues = eigenvalues;
+    b.mean = folded_mean(mlp, stats, k)?;
+    Ok(b)
+}
+
+/// `M'` (and `Λ'` for `(1-alpha)^2`) through the section's vector–Jacobian products: one pass
+/// over the data.
+#[allow(clippy::too_many_arguments)]
+fn generic_m_dash(
+    mlp: &Mlp,
+    sampler: &dyn ActivationSampler,
+    k: usize,
+    section: &Section,
+    c_next: &Matrix,
+    points: &[QuadraturePoint],
+    formula: BasisFormula,
+    batch_size: usize,
+) -> Result<(Matrix, Option<Matrix>)> {
+    let d = mlp.widths()[k] + 1;
+    let width = if formula == BasisFormula::Jacobian { d } else { 2 * d };
+    let acc = map_batches(
+        sampler,
+        batch_size,
+        || GramAccumulator::new(width),
+        |acc, first, x| {
+            let mut trace = ForwardTrace::default();
+            mlp.trace(x, &mut trace)?;
+            crate::estimate::check_finite_rows(trace.node(k), first, &mlp.node_name(k))?;
+            let f = fold(trace.node(k).view());
+            if formula == BasisFormula::Jacobian {
+                jacobian_gram::update_jacobian(acc, section, f.view(), c_next, points)
+            } else {
+                jacobian_gram::update_one_minus_alpha_squared(acc, section, f.view(), c_next, points)
+            }
+        },
+        |a, b| a.merge(&b),
+    )?;
+    let second = acc.finish()?.second_moment();
+    if formula == BasisFormula::Jacobian {
+        let scale = c_next.ncols() as f64;
+        Ok((Matrix::from_fn(d, d, |i, j| second[(i, j)] * scale), None))
+    } else {
+        Ok((Matrix::from_fn(d, d, |i, j| second[(i, j)]), Some(Matrix::from_fn(d, d, |i, j| second[(i, j + d)]))))
+    }
+}
+
+/// Steps 4–5: `M = R⁺ M' R⁺ᵀ`, its eigenvectors `V` (the constant direction held fixed),
+/// Λ, truncation, and `C = R V L`, `C⁺ = L⁻¹ Vᵀ R⁺`.
+fn interaction_basis(
+    mlp: &Mlp,
+    k: usize,
+    f: Frame,
+    mean: Vec<f64>,
+    m_dash: &Matrix,
+    lambda_dash: Option<&Matrix>,
+    config: &LibConfig,
+) -> Result<NodeBasis> {
+    let (r, r_pinv) = (f.r(), f.r_pinv());
+    let m = r_pinv.matmul(m_dash)?.matmul(&r_pinv.transpose())?;
+    let n = m.nrows();
+    let masked = usize::from(f.has_constant);
+    let sub = Matrix::from_fn(n - masked, n - masked, |i, j| m[(i + masked, j + masked)]);
+    let (sub_values, sub_vectors) = sorted_abs_eigen(&sub)?;
+    let v = Matrix::from_fn(n, n, |i, j| match (i < masked, j < masked) {
+        (true, true) => f64::from(u8::from(i == j)),
+        (false, false) => sub_vectors[(i - masked, j - masked)],
+        _ => 0.0,
+    });
+    let lambda_raw: Vec<f64> = match lambda_dash {
+        None => (0..masked).map(|i| m[(i, i)]).chain(sub_values).collect(),
+        Some(ld) => {
+            let t = v.transpose().matmul(&r_pinv)?.matmul(ld)?.matmul(&r)?.matmul(&v)?;
+            (0..n).map(|i| t[(i, i)].abs()).collect()
+        }
+    };
+    // Keep the masked directions first, sort the rest by Λ descending, then drop as many
+    // directions from the end as there are Λ below the threshold (rib's rule).
+    let mut order: Vec<usize> = (masked..n).collect();
+    order.sort_by(|&a, &b| lambda_raw[b].total_cmp(&lambda_raw[a]));
+    let order: Vec<usize> = (0..masked).chain(order).collect();
+    let n_small = lambda_raw.iter().filter(|&&l| l < config.truncation_threshold).count();
+    let kept = &order[..n - n_small];
+    if kept.is_empty() {
+        return Err(Error::RankZero {
+            node: mlp.node_name(k),
+            matrix: "interaction matrix (Λ)",
+            threshold: config.truncation_threshold,
+        });
+    }
+    let rv = r.matmul(&v)?;
+    let vt_rp = v.transpose().matmul(&r_pinv)?;
+    let lambda: Vec<f64> = kept.iter().map(|&i| lambda_raw[i]).collect();
+    let c = Matrix::from_fn(rv.nrows(), kept.len(), |i, j| rv[(i, kept[j])] * lambda[j].sqrt());
+    let c_pinv = Matrix::from_fn(kept.len(), vt_rp.ncols(), |i, j| vt_rp[(kept[i], j)] / lambda[i].sqrt());
+    let mut b = node_basis(mlp, k, Some(config.basis_formula), c, c_pinv);
+    b.lambda = Some(lambda);
+    Ok(with_frame(b, &f, mean))
+}

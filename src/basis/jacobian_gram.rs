@@ -1,0 +1,115 @@
+//! Step 4 of the basis algorithm: the matrices `M'` (and `Λ'`) built from derivatives of the
+//! section `F` after a node layer, projected on the next node layer's basis `C_next`.
+//!
+//! Two ways to the same `M'`: the closed form for a single `Linear → σ` layer (from the
+//! moments of the derivative vectors, no per-sample Jacobians), and the generic path through
+//! the section's vector–Jacobian products, which works for any chain and serves as the
+//! reference in tests.
+
+use crate::error::Result;
+use crate::estimate::{GramAccumulator, Moments, QuadraturePoint};
+use crate::matrix::{Matrix, MatrixView};
+use crate::nn::{FoldedLinear, Layer, Section};
+
+/// `M' = E_x Σ_i g_i g_iᵀ` for one folded layer `[h, c] ↦ [σ(p), κ(c)]`, `p = W_f f`, with
+/// `g_i = Σ_α w_α J(αf)ᵀ C_next[:, i]`, from the moments of `s(x) = Σ_α w_α σ'(α p(x))`:
+///
+/// `M' = W_fᵀ (Q ⊙ E[ssᵀ]) W_f + K (v e_cᵀ + e_c vᵀ) + K² ‖C_c‖² e_c e_cᵀ`
+///
+/// with `Q = C_h C_hᵀ`, `v = W_fᵀ (E[s] ⊙ C_h C_cᵀ)`, `K = Σ_α w_α κ'(α)`, `C_h` / `C_c` the
+/// hidden rows / constant row of `C_next`, `e_c` the constant input coordinate.
+pub(crate) fn closed_form(layer: &FoldedLinear, s: &Moments, c_next: &Matrix, points: &[QuadraturePoint]) -> Matrix {
+    let w = layer.folded_weight();
+    let (d_out, d_in) = w.shape();
+    let c_h = Matrix::from_fn(d_out, c_next.ncols(), |i, j| c_next[(i, j)]);
+    let q = c_h.matmul(&c_h.transpose()).expect("shapes agree");
+    let s2 = s.second_moment();
+    let a = Matrix::from_fn(d_out, d_out, |i, j| q[(i, j)] * s2[(i, j)]);
+    let mut m = w.transpose().matmul(&a).and_then(|wa| wa.matmul(w)).expect("shapes agree");
+    if layer.carries_constant() {
+        let c_c = c_next.row(d_out);
+        let k: f64 = points.iter().map(|p| p.weight * layer.constant_carrier(p.alpha).1).sum();
+        let q_c: Vec<f64> = (0..d_out).map(|i| c_h.row(i).iter().zip(c_c).map(|(a, b)| a * b).sum()).collect();
+        let v: Vec<f64> = (0..d_in).map(|j| (0..d_out).map(|i| w[(i, j)] * s.mean[i] * q_c[i]).sum()).collect();
+        let c = d_in - 1;
+        for (j, vj) in v.iter().enumerate() {
+            m[(j, c)] += k * vj;
+            m[(c, j)] += k * vj;
+        }
+        m[(c, c)] += k * k * c_c.iter().map(|x| x * x).sum::<f64>();
+    }
+    m
+}
+
+/// Adds a batch to the generic `M'` accumulator of the `jacobian` formula: for every output
+/// direction `i`, the rows `g_i(x) = Σ_α w_α VJP(αf(x), C_next[:, i])`. The accumulator's second
+/// moment times `C_next.ncols()` is `M'`.
+pub(crate) fn update_jacobian(
+    acc: &mut GramAccumulator,
+    section: &Section,
+    f: MatrixView<'_>,
+    c_next: &Matrix,
+    points: &[QuadraturePoint],
+) -> Result<()> {
+    let n = f.nrows();
+    let (mut grad_out, mut g, mut gx, mut scaled) =
+        (Matrix::zeros(n, c_next.nrows()), Matrix::zeros(n, f.ncols()), Matrix::default(), Matrix::default());
+    for i in 0..c_next.ncols() {
+        for r in 0..n {
+            for (o, row) in grad_out.row_mut(r).iter_mut().enumerate() {
+                *row = c_next[(o, i)];
+            }
+        }
+        g.fill(0.0);
+        for p in points {
+            scale_into(f, p.alpha, &mut scaled);
+            section.backward(scaled.view(), grad_out.view(), &mut gx, &mut [])?;
+            axpy(&mut g, p.weight, &gx);
+        }
+        acc.update(g.view())?;
+    }
+    Ok(())
+}
+
+/// Adds a batch to the `(1-alpha)^2` accumulator over rows `[g | f]` with
+/// `g(x) = Σ_α w_α ∇_z[−‖(F(f) − F(z)) C_next‖²]_{z = αf} = Σ_α w_α 2 J(αf)ᵀ C Cᵀ (F(f) − F(αf))`.
+/// Its second moment holds `M' = E[ggᵀ]` (top-left block) and `Λ' = E[gfᵀ]` (top-right).
+pub(crate) fn update_one_minus_alpha_squared(
+    acc: &mut GramAccumulator,
+    section: &Section,
+    f: MatrixView<'_>,
+    c_next: &Matrix,
+    points: &[QuadraturePoint],
+) -> Result<()> {
+    let (n, d) = f.shape();
+    let q = c_next.matmul(&c_next.transpose())?;
+    let (mut full, mut scaled, mut y, mut gx) =
+        (Matrix::default(), Matrix::default(), Matrix::default(), Matrix::default());
+    section.forward(f, &mut full)?;
+    let mut g = Matrix::zeros(n, d);
+    for p in points {
+        scale_into(f, p.alpha, &mut scaled);
+        section.forward(scaled.view(), &mut y)?;
+        for (yv, &fv) in y.as_mut_slice().iter_mut().zip(full.as_slice()) {
+            *yv = 2.0 * (fv - *yv);
+        }
+        let grad_out = y.matmul(&q)?;
+        section.backward(scaled.view(), grad_out.view(), &mut gx, &mut [])?;
+        axpy(&mut g, p.weight, &gx);
+    }
+    let rows = Matrix::from_fn(n, 2 * d, |r, j| if j < d { g[(r, j)] } else { f[(r, j - d)] });
+    acc.update(rows.view())
+}
+
+fn scale_into(f: MatrixView<'_>, alpha: f64, out: &mut Matrix) {
+    out.resize(f.nrows(), f.ncols());
+    for (o, &v) in out.as_mut_slice().iter_mut().zip(f.as_slice()) {
+        *o = alpha * v;
+    }
+}
+
+fn axpy(y: &mut Matrix, a: f64, x: &Matrix) {
+    for (yv, &xv) in y.as_mut_slice().iter_mut().zip(x.as_slice()) {
+        *yv += a * xv;
+    }
+}

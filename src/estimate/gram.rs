@@ -1,0 +1,169 @@
+//! Streaming, mergeable first and second moments of row vectors.
+//!
+//! The state is `(count, mean, scatter)` with `scatter = Σ (x − μ)(x − μ)ᵀ`, updated with
+//! Chan et al.'s pairwise formula. Centring inside each batch avoids the cancellation of
+//! `E[xxᵀ] − μμᵀ`; the merge is the same formula, so shards from other threads, processes or
+//! machines combine exactly (up to rounding), in any grouping.
+
+use crate::error::{Error, Result};
+use crate::linalg;
+use crate::matrix::{Matrix, MatrixView};
+use serde::{Deserialize, Serialize};
+
+/// Accumulates the mean and the Gram (scatter) matrix of a stream of `dim`-wide rows.
+///
+/// ```
+/// use degeneracy::{Matrix, estimate::GramAccumulator};
+/// let x = Matrix::from_rows(&[[1.0, 2.0], [3.0, 6.0], [5.0, 1.0]])?;
+/// let (mut a, mut b) = (GramAccumulator::new(2), GramAccumulator::new(2));
+/// a.update(x.rows(0..1))?;
+/// b.update(x.rows(1..3))?;
+/// a.merge(&b)?;
+/// let m = a.finish()?;
+/// assert_eq!(m.mean, [3.0, 3.0]);
+/// assert!((m.second_moment()[(0, 1)] - (2.0 + 18.0 + 5.0) / 3.0).abs() < 1e-14);
+/// # Ok::<(), degeneracy::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GramAccumulator {
+    count: u64,
+    mean: Vec<f64>,
+    /// Lower triangle of `Σ (x − μ)(x − μ)ᵀ`; the upper triangle is not maintained.
+    scatter: Matrix,
+}
+
+/// Finished moments: sample count, mean and population covariance (`scatter / count`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Moments {
+    /// Number of rows seen.
+    pub count: u64,
+    /// `E[x]`.
+    pub mean: Vec<f64>,
+    /// `E[(x − μ)(x − μ)ᵀ]` (divided by the count, not count − 1).
+    pub covariance: Matrix,
+}
+
+impl GramAccumulator {
+    /// An empty accumulator for rows of width `dim`.
+    pub fn new(dim: usize) -> Self {
+        GramAccumulator { count: 0, mean: vec![0.0; dim], scatter: Matrix::zeros(dim, dim) }
+    }
+
+    /// Row width.
+    pub fn dim(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// Rows seen so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Adds a batch of rows.
+    pub fn update(&mut self, batch: MatrixView<'_>) -> Result<()> {
+        let d = self.dim();
+        if batch.ncols() != d {
+            return Err(Error::shape("GramAccumulator::update", &[batch.nrows(), d], &[batch.nrows(), batch.ncols()]));
+        }
+        let n = batch.nrows();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut mean = vec![0.0; d];
+        for i in 0..n {
+            for (m, &v) in mean.iter_mut().zip(batch.row(i)) {
+                *m += v;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n as f64);
+        let mut centred = batch.to_owned();
+        for i in 0..n {
+            for (v, &m) in centred.row_mut(i).iter_mut().zip(&mean) {
+                *v -= m;
+            }
+        }
+        let mut scatter = Matrix::zeros(d, d);
+        linalg::gram_lower_add(&mut scatter, centred.view(), 1.0);
+        self.combine(n as u64, &mean, &scatter);
+        Ok(())
+    }
+
+    /// Adds another accumulator's rows (as if its batches had been fed to `self`).
+    pub fn merge(&mut self, other: &GramAccumulator) -> Result<()> {
+        if other.dim() != self.dim() {
+            return Err(Error::shape("GramAccumulator::merge", &[self.dim()], &[other.dim()]));
+        }
+        if other.count > 0 {
+            self.combine(other.count, &other.mean, &other.scatter);
+        }
+        Ok(())
+    }
+
+    /// Chan et al.: `M₂ = M₂ᵃ + M₂ᵇ + δδᵀ nₐ n_b / n`, `μ = μₐ + δ n_b / n`.
+    fn combine(&mut self, nb: u64, mean_b: &[f64], scatter_b: &Matrix) {
+        if self.count == 0 {
+            self.count = nb;
+            self.mean.copy_from_slice(mean_b);
+            self.scatter = scatter_b.clone();
+            return;
+        }
+        let (na, n) = (self.count as f64, (self.count + nb) as f64);
+        let delta: Vec<f64> = mean_b.iter().zip(&self.mean).map(|(b, a)| b - a).collect();
+        let f = na * nb as f64 / n;
+        let d = self.dim();
+        for i in 0..d {
+            for j in 0..=i {
+                self.scatter[(i, j)] += scatter_b[(i, j)] + f * delta[i] * delta[j];
+            }
+        }
+        for (m, dl) in self.mean.iter_mut().zip(&delta) {
+            *m += dl * nb as f64 / n;
+        }
+        self.count += nb;
+    }
+
+    /// The moments; errors if no rows were seen.
+    pub fn finish(&self) -> Result<Moments> {
+        if self.count == 0 {
+            return Err(Error::Empty { what: "GramAccumulator::finish: no rows".into() });
+        }
+        let mut covariance = self.scatter.clone();
+        linalg::symmetrize_from_lower(&mut covariance);
+        covariance.as_mut_slice().iter_mut().for_each(|v| *v /= self.count as f64);
+        Ok(Moments { count: self.count, mean: self.mean.clone(), covariance })
+    }
+}
+
+impl Moments {
+    /// The uncentred second moment `E[x xᵀ] = Cov + μμᵀ`.
+    pub fn second_moment(&self) -> Matrix {
+        let mu = &self.mean;
+        let mut m = self.covariance.clone();
+        for i in 0..mu.len() {
+            for j in 0..mu.len() {
+                m[(i, j)] += mu[i] * mu[j];
+            }
+        }
+        m
+    }
+
+    /// The Gram of the folded rows `[x, 1]` (constant coordinate **last**, as rib folds
+    /// biases): with `center`, `E[[x − μ, 1][x − μ, 1]ᵀ] = [[Cov, 0], [0, 1]]`, otherwise the
+    /// uncentred `E[[x, 1][x, 1]ᵀ]`.
+    pub fn folded_gram(&self, center: bool) -> Matrix {
+        let d = self.mean.len();
+        let inner = if center { self.covariance.clone() } else { self.second_moment() };
+        Matrix::from_fn(d + 1, d + 1, |i, j| match (i < d, j < d) {
+            (true, true) => inner[(i, j)],
+            (false, false) => 1.0,
+            (true, false) if !center => self.mean[i],
+            (false, true) if !center => self.mean[j],
+            _ => 0.0,
+        })
+    }
+
+    /// The mean of the folded rows, `[μ, 1]`.
+    pub fn folded_mean(&self) -> Vec<f64> {
+        self.mean.iter().copied().chain(std::iter::once(1.0)).collect()
+    }
+}

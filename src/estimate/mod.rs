@@ -1,0 +1,11 @@
+//! Streaming estimators: moments (Gram matrices) of activations and derivative vectors, and
+//! the quadrature rules of integrated gradients.
+
+mod gram;
+mod node_stats;
+mod quadrature;
+
+pub use gram::{GramAccumulator, Moments};
+pub use node_stats::NodeStatistics;
+pub(crate) use node_stats::check_finite_rows;
+pub use quadrature::{Quadrature, QuadraturePoint};
