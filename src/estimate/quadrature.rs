@@ -101,7 +101,7 @@ mod tests {
     #[test]
     fn gauss_legendre_matches_closed_forms() {
         let two = gauss_legendre(2);
-        assert!((two[1].0 - 1.0 / 3f64.sqrt()).abs() < 1e-16 && (two[0].1 - 1.0).abs() < 1e-15);
+        assert!((two[1].0 - 1.0 / 3f64.sqrt()).abs() < 2.3e-16 && (two[0].1 - 1.0).abs() < 1e-15, "{two:?}");
         // Five points (numpy leggauss(5)).
         let five = gauss_legendre(5);
         let x = [-0.906_179_845_938_664, -0.538_469_310_105_683_1, 0.0];
