@@ -10,7 +10,7 @@ use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, MatMut, MatRef, Par, Side};
 
 /// Below this many multiply–adds a GEMM runs on the calling thread.
-const PARALLEL_FLOP_THRESHOLD: usize = 1 << 21;
+const PARALLEL_FLOP_THRESHOLD: usize = 1 << 24;
 
 /// Sequential inside rayon workers (the caller already parallelises over batches or chains)
 /// and for small products; all rayon threads otherwise.

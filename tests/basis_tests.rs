@@ -229,3 +229,163 @@ fn statistics_from_shards_merge_to_one_pass() {
     let other = NodeStatistics::new(&mlp, &[0, 1], q).unwrap();
     assert!(NodeStatistics::new(&mlp, &nodes, q).unwrap().merge(&other).is_err());
 }
+
+mod properties {
+    use super::*;
+    use degeneracy::basis::fold;
+    use degeneracy::{Layer, Linear};
+    use proptest::prelude::*;
+
+    fn inputs(n: usize, d: usize, seed: u64) -> Matrix {
+        // A fixed pseudo-random design with full column rank.
+        Matrix::from_fn(n, d, |i, j| {
+            let h = (i as u64 * 6_364_136_223_846_793_005 + j as u64 * 1_442_695_040_888_963_407 + seed * 7919)
+                .wrapping_mul(2_862_933_555_777_941_757);
+            (h >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        })
+    }
+
+    fn lambdas(bases: &[NodeBasis]) -> Vec<Vec<f64>> {
+        bases.iter().filter_map(|b| b.lambda.clone()).collect()
+    }
+
+    fn assert_same_lambdas(a: &[Vec<f64>], b: &[Vec<f64>], tol: f64) -> Result<(), TestCaseError> {
+        prop_assert_eq!(a.len(), b.len());
+        for (la, lb) in a.iter().zip(b) {
+            prop_assert_eq!(la.len(), lb.len(), "retained dimension");
+            let top = la.iter().fold(0.0_f64, |m, v| m.max(*v));
+            for (x, y) in la.iter().zip(lb) {
+                prop_assert!((x - y).abs() <= tol * top, "Λ {} vs {} (max {})", x, y, top);
+            }
+        }
+        Ok(())
+    }
+
+    /// A well-conditioned invertible matrix: I + small perturbation, scaled.
+    fn invertible(d: usize, seed: u64) -> Matrix {
+        let r = inputs(d, d, seed);
+        Matrix::from_fn(d, d, |i, j| 1.5 * f64::from(u8::from(i == j)) + 0.6 * r[(i, j)])
+    }
+
+    fn inverse(a: &Matrix) -> Matrix {
+        // Solve via the eigendecomposition of AᵀA: A⁻¹ = (AᵀA)⁻¹ Aᵀ.
+        let ata = a.transpose().matmul(a).unwrap();
+        let (vals, vecs) = degeneracy::linalg::symmetric_eigen(&ata).unwrap();
+        let inv_diag = Matrix::from_diagonal(&vals.iter().map(|v| 1.0 / v).collect::<Vec<_>>());
+        vecs.matmul(&inv_diag).unwrap().matmul(&vecs.transpose()).unwrap().matmul(&a.transpose()).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// An invertible affine map at the input node (x ↦ xA + c, compensated in the first
+        /// layer) leaves the function, every Λ and every retained dimension unchanged.
+        #[test]
+        fn lib_is_invariant_to_affine_maps_at_the_input(seed in 0u64..1000, act in 0usize..3) {
+            let act = [Activation::Relu, Activation::Tanh, Activation::Gelu][act];
+            let mlp = Mlp::init(&[5, 7, 6, 3], act, true, seed).unwrap();
+            let x = inputs(300, 5, seed);
+            let a = invertible(5, seed + 1);
+            let a_inv = inverse(&a);
+            let c: Vec<f64> = (0..5).map(|j| 0.3 * j as f64 - 0.5).collect();
+            let x2 = Matrix::from_fn(300, 5, |i, j| (0..5).map(|k| x[(i, k)] * a[(k, j)]).sum::<f64>() + c[j]);
+            // z = x W0ᵀ + b0 = (x2 − c) A⁻¹ W0ᵀ + b0: W0' = W0 A⁻ᵀ, b0' = b0 − c A⁻¹ W0ᵀ.
+            let l0 = &mlp.linears()[0];
+            let w0 = l0.weight().matmul(&a_inv.transpose()).unwrap();
+            let shift = Matrix::from_rows(&[c.clone()]).unwrap().matmul(&w0.transpose()).unwrap();
+            let b0: Vec<f64> = l0.bias().unwrap().iter().zip(shift.row(0)).map(|(b, s)| b - s).collect();
+            let mut linears = mlp.linears().to_vec();
+            linears[0] = Linear::new(w0, Some(b0)).unwrap();
+            let mlp2 = Mlp::new(linears, act).unwrap();
+
+            let (mut y, mut y2) = (Matrix::default(), Matrix::default());
+            mlp.forward(x.view(), &mut y).unwrap();
+            mlp2.forward(x2.view(), &mut y2).unwrap();
+            prop_assert!(common::rel_max_diff(&y2, &y) < 1e-12, "function changed");
+
+            let config = LibConfig::default();
+            let la = lambdas(&fit_bases(&mlp, &x, &config).unwrap());
+            let lb = lambdas(&fit_bases(&mlp2, &x2, &config).unwrap());
+            assert_same_lambdas(&la, &lb, 1e-8)?;
+        }
+
+        /// In a linear network an invertible map A at a hidden node (Aᵀ into it, A⁻ᵀ out of it)
+        /// is a reparameterisation too.
+        #[test]
+        fn lib_is_invariant_to_linear_maps_at_hidden_nodes(seed in 0u64..1000, node in 1usize..3) {
+            let mlp = Mlp::init(&[4, 6, 6, 3], Activation::Identity, true, seed).unwrap();
+            let x = inputs(200, 4, seed);
+            let a = invertible(6, seed + 7);
+            let a_inv = inverse(&a);
+            let mut linears = mlp.linears().to_vec();
+            let into = &mlp.linears()[node - 1];
+            let w_in = a.transpose().matmul(into.weight()).unwrap();
+            let b_in = Matrix::from_rows(&[into.bias().unwrap().to_vec()]).unwrap().matmul(&a).unwrap().into_vec();
+            linears[node - 1] = Linear::new(w_in, Some(b_in)).unwrap();
+            let out = &mlp.linears()[node];
+            linears[node] = Linear::new(out.weight().matmul(&a_inv.transpose()).unwrap(), out.bias().map(<[f64]>::to_vec)).unwrap();
+            let mlp2 = Mlp::new(linears, Activation::Identity).unwrap();
+            let (mut y, mut y2) = (Matrix::default(), Matrix::default());
+            mlp.forward(x.view(), &mut y).unwrap();
+            mlp2.forward(x.view(), &mut y2).unwrap();
+            prop_assert!(common::rel_max_diff(&y2, &y) < 1e-11, "function changed");
+            let config = LibConfig::default();
+            assert_same_lambdas(&lambdas(&fit_bases(&mlp, &x, &config).unwrap()), &lambdas(&fit_bases(&mlp2, &x, &config).unwrap()), 1e-8)?;
+        }
+
+        /// The closed-form Jacobian Gram equals the generic vector–Jacobian path for every
+        /// activation and quadrature (the generic path is the reference).
+        #[test]
+        fn closed_form_matches_generic_path(seed in 0u64..1000, act in 0usize..6, rule in 0usize..3, k in 0usize..4) {
+            let act = [Activation::Relu, Activation::Tanh, Activation::Gelu, Activation::GeluTanh, Activation::Sigmoid, Activation::Identity][act];
+            let quadrature = [Quadrature::Gradient, Quadrature::GaussLegendre(k), Quadrature::Trapezoidal(k)][rule];
+            let mlp = Mlp::init(&[4, 6, 5, 3], act, true, seed).unwrap();
+            let x = inputs(150, 4, seed);
+            let base = LibConfig { quadrature, batch_size: 64, ..LibConfig::default() };
+            let auto = fit_bases(&mlp, &x, &base).unwrap();
+            let generic = fit_bases(&mlp, &x, &LibConfig { jacobian_path: JacobianPath::Generic, ..base }).unwrap();
+            assert_same_lambdas(&lambdas(&auto), &lambdas(&generic), 1e-10)?;
+            for (a, g) in auto.iter().zip(&generic) {
+                let (pa, pg) = (a.c().matmul(&a.c().transpose()).unwrap(), g.c().matmul(&g.c().transpose()).unwrap());
+                prop_assert!(common::rel_max_diff(&pa, &pg) < 1e-8, "C Cᵀ at {}", a.node);
+            }
+        }
+    }
+
+    /// The LIB identities of `docs/math.md`: coordinates are uncorrelated with second moments Λ,
+    /// and C⁺ inverts C on the kept subspace.
+    #[test]
+    fn lib_coordinates_have_second_moments_lambda() {
+        let (mlp, x) = load("digits_mlp");
+        let bases = fit_bases(&mlp, &x, &LibConfig::default()).unwrap();
+        for b in bases.iter().filter(|b| b.lambda.is_some()) {
+            let h = mlp.node_activations(x.view(), b.node_index).unwrap();
+            let coords = b.transform(fold(h.view()).view()).unwrap();
+            let n = coords.nrows() as f64;
+            let second = coords.transpose().matmul(&coords).unwrap();
+            let lambda = b.lambda.as_ref().unwrap();
+            for i in 0..b.dim() {
+                for j in 0..b.dim() {
+                    let expected = if i == j { lambda[i] } else { 0.0 };
+                    assert!((second[(i, j)] / n - expected).abs() < 1e-9 * lambda[0], "{} ({i},{j})", b.node);
+                }
+            }
+            let back = b.inverse(coords.view()).unwrap().matmul(b.c()).unwrap();
+            assert!(common::rel_max_diff(&back, &coords) < 1e-10);
+        }
+    }
+}
+
+#[test]
+fn npy_sampler_gives_the_in_memory_bases() {
+    let (mlp, x) = load("digits_mlp");
+    let path = fixtures().join("digits_mlp/inputs.npy");
+    // Chunks of 128 rows split into the same 64-row batches as the in-memory pass.
+    let sampler = degeneracy::data::NpySampler::open(&path, 128).unwrap();
+    let config = LibConfig { batch_size: 64, ..fixture_config("digits_mlp/jacobian_squared") };
+    let from_file = fit_bases(&mlp, &sampler, &config).unwrap();
+    let in_memory = fit_bases(&mlp, &x, &config).unwrap();
+    for (a, b) in from_file.iter().zip(&in_memory) {
+        assert!(a.c() == b.c(), "{}: same batches, same order: bitwise equal", a.node);
+    }
+}

@@ -1,0 +1,173 @@
+//! Shared plumbing of the command-line examples: JSON configs (paths relative to the config
+//! file, unknown keys rejected), model and data loading, output files and phase timers.
+#![allow(dead_code)]
+
+use degeneracy::basis::{BasisFormula, JacobianPath, LibConfig};
+use degeneracy::estimate::Quadrature;
+use degeneracy::{Activation, Error, Matrix, Mlp, io};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Any error of an example, printed by `main`.
+pub type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Reads the config file named by the first command-line argument; returns it with its folder.
+pub fn read_config<T: DeserializeOwned>(usage: &str) -> AnyResult<(T, PathBuf)> {
+    let path = std::env::args().nth(1).ok_or_else(|| format!("usage: {usage}"))?;
+    let path = PathBuf::from(path);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+    let config = serde_json::from_str(&text).map_err(|e| Error::Malformed {
+        path: path.clone(),
+        format: "json config",
+        reason: e.to_string(),
+    })?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok((config, dir))
+}
+
+/// `path` relative to the config's folder (absolute paths unchanged).
+pub fn resolve(dir: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+}
+
+fn default_activation() -> String {
+    "relu".into()
+}
+fn default_basis() -> String {
+    "jacobian".into()
+}
+fn default_integration() -> String {
+    "gradient".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_threshold() -> f64 {
+    1e-10
+}
+fn default_batch() -> usize {
+    1024
+}
+fn default_out() -> String {
+    "out".into()
+}
+
+/// The keys shared by `lib_build` and `ablate` (rib's `RibBuildConfig` names).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildKeys {
+    pub model: String,
+    #[serde(default = "default_activation")]
+    pub activation: String,
+    pub inputs: String,
+    #[serde(default)]
+    pub node_layers: Option<Vec<String>>,
+    #[serde(default = "default_basis")]
+    pub basis_formula: String,
+    #[serde(default)]
+    pub edge_formula: Option<String>,
+    #[serde(default = "default_integration")]
+    pub integration_method: String,
+    #[serde(default)]
+    pub n_intervals: usize,
+    #[serde(default = "default_true")]
+    pub center: bool,
+    #[serde(default = "default_threshold")]
+    pub truncation_threshold: f64,
+    #[serde(default)]
+    pub rotate_final_node_layer: bool,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_out")]
+    pub out_dir: String,
+}
+
+impl BuildKeys {
+    /// The basis settings, validated (errors name the key).
+    pub fn lib_config(&self) -> AnyResult<LibConfig> {
+        let config = LibConfig {
+            basis_formula: BasisFormula::from_name(&self.basis_formula)?,
+            center: self.center,
+            truncation_threshold: self.truncation_threshold,
+            rotate_final_node_layer: self.rotate_final_node_layer,
+            quadrature: Quadrature::from_name(&self.integration_method, self.n_intervals)?,
+            batch_size: self.batch_size,
+            node_layers: self.node_layers.clone(),
+            jacobian_path: JacobianPath::Auto,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The model and its inputs.
+    pub fn load(&self, dir: &Path) -> AnyResult<(Mlp, Matrix)> {
+        let activation = Activation::from_name(&self.activation)?;
+        let mlp = io::load_mlp(resolve(dir, &self.model), activation)?;
+        let inputs = io::read_matrix(resolve(dir, &self.inputs))?;
+        Ok((mlp, inputs))
+    }
+
+    /// The output folder, created.
+    pub fn out_dir(&self, dir: &Path) -> AnyResult<PathBuf> {
+        let out = resolve(dir, &self.out_dir);
+        std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.clone(), source: e })?;
+        Ok(out)
+    }
+}
+
+/// `layers.0` → `layers_0`, as the reference's file names write node layers.
+pub fn file_node(name: &str) -> String {
+    name.replace('.', "_")
+}
+
+/// Wall-clock seconds per named phase.
+pub struct Phases {
+    start: Instant,
+    last: Instant,
+    pub seconds: Vec<(String, f64)>,
+}
+
+impl Phases {
+    pub fn start() -> Self {
+        let now = Instant::now();
+        Phases { start: now, last: now, seconds: Vec::new() }
+    }
+
+    /// Ends the current phase under `name`.
+    pub fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.seconds.push((name.to_string(), (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
+
+    pub fn total(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (k, v) in &self.seconds {
+            map.insert(k.clone(), (*v).into());
+        }
+        map.insert("total".into(), self.total().into());
+        serde_json::Value::Object(map)
+    }
+}
+
+/// Writes pretty JSON.
+pub fn write_json(path: &Path, value: &serde_json::Value) -> AnyResult<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    Ok(())
+}
+
+/// Runs `main_body`, printing an error and exiting with status 1 instead of panicking.
+pub fn exit_on_error(result: AnyResult<()>) {
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

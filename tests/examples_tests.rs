@@ -1,0 +1,84 @@
+//! The command-line examples are public interfaces (scripts and benchmark harnesses call
+//! them): their config keys, output files and errors are checked here by running them.
+
+mod common;
+
+use common::fixtures;
+use degeneracy::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs `cargo run --release --example NAME -- CONFIG` with `config` written to a temp dir;
+/// returns (success, stderr, the temp dir).
+fn run_example(name: &str, config: &serde_json::Value) -> (bool, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.json");
+    std::fs::write(&cfg, serde_json::to_string_pretty(config).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO"))
+        .args(["run", "--release", "--quiet", "--example", name, "--"])
+        .arg(&cfg)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), dir)
+}
+
+fn abs(p: PathBuf) -> String {
+    p.canonicalize().unwrap().display().to_string()
+}
+
+fn digits_config(out: &str) -> serde_json::Value {
+    let case = fixtures().join("digits_mlp");
+    serde_json::json!({
+        "model": abs(case.join("model.safetensors")), "activation": "relu", "inputs": abs(case.join("inputs.npy")),
+        "node_layers": ["layers.0", "layers.1", "layers.2", "output"], "basis_formula": "jacobian",
+        "edge_formula": null, "integration_method": "gradient", "n_intervals": 0, "center": true,
+        "truncation_threshold": 1e-10, "rotate_final_node_layer": false, "batch_size": 1024, "out_dir": out
+    })
+}
+
+fn read(dir: &Path, file: &str) -> degeneracy::Matrix {
+    io::read_matrix(dir.join(file)).unwrap()
+}
+
+#[test]
+fn lib_build_writes_the_reference_files() {
+    let (ok, stderr, dir) = run_example("lib_build", &digits_config("out"));
+    assert!(ok, "{stderr}");
+    let out = dir.path().join("out");
+    let reference = fixtures().join("digits_mlp/jacobian_squared");
+    for (k, node, dim) in [(0, "layers_0", 37), (1, "layers_1", 34), (2, "layers_2", 11)] {
+        let c = read(&out, &format!("C_{k}_{node}.npy"));
+        assert_eq!(c.shape(), read(&reference, &format!("C_{k}_{node}.npy")).shape());
+        assert_eq!(c.ncols(), dim);
+        assert_eq!(read(&out, &format!("C_pinv_{k}_{node}.npy")).shape(), (dim, c.nrows()));
+        let l = read(&out, &format!("Lambda_{k}_{node}.npy")).into_vec();
+        let l_ref = read(&reference, &format!("Lambda_{k}_{node}.npy")).into_vec();
+        assert!(l.iter().zip(&l_ref).all(|(a, b)| (a - b).abs() <= 1e-6 * b));
+        let ev = read(&out, &format!("gram_eigvals_{k}_{node}.npy"));
+        assert_eq!(ev.nrows(), c.nrows(), "full spectrum");
+    }
+    assert!(!out.join("C_3_output.npy").exists(), "unrotated output node: no files");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["nodes"][2]["dim"], 11);
+    assert!(report["seconds"]["total"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn lib_build_rejects_bad_configs_naming_the_key() {
+    let mut unknown = digits_config("out");
+    unknown["trunction_threshold"] = 1e-10.into();
+    let (ok, stderr, _dir) = run_example("lib_build", &unknown);
+    assert!(!ok && stderr.contains("trunction_threshold"), "{stderr}");
+
+    let mut bad = digits_config("out");
+    bad["basis_formula"] = "jacobean".into();
+    let (ok, stderr, _dir) = run_example("lib_build", &bad);
+    assert!(!ok && stderr.contains("basis_formula"), "{stderr}");
+
+    let mut missing = digits_config("out");
+    missing["inputs"] = "does_not_exist.npy".into();
+    let (ok, stderr, _dir) = run_example("lib_build", &missing);
+    assert!(!ok && stderr.contains("does_not_exist.npy"), "{stderr}");
+}
