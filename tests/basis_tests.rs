@@ -292,7 +292,7 @@ mod properties {
             // z = x W0ᵀ + b0 = (x2 − c) A⁻¹ W0ᵀ + b0: W0' = W0 A⁻ᵀ, b0' = b0 − c A⁻¹ W0ᵀ.
             let l0 = &mlp.linears()[0];
             let w0 = l0.weight().matmul(&a_inv.transpose()).unwrap();
-            let shift = Matrix::from_rows(&[c.clone()]).unwrap().matmul(&w0.transpose()).unwrap();
+            let shift = Matrix::from_rows(std::slice::from_ref(&c)).unwrap().matmul(&w0.transpose()).unwrap();
             let b0: Vec<f64> = l0.bias().unwrap().iter().zip(shift.row(0)).map(|(b, s)| b - s).collect();
             let mut linears = mlp.linears().to_vec();
             linears[0] = Linear::new(w0, Some(b0)).unwrap();
