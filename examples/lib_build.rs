@@ -10,10 +10,9 @@
 
 mod common;
 
-use common::{AnyResult, BuildKeys, Phases, file_node, read_config, write_json};
+use common::{AnyResult, BuildKeys, NpyOut, Phases, file_node, read_config, write_json, write_npy_files};
 use degeneracy::basis::{Basis, build_bases};
 use degeneracy::estimate::NodeStatistics;
-use degeneracy::io;
 use serde_json::json;
 
 fn main() {
@@ -38,15 +37,16 @@ fn run() -> AnyResult<()> {
     let bases = build_bases(&mlp, &inputs, &stats, &config)?;
     phases.lap("bases");
 
+    let mut files: Vec<(String, NpyOut)> = Vec::new();
     let mut report_nodes = Vec::new();
     for (k, b) in bases.iter().enumerate() {
         let name = format!("{k}_{}", file_node(&b.node));
         if b.is_rotated() {
-            io::write_matrix(out.join(format!("C_{name}.npy")), b.c())?;
-            io::write_matrix(out.join(format!("C_pinv_{name}.npy")), b.c_pinv())?;
-            io::write_vector(out.join(format!("gram_eigvals_{name}.npy")), &b.gram_eigenvalues)?;
+            files.push((format!("C_{name}.npy"), NpyOut::Matrix(b.c().clone())));
+            files.push((format!("C_pinv_{name}.npy"), NpyOut::Matrix(b.c_pinv().clone())));
+            files.push((format!("gram_eigvals_{name}.npy"), NpyOut::Vector(b.gram_eigenvalues.clone())));
             if let Some(l) = &b.lambda {
-                io::write_vector(out.join(format!("Lambda_{name}.npy")), l)?;
+                files.push((format!("Lambda_{name}.npy"), NpyOut::Vector(l.clone())));
             }
         }
         report_nodes.push(json!({
@@ -58,6 +58,7 @@ fn run() -> AnyResult<()> {
             "rotated": b.is_rotated(),
         }));
     }
+    write_npy_files(&out, &files)?;
     phases.lap("write");
     let report = json!({
         "basis_formula": config.basis_formula.name(),

@@ -26,6 +26,7 @@ pub mod io;
 pub mod linalg;
 mod matrix;
 pub mod nn;
+mod scratch;
 
 pub use data::{Dataset, Targets};
 pub use error::{Error, Result};

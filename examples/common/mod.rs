@@ -171,3 +171,22 @@ pub fn exit_on_error(result: AnyResult<()>) {
         std::process::exit(1);
     }
 }
+
+/// An array to write: 2-D or 1-D.
+pub enum NpyOut {
+    Matrix(Matrix),
+    Vector(Vec<f64>),
+}
+
+/// Writes `(file name, array)` pairs into `dir` in parallel (file creation dominates here).
+pub fn write_npy_files(dir: &Path, files: &[(String, NpyOut)]) -> AnyResult<()> {
+    use rayon::prelude::*;
+    files
+        .par_iter()
+        .map(|(name, a)| match a {
+            NpyOut::Matrix(m) => io::write_matrix(dir.join(name), m),
+            NpyOut::Vector(v) => io::write_vector(dir.join(name), v),
+        })
+        .collect::<Result<Vec<()>, Error>>()?;
+    Ok(())
+}

@@ -233,11 +233,13 @@ fn interaction_basis(
             threshold: config.truncation_threshold,
         });
     }
-    let rv = r.matmul(&v)?;
-    let vt_rp = v.transpose().matmul(&r_pinv)?;
+    // Only the kept columns of V enter C and C⁺.
     let lambda: Vec<f64> = kept.iter().map(|&i| lambda_raw[i]).collect();
-    let c = Matrix::from_fn(rv.nrows(), kept.len(), |i, j| rv[(i, kept[j])] * lambda[j].sqrt());
-    let c_pinv = Matrix::from_fn(kept.len(), vt_rp.ncols(), |i, j| vt_rp[(kept[i], j)] / lambda[i].sqrt());
+    let v_kept = v.select_columns(kept);
+    let rv = r.matmul(&v_kept)?;
+    let vt_rp = v_kept.transpose().matmul(&r_pinv)?;
+    let c = Matrix::from_fn(rv.nrows(), kept.len(), |i, j| rv[(i, j)] * lambda[j].sqrt());
+    let c_pinv = Matrix::from_fn(kept.len(), vt_rp.ncols(), |i, j| vt_rp[(i, j)] / lambda[i].sqrt());
     let mut b = node_basis(mlp, k, Some(config.basis_formula), c, c_pinv);
     b.lambda = Some(lambda);
     Ok(with_frame(b, &f, mean))

@@ -68,28 +68,23 @@ pub(crate) fn frame(moments: &Moments, folded: bool, center: bool, threshold: f6
     }
     let u = vectors.select_columns(&keep);
     let kept: Vec<f64> = keep.iter().map(|&j| values[j]).collect();
-    let (w, w_pinv) = if has_constant {
-        // Y: identity with last row [−μ, 1] (f·Y = [h − μ, 1]); Y⁻¹: last row [μ, 1].
-        let y = centring(&moments.mean, -1.0);
-        let y_inv = centring(&moments.mean, 1.0);
-        (y.matmul(&u)?, u.transpose().matmul(&y_inv)?)
-    } else {
-        (u.clone(), u.transpose())
-    };
-    Ok(Frame { gram_eigenvalues, kept, w, w_pinv, has_constant })
-}
-
-fn centring(mean: &[f64], sign: f64) -> Matrix {
-    let d = mean.len();
-    Matrix::from_fn(d + 1, d + 1, |i, j| {
-        if i == d && j < d {
-            sign * mean[j]
-        } else if i == j {
-            1.0
+    let (w, w_pinv) =
+        if has_constant {
+            // Y is the identity with last row [−μ, 1] (f·Y = [h − μ, 1]) and Y⁻¹ has last row
+            // [μ, 1], so W = Y U and W⁺ = Uᵀ Y⁻¹ only change U's last row / add to Uᵀ's columns.
+            let (mu, last) = (&moments.mean, d);
+            let w = Matrix::from_fn(d + 1, u.ncols(), |i, j| {
+                if i < last { u[(i, j)] } else { u[(last, j)] - (0..last).map(|r| mu[r] * u[(r, j)]).sum::<f64>() }
+            });
+            let w_pinv = Matrix::from_fn(u.ncols(), d + 1, |j, c| {
+                if c < last { u[(c, j)] + u[(last, j)] * mu[c] } else { u[(last, j)] }
+            });
+            (w, w_pinv)
         } else {
-            0.0
-        }
-    })
+            let ut = u.transpose();
+            (u, ut)
+        };
+    Ok(Frame { gram_eigenvalues, kept, w, w_pinv, has_constant })
 }
 
 /// Eigenpairs with `|λ|`, sorted by `|λ|` descending (stable, so equal values keep faer's order).

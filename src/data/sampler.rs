@@ -93,10 +93,14 @@ impl ActivationSampler for NpySampler {
     }
 }
 
-/// Maps every batch of `batch_size` rows to a state with `map(state, first_row, batch)` and
-/// merges the states **in row order**, so the result does not depend on the thread count.
-/// Batches of a chunk run in parallel; a lone batch runs on the caller's thread so the linear
-/// algebra inside can use every core.
+/// Rows per unit of parallel work: small enough that a 1024-row batch keeps two cores busy,
+/// large enough for efficient GEMMs.
+const WORK_UNIT_ROWS: usize = 256;
+
+/// Maps every unit of at most `min(batch_size, 256)` consecutive rows to a state with
+/// `map(state, first_row, rows)` and merges the states **in row order**, so the result does not
+/// depend on the thread count (only on the unit boundaries, which are fixed). Units of a chunk
+/// run in parallel; a lone unit runs on the caller's thread.
 pub(crate) fn map_batches<S: Send>(
     sampler: &dyn ActivationSampler,
     batch_size: usize,
@@ -110,6 +114,7 @@ pub(crate) fn map_batches<S: Send>(
     if sampler.n_samples() == 0 {
         return Err(Error::Empty { what: "sampler: no samples".into() });
     }
+    let batch_size = batch_size.min(WORK_UNIT_ROWS);
     let mut total = new_state();
     sampler.for_each_chunk(&mut |first, chunk| {
         let starts: Vec<usize> = (0..chunk.nrows()).step_by(batch_size).collect();

@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::linalg;
 use crate::matrix::{Matrix, MatrixView};
+use crate::scratch::ScratchMatrix;
 use serde::{Deserialize, Serialize};
 
 /// Accumulates the mean and the Gram (scatter) matrix of a stream of `dim`-wide rows.
@@ -76,13 +77,16 @@ impl GramAccumulator {
             }
         }
         mean.iter_mut().for_each(|m| *m /= n as f64);
-        let mut centred = batch.to_owned();
+        let mut centred = ScratchMatrix::take();
+        centred.resize(n, d);
         for i in 0..n {
-            for (v, &m) in centred.row_mut(i).iter_mut().zip(&mean) {
-                *v -= m;
+            for ((v, &x), &m) in centred.row_mut(i).iter_mut().zip(batch.row(i)).zip(&mean) {
+                *v = x - m;
             }
         }
-        let mut scatter = Matrix::zeros(d, d);
+        let mut scatter = ScratchMatrix::take();
+        scatter.resize(d, d);
+        scatter.fill(0.0);
         linalg::gram_lower_add(&mut scatter, centred.view(), 1.0);
         self.combine(n as u64, &mean, &scatter);
         Ok(())
@@ -104,16 +108,16 @@ impl GramAccumulator {
         if self.count == 0 {
             self.count = nb;
             self.mean.copy_from_slice(mean_b);
-            self.scatter = scatter_b.clone();
+            self.scatter.as_mut_slice().copy_from_slice(scatter_b.as_slice());
             return;
         }
         let (na, n) = (self.count as f64, (self.count + nb) as f64);
         let delta: Vec<f64> = mean_b.iter().zip(&self.mean).map(|(b, a)| b - a).collect();
         let f = na * nb as f64 / n;
-        let d = self.dim();
-        for i in 0..d {
-            for j in 0..=i {
-                self.scatter[(i, j)] += scatter_b[(i, j)] + f * delta[i] * delta[j];
+        for (i, &di) in delta.iter().enumerate() {
+            let (row, row_b) = (&mut self.scatter.row_mut(i)[..=i], &scatter_b.row(i)[..=i]);
+            for ((s, &sb), &dj) in row.iter_mut().zip(row_b).zip(&delta) {
+                *s += sb + f * di * dj;
             }
         }
         for (m, dl) in self.mean.iter_mut().zip(&delta) {

@@ -11,7 +11,14 @@ use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
 use crate::matrix::{Matrix, MatrixView};
 use crate::nn::{ForwardTrace, Mlp};
+use crate::scratch::ScratchMatrix;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+
+thread_local! {
+    /// The forward pass's buffers, kept warm across batches (see `crate::scratch`).
+    static TRACE: RefCell<ForwardTrace> = RefCell::new(ForwardTrace::default());
+}
 
 /// Mergeable per-node statistics of one model over (part of) a dataset.
 ///
@@ -69,10 +76,19 @@ impl NodeStatistics {
 
     /// Adds a batch of model inputs whose first row is sample `first_row` of the dataset.
     pub fn update(&mut self, mlp: &Mlp, inputs: MatrixView<'_>, first_row: usize) -> Result<()> {
-        let mut trace = ForwardTrace::default();
-        mlp.trace(inputs, &mut trace)?;
+        TRACE.with(|trace| self.update_with(mlp, inputs, first_row, &mut trace.borrow_mut()))
+    }
+
+    fn update_with(
+        &mut self,
+        mlp: &Mlp,
+        inputs: MatrixView<'_>,
+        first_row: usize,
+        trace: &mut ForwardTrace,
+    ) -> Result<()> {
+        mlp.trace(inputs, trace)?;
         let points = self.quadrature.map(Quadrature::points).unwrap_or_default();
-        let mut s = Matrix::default();
+        let mut s = ScratchMatrix::take();
         for (slot, &k) in self.nodes.iter().enumerate() {
             let h = trace.node(k);
             check_finite_rows(h, first_row, &mlp.node_name(k))?;
