@@ -22,6 +22,7 @@ pub mod basis;
 pub mod data;
 mod error;
 pub mod estimate;
+pub mod graph;
 pub mod io;
 pub mod linalg;
 mod matrix;

@@ -1,0 +1,405 @@
+//! Interaction strengths (edges) between the basis directions of adjacent node layers.
+//!
+//! With `f̂ = f C_in` and `F̂(u) = F(u C_in⁺) C_out` (the input rebuilt from the coordinates, as
+//! the reference does), and `J_ij(x, α) = ∂F̂_i/∂u_j (α f̂(x))`:
+//!
+//! - `squared`:    `E_ij = (1/N) Σ_x (Σ_α w_α J_ij(x, α) f̂_j(x))²`
+//! - `functional`: `E_ij = (2/N) Σ_x Σ_α w_α (F̂_i(f̂) − F̂_i(α f̂)) J_ij(x, α) f̂_j(x)`
+//!
+//! A single `Linear → σ` section has a product form of `J` that needs no per-sample
+//! vector–Jacobian products (`docs/math.md` §4); the generic path through the section's VJPs
+//! works for any section and is the reference in tests.
+
+use crate::basis::{Basis, JacobianPath, NodeBasis, fold};
+use crate::data::{ActivationSampler, map_batches};
+use crate::error::{Error, Result};
+use crate::estimate::{Quadrature, QuadraturePoint, check_finite_rows};
+use crate::matrix::{Matrix, MatrixView};
+use crate::nn::{FoldedLinear, ForwardTrace, Layer, Mlp, Section};
+use serde::{Deserialize, Serialize};
+
+/// How an interaction strength is measured (rib's `edge_formula`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeFormula {
+    /// Mean squared integrated-gradient attribution (rib's current edges; non-negative).
+    Squared,
+    /// rib's older signed edges, paired with the `(1-alpha)^2` basis.
+    Functional,
+}
+
+impl EdgeFormula {
+    /// Parses `squared` or `functional`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "squared" => Ok(EdgeFormula::Squared),
+            "functional" => Ok(EdgeFormula::Functional),
+            _ => Err(Error::invalid("edge_formula", name, "expected squared or functional")),
+        }
+    }
+
+    /// rib's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            EdgeFormula::Squared => "squared",
+            EdgeFormula::Functional => "functional",
+        }
+    }
+}
+
+/// The edges from the basis directions of one node layer to those of the next.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Edges {
+    /// Input node layer name.
+    pub in_node: String,
+    /// Output node layer name.
+    pub out_node: String,
+    /// `E_hat[i, j]`: from input direction `j` to output direction `i`, shape `[dim out, dim in]`.
+    pub e_hat: Matrix,
+}
+
+/// Mergeable partial sums of one edge matrix over part of a dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EdgeAccumulator {
+    sum: Matrix,
+    count: u64,
+}
+
+impl EdgeAccumulator {
+    /// Empty sums for `dim_out × dim_in` edges.
+    pub fn new(dim_out: usize, dim_in: usize) -> Self {
+        EdgeAccumulator { sum: Matrix::zeros(dim_out, dim_in), count: 0 }
+    }
+
+    /// Adds another shard's sums.
+    pub fn merge(&mut self, other: &EdgeAccumulator) -> Result<()> {
+        if other.sum.shape() != self.sum.shape() {
+            let (a, b) = (self.sum.shape(), other.sum.shape());
+            return Err(Error::shape("EdgeAccumulator::merge", &[a.0, a.1], &[b.0, b.1]));
+        }
+        for (s, o) in self.sum.as_mut_slice().iter_mut().zip(other.sum.as_slice()) {
+            *s += o;
+        }
+        self.count += other.count;
+        Ok(())
+    }
+
+    /// `E_hat = sum / N` (with the formula's factor already applied per sample).
+    pub fn finish(&self) -> Result<Matrix> {
+        if self.count == 0 {
+            return Err(Error::Empty { what: "EdgeAccumulator::finish: no samples".into() });
+        }
+        let n = self.count as f64;
+        Ok(Matrix::from_fn(self.sum.nrows(), self.sum.ncols(), |i, j| self.sum[(i, j)] / n))
+    }
+}
+
+/// Settings of an edge computation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EdgeConfig {
+    /// The formula.
+    pub formula: EdgeFormula,
+    /// Integrated-gradient rule.
+    pub quadrature: Quadrature,
+    /// Rows processed together.
+    pub batch_size: usize,
+    /// Product form for single-layer sections, or vector–Jacobian products everywhere.
+    pub path: JacobianPath,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            formula: EdgeFormula::Squared,
+            quadrature: Quadrature::Gradient,
+            batch_size: 1024,
+            path: JacobianPath::Auto,
+        }
+    }
+}
+
+/// The edges between every pair of consecutive bases (`bases` in node order, as
+/// `fit_bases` returns them).
+pub fn compute_edges(
+    mlp: &Mlp,
+    sampler: &dyn ActivationSampler,
+    bases: &[NodeBasis],
+    config: &EdgeConfig,
+) -> Result<Vec<Edges>> {
+    bases.windows(2).map(|pair| compute_edge(mlp, sampler, &pair[0], &pair[1], config)).collect()
+}
+
+/// The edges from `input`'s directions to `output`'s (node layers `input.node_index <
+/// output.node_index`).
+pub fn compute_edge(
+    mlp: &Mlp,
+    sampler: &dyn ActivationSampler,
+    input: &NodeBasis,
+    output: &NodeBasis,
+    config: &EdgeConfig,
+) -> Result<Edges> {
+    if config.batch_size == 0 {
+        return Err(Error::invalid("batch_size", 0, "must be at least 1"));
+    }
+    let section = mlp.section_between(input.node_index, output.node_index)?;
+    if section.in_dim() != input.orig_dim() || section.out_dim() != output.orig_dim() {
+        return Err(Error::shape(
+            "compute_edge: bases vs section",
+            &[section.in_dim(), section.out_dim()],
+            &[input.orig_dim(), output.orig_dim()],
+        ));
+    }
+    let points = config.quadrature.points();
+    let plan = EdgePlan::new(&section, input, output, config);
+    let k = input.node_index;
+    let acc = map_batches(
+        sampler,
+        config.batch_size,
+        || EdgeAccumulator::new(output.dim(), input.dim()),
+        |acc, first, x| {
+            let mut trace = ForwardTrace::default();
+            mlp.trace(x, &mut trace)?;
+            check_finite_rows(trace.node(k), first, &mlp.node_name(k))?;
+            let f = if input.folded { fold(trace.node(k).view()) } else { trace.node(k).clone() };
+            plan.update(acc, f.view(), &points)
+        },
+        |a, b| a.merge(&b),
+    )?;
+    Ok(Edges { in_node: input.node.clone(), out_node: output.node.clone(), e_hat: acc.finish()? })
+}
+
+/// What a batch update needs, prepared once per edge matrix.
+struct EdgePlan<'a> {
+    section: &'a Section,
+    formula: EdgeFormula,
+    c_in: &'a Matrix,
+    c_in_pinv: &'a Matrix,
+    c_out: &'a Matrix,
+    /// Product form of a single layer: `B = W_f C_in⁺ᵀ` (`[d_out, dim_in]`).
+    product: Option<(&'a FoldedLinear, Matrix)>,
+}
+
+impl<'a> EdgePlan<'a> {
+    fn new(section: &'a Section, input: &'a NodeBasis, output: &'a NodeBasis, config: &EdgeConfig) -> Self {
+        let product = section
+            .single()
+            .filter(|_| config.path == JacobianPath::Auto)
+            .map(|layer| (layer, layer.folded_weight().matmul(&input.c_pinv().transpose()).expect("shapes checked")));
+        EdgePlan {
+            section,
+            formula: config.formula,
+            c_in: input.c(),
+            c_in_pinv: input.c_pinv(),
+            c_out: output.c(),
+            product,
+        }
+    }
+
+    fn update(&self, acc: &mut EdgeAccumulator, f: MatrixView<'_>, points: &[QuadraturePoint]) -> Result<()> {
+        let f_hat = f.matmul(self.c_in.view())?;
+        let rebuilt = f_hat.matmul(self.c_in_pinv)?;
+        match (&self.product, self.formula) {
+            (Some((layer, b)), EdgeFormula::Squared) => self.squared_product(acc, layer, b, &f_hat, &rebuilt, points),
+            (Some((layer, b)), EdgeFormula::Functional) => {
+                self.functional_product(acc, layer, b, &f_hat, &rebuilt, points)?
+            }
+            (None, EdgeFormula::Squared) => self.squared_generic(acc, &f_hat, &rebuilt, points)?,
+            (None, EdgeFormula::Functional) => self.functional_generic(acc, &f_hat, &rebuilt, points)?,
+        }
+        acc.count += f.nrows() as u64;
+        Ok(())
+    }
+
+    /// `∂F̂_i/∂u` at `z` for all rows: the VJP of `C_out[:, i]`, mapped to coordinates by `C⁺ᵀ`.
+    fn coordinate_gradient(&self, z: &Matrix, i: usize, grad_out: &mut Matrix, gz: &mut Matrix) -> Result<Matrix> {
+        let n = z.nrows();
+        grad_out.resize(n, self.c_out.nrows());
+        for r in 0..n {
+            for (o, g) in grad_out.row_mut(r).iter_mut().enumerate() {
+                *g = self.c_out[(o, i)];
+            }
+        }
+        self.section.backward(z.view(), grad_out.view(), gz, &mut [])?;
+        gz.matmul(&self.c_in_pinv.transpose())
+    }
+
+    fn squared_generic(
+        &self,
+        acc: &mut EdgeAccumulator,
+        f_hat: &Matrix,
+        rebuilt: &Matrix,
+        points: &[QuadraturePoint],
+    ) -> Result<()> {
+        let (mut grad_out, mut gz) = (Matrix::default(), Matrix::default());
+        let scaled: Vec<Matrix> = points.iter().map(|p| scale(rebuilt, p.alpha)).collect();
+        for i in 0..self.c_out.ncols() {
+            let mut a = Matrix::zeros(f_hat.nrows(), f_hat.ncols());
+            for (p, z) in points.iter().zip(&scaled) {
+                let d = self.coordinate_gradient(z, i, &mut grad_out, &mut gz)?;
+                axpy(&mut a, p.weight, &d);
+            }
+            add_column_sums(acc.sum.row_mut(i), &a, f_hat, |v| v * v);
+        }
+        Ok(())
+    }
+
+    fn functional_generic(
+        &self,
+        acc: &mut EdgeAccumulator,
+        f_hat: &Matrix,
+        rebuilt: &Matrix,
+        points: &[QuadraturePoint],
+    ) -> Result<()> {
+        let (mut grad_out, mut gz, mut y) = (Matrix::default(), Matrix::default(), Matrix::default());
+        self.section.forward(rebuilt.view(), &mut y)?;
+        let full = y.matmul(self.c_out)?;
+        for p in points {
+            let z = scale(rebuilt, p.alpha);
+            self.section.forward(z.view(), &mut y)?;
+            let at_alpha = y.matmul(self.c_out)?;
+            for i in 0..self.c_out.ncols() {
+                let mut d = self.coordinate_gradient(&z, i, &mut grad_out, &mut gz)?;
+                for r in 0..d.nrows() {
+                    let factor = 2.0 * p.weight * (full[(r, i)] - at_alpha[(r, i)]);
+                    d.row_mut(r).iter_mut().for_each(|v| *v *= factor);
+                }
+                add_column_sums(acc.sum.row_mut(i), &d, f_hat, |v| v);
+            }
+        }
+        Ok(())
+    }
+
+    /// For a single layer `[σ(p), κ(c)]` at `α·rebuilt`:
+    /// `J_ij = Σ_o C_h[o,i] σ'(αp_o) B[o,j] + C_c[i] κ'(αc) C⁺[j,c]`, `B = W_f C⁺ᵀ`.
+    fn squared_product(
+        &self,
+        acc: &mut EdgeAccumulator,
+        layer: &FoldedLinear,
+        b: &Matrix,
+        f_hat: &Matrix,
+        rebuilt: &Matrix,
+        points: &[QuadraturePoint],
+    ) {
+        let (n, d_out) = (rebuilt.nrows(), b.nrows());
+        let p = rebuilt.matmul(&layer.folded_weight().transpose()).expect("shapes checked");
+        let act = layer.activation();
+        let s = Matrix::from_fn(n, d_out, |x, o| points.iter().map(|q| q.weight * act.derivative(q.alpha * p[(x, o)])).sum());
+        let constant = self.constant_terms(layer, rebuilt, points);
+        let mut scaled = Matrix::zeros(n, d_out);
+        for i in 0..self.c_out.ncols() {
+            for x in 0..n {
+                for (o, v) in scaled.row_mut(x).iter_mut().enumerate() {
+                    *v = s[(x, o)] * self.c_out[(o, i)];
+                }
+            }
+            let mut a = scaled.matmul(b).expect("shapes checked");
+            if let Some((k, c_col)) = &constant {
+                let c_i = self.c_out[(d_out, i)];
+                for x in 0..n {
+                    for (v, &cj) in a.row_mut(x).iter_mut().zip(c_col) {
+                        *v += c_i * k[x] * cj;
+                    }
+                }
+            }
+            add_column_sums(acc.sum.row_mut(i), &a, f_hat, |v| v * v);
+        }
+    }
+
+    fn functional_product(
+        &self,
+        acc: &mut EdgeAccumulator,
+        layer: &FoldedLinear,
+        b: &Matrix,
+        f_hat: &Matrix,
+        rebuilt: &Matrix,
+        points: &[QuadraturePoint],
+    ) -> Result<()> {
+        let (n, d_out) = (rebuilt.nrows(), b.nrows());
+        let p = rebuilt.matmul(&layer.folded_weight().transpose())?;
+        let act = layer.activation();
+        let mut y = Matrix::default();
+        self.section.forward(rebuilt.view(), &mut y)?;
+        let full = y.matmul(self.c_out)?;
+        let mut diffs = Vec::with_capacity(points.len());
+        for q in points {
+            self.section.forward(scale(rebuilt, q.alpha).view(), &mut y)?;
+            let at = y.matmul(self.c_out)?;
+            diffs.push(Matrix::from_fn(n, at.ncols(), |x, i| full[(x, i)] - at[(x, i)]));
+        }
+        let derivs: Vec<Matrix> =
+            points.iter().map(|q| Matrix::from_fn(n, d_out, |x, o| act.derivative(q.alpha * p[(x, o)]))).collect();
+        let carrier = layer.carries_constant().then(|| {
+            let c = rebuilt.ncols() - 1;
+            let kappa: Vec<Vec<f64>> =
+                points.iter().map(|q| (0..n).map(|x| layer.constant_carrier(q.alpha * rebuilt[(x, c)]).1).collect()).collect();
+            (self.constant_column(), kappa)
+        });
+        let mut weighted = Matrix::zeros(n, d_out);
+        for i in 0..self.c_out.ncols() {
+            // Q_i[x, o] = Σ_α w_α ΔF̂_i(x, α) σ'(α p_o(x)) C_h[o, i]
+            weighted.fill(0.0);
+            for ((q, diff), deriv) in points.iter().zip(&diffs).zip(&derivs) {
+                for x in 0..n {
+                    let factor = 2.0 * q.weight * diff[(x, i)];
+                    for (o, v) in weighted.row_mut(x).iter_mut().enumerate() {
+                        *v += factor * deriv[(x, o)] * self.c_out[(o, i)];
+                    }
+                }
+            }
+            let mut a = weighted.matmul(b)?;
+            if let Some((c_col, kappa)) = &carrier {
+                let c_i = self.c_out[(d_out, i)];
+                for x in 0..n {
+                    let k: f64 =
+                        points.iter().zip(&diffs).zip(kappa).map(|((q, diff), kp)| 2.0 * q.weight * diff[(x, i)] * kp[x]).sum();
+                    for (v, &cj) in a.row_mut(x).iter_mut().zip(c_col) {
+                        *v += c_i * k * cj;
+                    }
+                }
+            }
+            add_column_sums(acc.sum.row_mut(i), &a, f_hat, |v| v);
+        }
+        Ok(())
+    }
+
+    /// `C⁺[:, c]`: how each input direction feeds the constant coordinate.
+    fn constant_column(&self) -> Vec<f64> {
+        let c = self.c_in_pinv.ncols() - 1;
+        (0..self.c_in_pinv.nrows()).map(|j| self.c_in_pinv[(j, c)]).collect()
+    }
+
+    /// Per-row `K(x) = Σ_α w_α κ'(α c_x)` and `C⁺[:, c]`, if the layer carries the constant.
+    fn constant_terms(
+        &self,
+        layer: &FoldedLinear,
+        rebuilt: &Matrix,
+        points: &[QuadraturePoint],
+    ) -> Option<(Vec<f64>, Vec<f64>)> {
+        let c = rebuilt.ncols() - 1;
+        layer.carries_constant().then(|| {
+            let k = (0..rebuilt.nrows())
+                .map(|x| points.iter().map(|q| q.weight * layer.constant_carrier(q.alpha * rebuilt[(x, c)]).1).sum())
+                .collect();
+            (k, self.constant_column())
+        })
+    }
+}
+
+fn scale(m: &Matrix, alpha: f64) -> Matrix {
+    Matrix::from_fn(m.nrows(), m.ncols(), |i, j| alpha * m[(i, j)])
+}
+
+fn axpy(y: &mut Matrix, a: f64, x: &Matrix) {
+    for (yv, &xv) in y.as_mut_slice().iter_mut().zip(x.as_slice()) {
+        *yv += a * xv;
+    }
+}
+
+/// `row[j] += Σ_x g(a[x, j] · f̂[x, j])`.
+fn add_column_sums(row: &mut [f64], a: &Matrix, f_hat: &Matrix, g: impl Fn(f64) -> f64) {
+    for x in 0..a.nrows() {
+        for ((r, &v), &f) in row.iter_mut().zip(a.row(x)).zip(f_hat.row(x)) {
+            *r += g(v * f);
+        }
+    }
+}
