@@ -130,3 +130,90 @@ fn block_diag_rib_and_pca_edges_match_loosely() {
         }
     }
 }
+
+mod identities {
+    use super::*;
+    use degeneracy::Mlp;
+    use proptest::prelude::*;
+
+    fn inputs(n: usize, d: usize, seed: u64) -> Matrix {
+        Matrix::from_fn(n, d, |i, j| {
+            let h = (i as u64 * 6_364_136_223_846_793_005 + j as u64 * 1_442_695_040_888_963_407 + seed * 7919)
+                .wrapping_mul(2_862_933_555_777_941_757);
+            (h >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        })
+    }
+
+    fn column_sums(e: &Matrix) -> Vec<f64> {
+        (0..e.ncols()).map(|j| e.col(j).iter().sum()).collect()
+    }
+
+    fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) -> Result<(), TestCaseError> {
+        prop_assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+        for (j, (x, y)) in a.iter().zip(b).enumerate() {
+            prop_assert!((x - y).abs() <= tol * scale, "{what}[{j}]: {x} vs {y}");
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Through a linear section, the squared edges out of each LIB direction sum to its Λ:
+        /// Σ_i (∂F̂_i/∂u_j)² = 1 in LIB coordinates (`docs/math.md` §4).
+        #[test]
+        fn squared_edge_sum_rule_through_linear_sections(seed in 0u64..1000, rule in 0usize..3) {
+            let quadrature = [Quadrature::Gradient, Quadrature::GaussLegendre(3), Quadrature::Trapezoidal(2)][rule];
+            let mlp = Mlp::init(&[5, 7, 6, 3], Activation::Identity, true, seed).unwrap();
+            let x = inputs(200, 5, seed);
+            let bases = fit_bases(&mlp, &x, &LibConfig { quadrature, ..LibConfig::default() }).unwrap();
+            for path in [JacobianPath::Auto, JacobianPath::Generic] {
+                let edges = compute_edges(&mlp, &x, &bases, &EdgeConfig { quadrature, path, ..EdgeConfig::default() }).unwrap();
+                for (e, b) in edges.iter().zip(&bases) {
+                    assert_close(&column_sums(&e.e_hat), b.lambda.as_ref().unwrap(), 1e-9, "colsum vs Λ")?;
+                }
+            }
+        }
+
+        /// `(1-alpha)^2` basis with functional edges: |Σ_i E_ij| = Λ_j of the input node (the
+        /// reference's self-consistency check), for any activation and Gauss–Legendre rule.
+        #[test]
+        fn functional_edge_colsums_equal_lambda(seed in 0u64..1000, act in 0usize..3, k in 1usize..4) {
+            let act = [Activation::Relu, Activation::Tanh, Activation::Gelu][act];
+            let quadrature = Quadrature::GaussLegendre(k);
+            let mlp = Mlp::init(&[4, 6, 5, 3], act, true, seed).unwrap();
+            let x = inputs(150, 4, seed);
+            let lib = LibConfig { basis_formula: BasisFormula::OneMinusAlphaSquared, quadrature, ..LibConfig::default() };
+            let bases = fit_bases(&mlp, &x, &lib).unwrap();
+            for path in [JacobianPath::Auto, JacobianPath::Generic] {
+                let config = EdgeConfig { formula: EdgeFormula::Functional, quadrature, path, ..EdgeConfig::default() };
+                let edges = compute_edges(&mlp, &x, &bases, &config).unwrap();
+                for (e, b) in edges.iter().zip(&bases) {
+                    let sums: Vec<f64> = column_sums(&e.e_hat).iter().map(|v| v.abs()).collect();
+                    assert_close(&sums, b.lambda.as_ref().unwrap(), 1e-8, "|colsum| vs Λ")?;
+                }
+            }
+        }
+
+        /// The product form equals the generic vector–Jacobian path for every activation,
+        /// formula and rule.
+        #[test]
+        fn product_form_matches_generic_path(seed in 0u64..1000, act in 0usize..5, rule in 0usize..3, functional: bool) {
+            let act = [Activation::Relu, Activation::Tanh, Activation::Gelu, Activation::Sigmoid, Activation::GeluTanh][act];
+            let quadrature = [Quadrature::Gradient, Quadrature::GaussLegendre(2), Quadrature::Trapezoidal(3)][rule];
+            let mlp = Mlp::init(&[4, 6, 5, 3], act, true, seed).unwrap();
+            let x = inputs(120, 4, seed);
+            let bases = fit_bases(&mlp, &x, &LibConfig { quadrature, ..LibConfig::default() }).unwrap();
+            let formula = if functional { EdgeFormula::Functional } else { EdgeFormula::Squared };
+            let base = EdgeConfig { formula, quadrature, batch_size: 50, ..EdgeConfig::default() };
+            let fast = compute_edges(&mlp, &x, &bases, &base).unwrap();
+            let generic = compute_edges(&mlp, &x, &bases, &EdgeConfig { path: JacobianPath::Generic, ..base }).unwrap();
+            for (a, b) in fast.iter().zip(&generic) {
+                let max = b.e_hat.max_abs();
+                let diff = a.e_hat.as_slice().iter().zip(b.e_hat.as_slice()).fold(0.0_f64, |m, (x, y)| m.max((x - y).abs()));
+                prop_assert!(diff <= 1e-11 * max, "{} → {}: {:e}", a.in_node, a.out_node, diff / max);
+            }
+        }
+    }
+}
