@@ -27,6 +27,7 @@ pub mod io;
 pub mod linalg;
 mod matrix;
 pub mod nn;
+pub mod plot;
 mod scratch;
 
 pub use data::{Dataset, Targets};

@@ -15,13 +15,16 @@ fn run_config(run: &str) -> (LibConfig, EdgeConfig) {
         serde_json::from_str(&std::fs::read_to_string(fixtures().join(case).join("config.json")).unwrap()).unwrap();
     let c = &v["runs"][name]["rib_build_config"];
     let quadrature =
-        Quadrature::from_name(c["integration_method"].as_str().unwrap(), c["n_intervals"].as_u64().unwrap() as usize).unwrap();
+        Quadrature::from_name(c["integration_method"].as_str().unwrap(), c["n_intervals"].as_u64().unwrap() as usize)
+            .unwrap();
     let lib = LibConfig {
         basis_formula: BasisFormula::from_name(c["basis_formula"].as_str().unwrap()).unwrap(),
         center: c["center"].as_bool().unwrap(),
         truncation_threshold: c["truncation_threshold"].as_f64().unwrap(),
         quadrature,
-        node_layers: Some(c["node_layers"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect()),
+        node_layers: Some(
+            c["node_layers"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect(),
+        ),
         ..LibConfig::default()
     };
     let edges = EdgeConfig {
@@ -57,7 +60,8 @@ fn edge_errors(e: &Matrix, r: &Matrix) -> EdgeErrors {
     };
     let ((re, ce), (rr, cr)) = (sums(e), sums(r));
     let scale = sr.abs();
-    let row_col_sums = re.iter().zip(&rr).chain(ce.iter().zip(&cr)).fold(0.0_f64, |m, (a, b)| m.max((a - b).abs())) / scale;
+    let row_col_sums =
+        re.iter().zip(&rr).chain(ce.iter().zip(&cr)).fold(0.0_f64, |m, (a, b)| m.max((a - b).abs())) / scale;
     EdgeErrors { max_rel_to_max, elementwise, sum_rel: (se - sr).abs() / scale, row_col_sums }
 }
 
@@ -126,7 +130,12 @@ fn block_diag_rib_and_pca_edges_match_loosely() {
     // (fixtures/INDEX.md): max |Δ| / max E ≤ 5e-2, total sum ≤ 2e-2.
     for run in ["block_diag/rib", "block_diag/pca"] {
         for (k, e) in fixture_edges(run, JacobianPath::Auto).iter().enumerate() {
-            assert!(e.max_rel_to_max < 5e-2 && e.sum_rel < 2e-2, "{run} edge {k}: {:e} {:e}", e.max_rel_to_max, e.sum_rel);
+            assert!(
+                e.max_rel_to_max < 5e-2 && e.sum_rel < 2e-2,
+                "{run} edge {k}: {:e} {:e}",
+                e.max_rel_to_max,
+                e.sum_rel
+            );
         }
     }
 }
@@ -215,5 +224,126 @@ mod identities {
                 prop_assert!(diff <= 1e-11 * max, "{} → {}: {:e}", a.in_node, a.out_node, diff / max);
             }
         }
+    }
+}
+
+mod modules {
+    use super::*;
+    use degeneracy::basis::{Basis, NodeBasis};
+    use degeneracy::graph::{EdgeNorm, InteractionGraph, LeidenConfig, Quality, find_modules};
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Block {
+        A,
+        B,
+        Mixed,
+        Constant,
+    }
+
+    /// Which planted block a direction lives in: the fraction of its C column's mass on units
+    /// 0..3 (A) vs 4..7 (B), with module_structure.json's rule (A > 0.99, B < 0.01).
+    fn blocks(b: &NodeBasis) -> Vec<Block> {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures().join("block_diag/module_structure.json")).unwrap(),
+        )
+        .unwrap();
+        let a: Vec<usize> = v["planted_structure"]["node_layers"]["layers.0"]["A"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        (0..b.dim())
+            .map(|j| {
+                let col = b.c().col(j);
+                let mass = |rows: std::ops::Range<usize>| rows.map(|r| col[r] * col[r]).sum::<f64>();
+                let (ma, mall) = (a.iter().map(|&r| col[r] * col[r]).sum::<f64>(), mass(0..8));
+                if b.has_constant_direction && j == 0 {
+                    Block::Constant
+                } else if ma / mall > 0.99 {
+                    Block::A
+                } else if ma / mall < 0.01 {
+                    Block::B
+                } else {
+                    Block::Mixed
+                }
+            })
+            .collect()
+    }
+
+    fn block_diag(formula: BasisFormula) -> (Vec<NodeBasis>, Vec<degeneracy::graph::Edges>) {
+        let dir = fixtures().join("block_diag");
+        let mlp = io::load_mlp(dir.join("model.safetensors"), Activation::Relu).unwrap();
+        let x = io::read_matrix(dir.join("inputs.npy")).unwrap();
+        let config = LibConfig { basis_formula: formula, truncation_threshold: 1e-15, ..LibConfig::default() };
+        let bases = fit_bases(&mlp, &x, &config).unwrap();
+        let edges = compute_edges(&mlp, &x, &bases, &EdgeConfig::default()).unwrap();
+        (bases, edges)
+    }
+
+    fn leiden(gamma: f64) -> LeidenConfig {
+        LeidenConfig { quality: Quality::Modularity { resolution: gamma }, ..LeidenConfig::default() }
+    }
+
+    #[test]
+    fn rib_modules_recover_the_planted_blocks() {
+        let (bases, edges) = block_diag(BasisFormula::Jacobian);
+        let graph = InteractionGraph::build(&bases, &edges, &EdgeNorm::Sqrt, false).unwrap();
+        let labels: Vec<Block> = bases[..graph.layers.len()].iter().flat_map(blocks).collect();
+        // Four A and four B directions at every node layer, none mixed (module_structure.json).
+        for b in &bases[..graph.layers.len()] {
+            let l = blocks(b);
+            assert_eq!(l.iter().filter(|&&x| x == Block::A).count(), 4, "{}", b.node);
+            assert_eq!(l.iter().filter(|&&x| x == Block::B).count(), 4, "{}", b.node);
+        }
+        // Cross-block edge mass.
+        let (mut cross, mut total) = (0.0, 0.0);
+        for e in &graph.edges {
+            total += e.strength.abs();
+            if labels[e.from] != labels[e.to] {
+                cross += e.strength.abs();
+            }
+        }
+        assert!(cross < 1e-5 * total, "cross-block edge mass {:e}", cross / total);
+        // At every resolution each module lies in one block; at γ ≤ 0.2 the modules are exactly
+        // the two blocks (at γ ≥ 0.5 modularity also cuts the heavier block along depth).
+        for gamma in [1.0, 0.5, 0.2, 0.1] {
+            let m = find_modules(&graph, &leiden(gamma)).unwrap();
+            let flat = m.flat();
+            for id in 0..m.n_modules {
+                let kinds: Vec<Block> = (0..flat.len()).filter(|&n| flat[n] == id).map(|n| labels[n]).collect();
+                assert!(kinds.windows(2).all(|w| w[0] == w[1]), "γ = {gamma}: module {id} mixes blocks {kinds:?}");
+            }
+            let cross_weight: f64 = graph.edges.iter().filter(|e| flat[e.from] != flat[e.to]).map(|e| e.strength).sum();
+            if gamma <= 0.2 {
+                assert_eq!(m.n_nonsingleton, 2, "γ = {gamma}");
+                assert!(cross_weight < 1e-5 * total, "γ = {gamma}: cross-module mass {:e}", cross_weight / total);
+                let module_of = |kind| flat[labels.iter().position(|&l| l == kind).unwrap()];
+                for (n, &l) in labels.iter().enumerate().filter(|(_, l)| matches!(l, Block::A | Block::B)) {
+                    assert_eq!(flat[n], module_of(l), "γ = {gamma}: direction {n} ({l:?})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pca_directions_mix_the_blocks() {
+        // PCA of near-degenerate block data mixes A and B in the early layers (all 8 directions
+        // at layers.0, 4 at layers.1, 2 at layers.2 in the reference), so no partition of PCA
+        // directions can be the planted one.
+        let (bases, edges) = block_diag(BasisFormula::Svd);
+        let mixed: Vec<usize> =
+            bases[..5].iter().map(|b| blocks(b).iter().filter(|&&x| x == Block::Mixed).count()).collect();
+        assert_eq!(mixed[0], 8, "{mixed:?}");
+        assert!(mixed[1] >= 2 && mixed[2] >= 1, "{mixed:?}");
+        let graph = InteractionGraph::build(&bases, &edges, &EdgeNorm::Sqrt, false).unwrap();
+        let m = find_modules(&graph, &leiden(0.2)).unwrap();
+        let labels: Vec<Block> = bases[..5].iter().flat_map(blocks).collect();
+        let flat = m.flat();
+        let impure = (0..m.n_modules).any(|id| {
+            let kinds: Vec<Block> = (0..flat.len()).filter(|&n| flat[n] == id).map(|n| labels[n]).collect();
+            kinds.len() > 1 && kinds.windows(2).any(|w| w[0] != w[1])
+        });
+        assert!(impure, "some PCA module holds directions of different blocks");
     }
 }

@@ -6,7 +6,6 @@ use degeneracy::{Dataset, Mlp};
 use std::time::Instant;
 
 /// The bases of one network in the three coordinate systems.
-#[expect(dead_code, reason = "read by the edges and modules stage")]
 pub struct Bases {
     pub lib: Vec<NodeBasis>,
     pub pca: Vec<NodeBasis>,

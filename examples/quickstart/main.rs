@@ -6,6 +6,7 @@
 //! Each analysis is one stage in its own file; `main` runs them in order.
 
 mod bases;
+mod graph;
 mod training;
 
 use degeneracy::data::modular_addition;
@@ -25,7 +26,8 @@ fn main() -> StageResult<()> {
     let start = Instant::now();
     let data = modular_addition(P)?;
     let mlp = training::run(&data)?;
-    let _bases = bases::run(&mlp, &data)?;
+    let bases = bases::run(&mlp, &data)?;
+    let _graph = graph::run(&mlp, &data, &bases)?;
     println!("\ntotal {:.2} s", start.elapsed().as_secs_f64());
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use super::frame::{Frame, frame, sorted_abs_eigen};
 use super::jacobian_gram;
-use super::{BasisFormula, JacobianPath, LibConfig, NodeBasis, fold};
+use super::{BasisFormula, LibConfig, NodeBasis, fold};
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
 use crate::estimate::{GramAccumulator, NodeStatistics, QuadraturePoint};
@@ -25,9 +25,7 @@ use crate::nn::{ForwardTrace, Mlp, Section};
 pub fn fit_bases(mlp: &Mlp, sampler: &dyn ActivationSampler, config: &LibConfig) -> Result<Vec<NodeBasis>> {
     config.validate()?;
     let nodes = config.node_indices(mlp)?;
-    let closed_form = config.basis_formula == BasisFormula::Jacobian && config.jacobian_path == JacobianPath::Auto;
-    let quadrature = closed_form.then_some(config.quadrature);
-    let stats = NodeStatistics::collect(mlp, sampler, &nodes, quadrature, config.batch_size)?;
+    let stats = NodeStatistics::collect(mlp, sampler, &nodes, config.statistics_quadrature(), config.batch_size)?;
     build_bases(mlp, sampler, &stats, config)
 }
 

@@ -188,6 +188,13 @@ impl LibConfig {
         Ok(())
     }
 
+    /// The rule of the derivative moments [`crate::estimate::NodeStatistics`] must collect for
+    /// the closed-form Jacobian Grams (`None` when the build does not use them).
+    pub fn statistics_quadrature(&self) -> Option<Quadrature> {
+        (self.basis_formula == BasisFormula::Jacobian && self.jacobian_path == JacobianPath::Auto)
+            .then_some(self.quadrature)
+    }
+
     /// The model's node indices this config selects.
     pub fn node_indices(&self, mlp: &Mlp) -> Result<Vec<usize>> {
         let nodes: Vec<usize> = match &self.node_layers {

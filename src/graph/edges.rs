@@ -283,7 +283,9 @@ impl<'a> EdgePlan<'a> {
         let (n, d_out) = (rebuilt.nrows(), b.nrows());
         let p = rebuilt.matmul(&layer.folded_weight().transpose()).expect("shapes checked");
         let act = layer.activation();
-        let s = Matrix::from_fn(n, d_out, |x, o| points.iter().map(|q| q.weight * act.derivative(q.alpha * p[(x, o)])).sum());
+        let s = Matrix::from_fn(n, d_out, |x, o| {
+            points.iter().map(|q| q.weight * act.derivative(q.alpha * p[(x, o)])).sum()
+        });
         let constant = self.constant_terms(layer, rebuilt, points);
         let mut scaled = Matrix::zeros(n, d_out);
         for i in 0..self.c_out.ncols() {
@@ -295,9 +297,9 @@ impl<'a> EdgePlan<'a> {
             let mut a = scaled.matmul(b).expect("shapes checked");
             if let Some((k, c_col)) = &constant {
                 let c_i = self.c_out[(d_out, i)];
-                for x in 0..n {
+                for (x, &kx) in k.iter().enumerate() {
                     for (v, &cj) in a.row_mut(x).iter_mut().zip(c_col) {
-                        *v += c_i * k[x] * cj;
+                        *v += c_i * kx * cj;
                     }
                 }
             }
@@ -330,8 +332,10 @@ impl<'a> EdgePlan<'a> {
             points.iter().map(|q| Matrix::from_fn(n, d_out, |x, o| act.derivative(q.alpha * p[(x, o)]))).collect();
         let carrier = layer.carries_constant().then(|| {
             let c = rebuilt.ncols() - 1;
-            let kappa: Vec<Vec<f64>> =
-                points.iter().map(|q| (0..n).map(|x| layer.constant_carrier(q.alpha * rebuilt[(x, c)]).1).collect()).collect();
+            let kappa: Vec<Vec<f64>> = points
+                .iter()
+                .map(|q| (0..n).map(|x| layer.constant_carrier(q.alpha * rebuilt[(x, c)]).1).collect())
+                .collect();
             (self.constant_column(), kappa)
         });
         let mut weighted = Matrix::zeros(n, d_out);
@@ -350,8 +354,12 @@ impl<'a> EdgePlan<'a> {
             if let Some((c_col, kappa)) = &carrier {
                 let c_i = self.c_out[(d_out, i)];
                 for x in 0..n {
-                    let k: f64 =
-                        points.iter().zip(&diffs).zip(kappa).map(|((q, diff), kp)| 2.0 * q.weight * diff[(x, i)] * kp[x]).sum();
+                    let k: f64 = points
+                        .iter()
+                        .zip(&diffs)
+                        .zip(kappa)
+                        .map(|((q, diff), kp)| 2.0 * q.weight * diff[(x, i)] * kp[x])
+                        .sum();
                     for (v, &cj) in a.row_mut(x).iter_mut().zip(c_col) {
                         *v += c_i * k * cj;
                     }
