@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::estimate::{Quadrature, QuadraturePoint, check_finite_rows};
 use crate::matrix::{Matrix, MatrixView};
 use crate::nn::{FoldedLinear, ForwardTrace, Layer, Mlp, Section};
+use crate::scratch::ScratchMatrix;
 use serde::{Deserialize, Serialize};
 
 /// How an interaction strength is measured (rib's `edge_formula`).
@@ -287,23 +288,31 @@ impl<'a> EdgePlan<'a> {
             points.iter().map(|q| q.weight * act.derivative(q.alpha * p[(x, o)])).sum()
         });
         let constant = self.constant_terms(layer, rebuilt, points);
-        let mut scaled = Matrix::zeros(n, d_out);
-        for i in 0..self.c_out.ncols() {
-            for x in 0..n {
-                for (o, v) in scaled.row_mut(x).iter_mut().enumerate() {
-                    *v = s[(x, o)] * self.c_out[(o, i)];
+        let (c_t, dim_out, dim_in) = (self.c_out.transpose(), self.c_out.ncols(), b.ncols());
+        // One GEMM for all output directions: row (x, i) of L is s(x) ⊙ C_h[:, i].
+        let (mut l, mut a) = (ScratchMatrix::take(), ScratchMatrix::take());
+        l.resize(n * dim_out, d_out);
+        for x in 0..n {
+            for i in 0..dim_out {
+                for ((v, &sv), &c) in l.row_mut(x * dim_out + i).iter_mut().zip(s.row(x)).zip(&c_t.row(i)[..d_out]) {
+                    *v = sv * c;
                 }
             }
-            let mut a = scaled.matmul(b).expect("shapes checked");
-            if let Some((k, c_col)) = &constant {
-                let c_i = self.c_out[(d_out, i)];
-                for (x, &kx) in k.iter().enumerate() {
-                    for (v, &cj) in a.row_mut(x).iter_mut().zip(c_col) {
-                        *v += c_i * kx * cj;
-                    }
+        }
+        a.resize(n * dim_out, dim_in);
+        crate::linalg::gemm(a.as_mut_slice(), l.view(), false, b.view(), false, 1.0, false);
+        for x in 0..n {
+            let f = f_hat.row(x);
+            for i in 0..dim_out {
+                let row = a.row_mut(x * dim_out + i);
+                if let Some((k, c_col)) = &constant {
+                    let kc = c_t[(i, d_out)] * k[x];
+                    row.iter_mut().zip(c_col).for_each(|(v, &cj)| *v += kc * cj);
+                }
+                for ((e, &v), &fj) in acc.sum.row_mut(i).iter_mut().zip(row.iter()).zip(f) {
+                    *e += (v * fj) * (v * fj);
                 }
             }
-            add_column_sums(acc.sum.row_mut(i), &a, f_hat, |v| v * v);
         }
     }
 
