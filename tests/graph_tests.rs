@@ -352,3 +352,54 @@ mod modules {
         assert!(impure, "some PCA module holds directions of different blocks");
     }
 }
+
+mod export {
+    use super::*;
+    use degeneracy::graph::{EdgeNorm, InteractionGraph, LeidenConfig, find_modules};
+
+    fn digits_graph() -> (InteractionGraph, degeneracy::graph::Modules) {
+        let dir = fixtures().join("digits_mlp");
+        let mlp = io::load_mlp(dir.join("model.safetensors"), Activation::Relu).unwrap();
+        let x = io::read_matrix(dir.join("inputs.npy")).unwrap();
+        let bases = fit_bases(&mlp, &x, &LibConfig::default()).unwrap();
+        let edges = compute_edges(&mlp, &x, &bases, &EdgeConfig::default()).unwrap();
+        let graph = InteractionGraph::build(&bases, &edges, &EdgeNorm::Sqrt, true).unwrap();
+        let modules = find_modules(&graph, &LeidenConfig::default()).unwrap();
+        (graph, modules)
+    }
+
+    #[test]
+    fn graph_structure_json_dot_and_svg() {
+        let (graph, modules) = digits_graph();
+        // 37 + 34 + 11 + 10 directions; constant directions have no edges.
+        assert_eq!(graph.nodes.len(), 37 + 34 + 11 + 10);
+        assert!(graph.edges.iter().all(|e| !graph.nodes[e.from].is_constant && !graph.nodes[e.to].is_constant));
+        assert!(graph.edges.iter().all(|e| graph.nodes[e.to].layer == graph.nodes[e.from].layer + 1 && e.weight > 0.0));
+        assert_eq!(graph.edges.len(), 36 * 33 + 33 * 10 + 10 * 10, "every non-zero squared edge is a graph edge");
+        assert_eq!(modules.membership.iter().map(Vec::len).sum::<usize>(), graph.nodes.len());
+        assert_eq!(modules.sizes.iter().sum::<usize>(), graph.nodes.len());
+        assert!(modules.modularity >= 0.0 && modules.modularity <= 1.0);
+
+        let json = serde_json::to_string(&graph).unwrap();
+        let back: InteractionGraph = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, graph);
+
+        let dot = graph.to_dot(Some(&modules.flat()));
+        assert!(dot.starts_with("graph interaction {") && dot.trim_end().ends_with('}'));
+        assert_eq!(dot.matches(" -- ").count(), graph.edges.len());
+        assert_eq!(dot.matches("fillcolor").count(), graph.nodes.len());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("graph.svg");
+        degeneracy::plot::draw_graph(&path, &graph, Some(&modules), "digits LIB graph").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let doc = roxmltree::Document::parse(&text).unwrap();
+        assert_eq!(doc.root_element().tag_name().name(), "svg");
+        let circles = doc.descendants().filter(|n| n.tag_name().name() == "circle").count();
+        assert_eq!(circles, graph.nodes.len());
+        let labels: Vec<&str> = doc.descendants().filter_map(|n| n.text()).map(str::trim).collect();
+        for layer in &graph.layers {
+            assert!(labels.contains(&layer.as_str()), "layer name {layer} drawn");
+        }
+    }
+}
