@@ -20,6 +20,7 @@
 
 pub mod basis;
 pub mod data;
+pub mod diagnostics;
 mod error;
 pub mod estimate;
 pub mod graph;

@@ -6,6 +6,7 @@
 //! Each analysis is one stage in its own file; `main` runs them in order.
 
 mod bases;
+mod diagnostics;
 mod graph;
 mod training;
 
@@ -28,6 +29,7 @@ fn main() -> StageResult<()> {
     let mlp = training::run(&data)?;
     let bases = bases::run(&mlp, &data)?;
     let _graph = graph::run(&mlp, &data, &bases)?;
+    let _diagnostics = diagnostics::run(&mlp, &data)?;
     println!("\ntotal {:.2} s", start.elapsed().as_secs_f64());
     Ok(())
 }

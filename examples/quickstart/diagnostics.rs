@@ -1,0 +1,42 @@
+//! Stage 4: the three sources of degeneracy and the effective parameter count they imply.
+
+use crate::StageResult;
+use degeneracy::diagnostics::{Diagnostics, DiagnosticsConfig, diagnose};
+use degeneracy::{Dataset, Mlp};
+use std::time::Instant;
+
+/// Diagnoses the trained network on its training data and prints one line per node layer.
+pub fn run(mlp: &Mlp, data: &Dataset) -> StageResult<Diagnostics> {
+    let t = Instant::now();
+    let d = diagnose(mlp, data, &DiagnosticsConfig::default())?;
+    println!(
+        "\n== degeneracy diagnostics (rank tolerance 1e-10 · largest eigenvalue; {:.2} s)",
+        t.elapsed().as_secs_f64()
+    );
+    println!(
+        "   {:<9} {:>4} {:>9} {:>9} {:>5} {:>6} {:>6}   free directions (a)+(b) / (c)",
+        "node", "dim", "act rank", "jac rank", "dead", "on", "sync"
+    );
+    for n in &d.nodes {
+        let (dead, on, sync) = n.relu.as_ref().map_or(("-".into(), "-".into(), "-".into()), |r| {
+            (r.dead.len().to_string(), r.always_on.len().to_string(), r.sync_groups.len().to_string())
+        });
+        println!(
+            "   {:<9} {:>4} {:>9} {:>9} {:>5} {:>6} {:>6}   {} / {}",
+            n.name,
+            n.dim,
+            n.activation.rank,
+            n.jacobian.rank,
+            dead,
+            on,
+            sync,
+            n.free_directions.activation_and_jacobian,
+            n.free_directions.synchronised
+        );
+    }
+    println!(
+        "   {} parameters, {} free directions → effective parameter count ≤ {}",
+        d.n_params, d.free_directions_total, d.effective_params_bound
+    );
+    Ok(d)
+}
