@@ -82,3 +82,35 @@ fn lib_build_rejects_bad_configs_naming_the_key() {
     let (ok, stderr, _dir) = run_example("lib_build", &missing);
     assert!(!ok && stderr.contains("does_not_exist.npy"), "{stderr}");
 }
+
+#[test]
+fn diagnose_writes_degeneracy_json() {
+    let case = fixtures().join("digits_mlp");
+    let config = serde_json::json!({
+        "model": abs(case.join("model.safetensors")), "activation": "relu",
+        "inputs": abs(case.join("inputs.npy")), "rank_tol": 1e-10, "out_dir": "diag"
+    });
+    let (ok, stderr, dir) = run_example("diagnose", &config);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(dir.path().join("diag/degeneracy.json")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(d["n_params"], 64 * 40 + 40 + 40 * 40 + 40 + 40 * 10 + 10);
+    let nodes = d["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    // The activation ranks are the fixture's "gram kept" dimensions (62, 37, 34).
+    let ranks: Vec<u64> = nodes.iter().map(|n| n["activation_rank"].as_u64().unwrap()).collect();
+    assert_eq!(ranks, [62, 37, 34]);
+    assert!(nodes[0]["relu"].is_null());
+    for key in ["dead", "always_on", "sync_groups"] {
+        assert!(nodes[1]["relu"][key].is_array(), "{key}");
+    }
+    for key in ["name", "dim", "jacobian_rank", "free_directions"] {
+        assert!(!nodes[2][key].is_null(), "{key}");
+    }
+    assert!(d["effective_params_bound"].as_u64().unwrap() <= d["n_params"].as_u64().unwrap());
+
+    let mut bad = config.clone();
+    bad["rank_tolerance"] = 1e-10.into();
+    let (ok, stderr, _dir) = run_example("diagnose", &bad);
+    assert!(!ok && stderr.contains("rank_tolerance"), "{stderr}");
+}

@@ -39,8 +39,11 @@ impl Default for DiagnosticsConfig {
 pub struct DegeneracyStatistics {
     /// Moments of the activations at nodes `0..n_layers` (the inputs of the linear layers).
     activations: Vec<GramAccumulator>,
-    /// Per linear layer `k`: rows `∂y_o/∂z_k` (one row per sample and output `o`).
-    preactivation_jacobians: Vec<GramAccumulator>,
+    /// Per linear layer `k ≤ n − 3`: rows `∂y_o/∂z_k` (one row per sample and output `o`). The
+    /// last two layers have closed forms (`docs/math.md` §5) and need no rows.
+    preactivation_jacobians: Vec<Option<GramAccumulator>>,
+    /// Moments of `s = σ'(z)` of layer `n − 2` (the closed form of its Jacobian Gram).
+    derivatives: Option<GramAccumulator>,
     /// Per linear layer `k` followed by ReLU: the firing partition of its units.
     firing: Vec<Option<FiringPartition>>,
 }
@@ -52,7 +55,8 @@ impl DegeneracyStatistics {
         let n = mlp.n_layers();
         DegeneracyStatistics {
             activations: (0..n).map(|k| GramAccumulator::new(widths[k])).collect(),
-            preactivation_jacobians: (0..n).map(|k| GramAccumulator::new(widths[k + 1])).collect(),
+            preactivation_jacobians: (0..n).map(|k| (k + 2 < n).then(|| GramAccumulator::new(widths[k + 1]))).collect(),
+            derivatives: (n >= 2).then(|| GramAccumulator::new(widths[n - 1])),
             firing: (0..n)
                 .map(|k| (mlp.activations()[k] == Activation::Relu).then(|| FiringPartition::new(widths[k + 1])))
                 .collect(),
@@ -80,22 +84,31 @@ impl DegeneracyStatistics {
                 f.update(trace.preactivation(k))?;
             }
         }
-        // ∂y_o/∂z_k for every sample and output, from the output backwards: rows (x, o).
-        let mut grad = Matrix::from_fn(n * d_out, d_out, |r, c| f64::from(u8::from(r % d_out == c)));
-        for k in (0..mlp.n_layers()).rev() {
+        let n_layers = mlp.n_layers();
+        if n_layers < 2 {
+            return Ok(());
+        }
+        // Layer n − 2: ∂y_o/∂z = W_{n−1}[o, :] ⊙ σ'(z); its Gram needs only E[σ'σ'ᵀ].
+        let (k2, act2) = (n_layers - 2, mlp.activations()[n_layers - 2]);
+        let z2 = trace.preactivation(k2);
+        let s = Matrix::from_fn(n, z2.ncols(), |i, j| act2.derivative(z2[(i, j)]));
+        self.derivatives.as_mut().expect("present for ≥ 2 layers").update(s.view())?;
+        if n_layers < 3 {
+            return Ok(());
+        }
+        // Deeper layers: every sample and output as a row (x, o), back-propagated.
+        let w_last = mlp.linears()[n_layers - 1].weight();
+        let mut rows = Matrix::from_fn(n * d_out, s.ncols(), |r, j| w_last[(r % d_out, j)] * s[(r / d_out, j)]);
+        for k in (0..k2).rev() {
+            rows = rows.matmul(mlp.linears()[k + 1].weight())?;
             let act = mlp.activations()[k];
             let z = trace.preactivation(k);
-            if act != Activation::Identity {
-                for r in 0..grad.nrows() {
-                    for (g, &zv) in grad.row_mut(r).iter_mut().zip(z.row(r / d_out)) {
-                        *g *= act.derivative(zv);
-                    }
+            for r in 0..rows.nrows() {
+                for (g, &zv) in rows.row_mut(r).iter_mut().zip(z.row(r / d_out)) {
+                    *g *= act.derivative(zv);
                 }
             }
-            self.preactivation_jacobians[k].update(grad.view())?;
-            if k > 0 {
-                grad = grad.matmul(mlp.linears()[k].weight())?;
-            }
+            self.preactivation_jacobians[k].as_mut().expect("present below n − 2").update(rows.view())?;
         }
         Ok(())
     }
@@ -113,6 +126,11 @@ impl DegeneracyStatistics {
             a.merge(b)?;
         }
         for (a, b) in self.preactivation_jacobians.iter_mut().zip(&other.preactivation_jacobians) {
+            if let (Some(a), Some(b)) = (a, b) {
+                a.merge(b)?;
+            }
+        }
+        if let (Some(a), Some(b)) = (&mut self.derivatives, &other.derivatives) {
             a.merge(b)?;
         }
         for (a, b) in self.firing.iter_mut().zip(&other.firing) {
@@ -254,8 +272,7 @@ pub fn diagnose_from(mlp: &Mlp, stats: &DegeneracyStatistics, rank_tol: f64) -> 
     for k in 0..mlp.n_layers() {
         let moments = stats.activations[k].finish()?;
         let activation = Rank::of(&moments.folded_gram(false), rank_tol)?;
-        // E[Σ_o ∂y_o/∂z ᵀ ∂y_o/∂z]: the accumulator averaged over N·d_out rows.
-        let k_pre = scaled(&stats.preactivation_jacobians[k].finish()?.second_moment(), d_out);
+        let k_pre = preactivation_jacobian_gram(mlp, stats, k, d_out)?;
         let preactivation_jacobian = Rank::of(&k_pre, rank_tol)?;
         let w = mlp.linears()[k].weight();
         let jacobian = Rank::of(&w.transpose().matmul(&k_pre)?.matmul(w)?, rank_tol)?;
@@ -298,6 +315,20 @@ pub fn diagnose_from(mlp: &Mlp, stats: &DegeneracyStatistics, rank_tol: f64) -> 
     })
 }
 
-fn scaled(m: &Matrix, factor: f64) -> Matrix {
-    Matrix::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] * factor)
+/// `K_k = E_x Σ_o (∂y_o/∂z_k)ᵀ(∂y_o/∂z_k)`: the identity for the last layer, the closed form
+/// `(W_{n−1}ᵀ W_{n−1}) ⊙ E[σ'σ'ᵀ]` for the one before, the row Gram (averaged over `N·d_out`
+/// rows, hence `· d_out`) below.
+fn preactivation_jacobian_gram(mlp: &Mlp, stats: &DegeneracyStatistics, k: usize, d_out: f64) -> Result<Matrix> {
+    let n_layers = mlp.n_layers();
+    if k + 1 == n_layers {
+        return Ok(Matrix::identity(mlp.out_dim()));
+    }
+    if k + 2 == n_layers {
+        let w = mlp.linears()[n_layers - 1].weight();
+        let wtw = w.transpose().matmul(w)?;
+        let ss = stats.derivatives.as_ref().expect("present for ≥ 2 layers").finish()?.second_moment();
+        return Ok(Matrix::from_fn(wtw.nrows(), wtw.ncols(), |i, j| wtw[(i, j)] * ss[(i, j)]));
+    }
+    let m = stats.preactivation_jacobians[k].as_ref().expect("present below n − 2").finish()?.second_moment();
+    Ok(Matrix::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] * d_out))
 }
