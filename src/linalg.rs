@@ -90,6 +90,7 @@ pub(crate) fn gram_lower_add(g: &mut Matrix, x: MatrixView<'_>, alpha: f64) {
         let rhs = xr.subcols(j0, w);
         faer::linalg::matmul::matmul(dst, Accum::Add, lhs, rhs, alpha, parallelism(n * rows * w));
     }
+    clear_upper_simd_state();
 }
 
 /// Copies the lower triangle onto the upper one.
@@ -129,6 +130,7 @@ pub fn symmetric_eigen(m: &Matrix) -> Result<(Vec<f64>, Matrix)> {
         params,
     )
     .map_err(|e| Error::LinearAlgebra { op: "symmetric_eigen", reason: format!("{e:?}") })?;
+    clear_upper_simd_state();
     let s = s.column_vector();
     // faer sorts ascending; reverse once, here.
     let values = (0..n).rev().map(|k| s[k]).collect();
