@@ -1,14 +1,17 @@
 //! Stage 4: the three sources of degeneracy and the effective parameter count they imply.
 
 use crate::StageResult;
+use crate::report::Report;
 use degeneracy::diagnostics::{Diagnostics, DiagnosticsConfig, diagnose};
 use degeneracy::{Dataset, Mlp};
+use serde_json::json;
 use std::time::Instant;
 
 /// Diagnoses the trained network on its training data and prints one line per node layer.
-pub fn run(mlp: &Mlp, data: &Dataset) -> StageResult<Diagnostics> {
+pub fn run(mlp: &Mlp, data: &Dataset, report: &mut Report) -> StageResult<Diagnostics> {
     let t = Instant::now();
-    let d = diagnose(mlp, data, &DiagnosticsConfig::default())?;
+    let config = DiagnosticsConfig::default();
+    let d = diagnose(mlp, data, &config)?;
     println!(
         "\n== degeneracy diagnostics (rank tolerance 1e-10 · largest eigenvalue; {:.2} s)",
         t.elapsed().as_secs_f64()
@@ -38,5 +41,6 @@ pub fn run(mlp: &Mlp, data: &Dataset) -> StageResult<Diagnostics> {
         "   {} parameters, {} free directions → effective parameter count ≤ {}",
         d.n_params, d.free_directions_total, d.effective_params_bound
     );
+    report.section("diagnostics", json!({"settings": config, "result": d, "seconds": t.elapsed().as_secs_f64()}));
     Ok(d)
 }

@@ -3,10 +3,14 @@
 
 use crate::StageResult;
 use crate::bases::Bases;
+use crate::report::Report;
+use degeneracy::basis::NodeBasis;
 use degeneracy::graph::{
     EdgeConfig, EdgeNorm, Edges, InteractionGraph, LeidenConfig, Modules, Sparsity, compute_edges, find_modules,
 };
+use degeneracy::plot::{Scale, Series, draw_graph, line_chart};
 use degeneracy::{Dataset, Mlp};
+use serde_json::json;
 use std::time::Instant;
 
 /// Edges of the three bases, and the LIB graph with its modules.
@@ -19,23 +23,25 @@ pub struct Graph {
     pub sparsity: Vec<(&'static str, Vec<Sparsity>)>,
 }
 
-pub fn run(mlp: &Mlp, data: &Dataset, bases: &Bases) -> StageResult<Graph> {
+pub fn run(mlp: &Mlp, data: &Dataset, bases: &Bases, report: &mut Report) -> StageResult<Graph> {
     let t = Instant::now();
     let config = EdgeConfig::default();
+    let named: [(&'static str, &Vec<NodeBasis>); 3] =
+        [("LIB", &bases.lib), ("PCA", &bases.pca), ("neuron", &bases.neuron)];
+    let mut all_edges = Vec::new();
     let mut sparsity = Vec::new();
-    let mut lib_edges = Vec::new();
-    for (name, b) in [("LIB", &bases.lib), ("PCA", &bases.pca), ("neuron", &bases.neuron)] {
+    for (name, b) in named {
         let edges = compute_edges(mlp, data, b, &config)?;
         sparsity.push((
             name,
             edges.iter().zip(b.windows(2)).map(|(e, p)| Sparsity::between(e, &p[0], &p[1])).collect::<Vec<_>>(),
         ));
-        if name == "LIB" {
-            lib_edges = edges;
-        }
+        all_edges.push(edges);
     }
+    let lib_edges = all_edges[0].clone();
     let graph = InteractionGraph::build(&bases.lib, &lib_edges, &EdgeNorm::Sqrt, false)?;
-    let modules = find_modules(&graph, &LeidenConfig::default())?;
+    let leiden = LeidenConfig::default();
+    let modules = find_modules(&graph, &leiden)?;
     println!(
         "\n== interaction graph and modules: squared edges, √E weights, Leiden γ = 1 ({:.2} s)",
         t.elapsed().as_secs_f64()
@@ -63,5 +69,59 @@ pub fn run(mlp: &Mlp, data: &Dataset, bases: &Bases) -> StageResult<Graph> {
         }
         println!();
     }
+
+    draw_graph(
+        &report.picture("interaction_graph.svg"),
+        &graph,
+        Some(&modules),
+        "LIB interaction graph (√E), coloured by Leiden module",
+    )?;
+    let series: Vec<Series> = named
+        .iter()
+        .zip(&all_edges)
+        .map(|((name, b), edges)| Series {
+            name: format!("{name}: {} → {}", edges[0].in_node, edges[0].out_node),
+            points: mass_curve(&edges[0], &b[0], &b[1]),
+        })
+        .collect();
+    line_chart(
+        &report.picture("edge_sparsity.svg"),
+        "How many edges carry the interaction mass (first layer pair)",
+        "number of strongest edges",
+        "fraction of total |E|",
+        Scale::Linear,
+        &series,
+    )?;
+    report.section(
+        "graph",
+        json!({
+            "settings": {"edges": config, "edge_norm": "sqrt", "leiden": leiden, "include_output": false},
+            "n_directions": graph.nodes.len(),
+            "n_edges": graph.edges.len(),
+            "modules": modules,
+            "sparsity": sparsity.iter().map(|(n, s)| json!({"basis": n, "layers": s})).collect::<Vec<_>>(),
+            "seconds": t.elapsed().as_secs_f64(),
+        }),
+    );
     Ok(Graph { lib_edges, graph, modules, sparsity })
+}
+
+/// Cumulative share of `|E|` carried by the k strongest edges (constant direction excluded).
+fn mass_curve(e: &Edges, input: &NodeBasis, output: &NodeBasis) -> Vec<(f64, f64)> {
+    let (skip_in, skip_out) = (usize::from(input.has_constant_direction), usize::from(output.has_constant_direction));
+    let mut values: Vec<f64> = (skip_out..e.e_hat.nrows())
+        .flat_map(|i| (skip_in..e.e_hat.ncols()).map(move |j| (i, j)))
+        .map(|(i, j)| e.e_hat[(i, j)].abs())
+        .collect();
+    values.sort_by(|a, b| b.total_cmp(a));
+    let total: f64 = values.iter().sum();
+    let mut acc = 0.0;
+    values
+        .iter()
+        .enumerate()
+        .map(|(k, v)| {
+            acc += v;
+            ((k + 1) as f64, acc / total)
+        })
+        .collect()
 }

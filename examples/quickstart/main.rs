@@ -1,16 +1,20 @@
 //! The main job on an embedded default: modular addition (p = 23), a 46→64→64→23 ReLU MLP
 //! trained to 100 % accuracy, then every analysis stage of the crate on it.
 //!
-//! `cargo run --release --example quickstart`
+//! `cargo run --release --example quickstart [-- --out DIR]` (default `out/quickstart`)
 //!
-//! Each analysis is one stage in its own file; `main` runs them in order.
+//! Each analysis is one stage in its own file; `main` runs them in order. Every stage prints
+//! a short summary, adds its section (numbers and the settings that produced them) to
+//! `DIR/report.json` and draws its pictures as SVG files in `DIR`.
 
 mod bases;
 mod diagnostics;
 mod graph;
+mod report;
 mod training;
 
 use degeneracy::data::modular_addition;
+use report::Report;
 use std::time::Instant;
 
 /// The quickstart's error type: any stage's error, printed by `main`.
@@ -25,11 +29,12 @@ pub const SEED: u64 = 0;
 
 fn main() -> StageResult<()> {
     let start = Instant::now();
+    let mut report = Report::create(&report::out_dir_from_args()?)?;
     let data = modular_addition(P)?;
-    let mlp = training::run(&data)?;
-    let bases = bases::run(&mlp, &data)?;
-    let _graph = graph::run(&mlp, &data, &bases)?;
-    let _diagnostics = diagnostics::run(&mlp, &data)?;
-    println!("\ntotal {:.2} s", start.elapsed().as_secs_f64());
+    let mlp = training::run(&data, &mut report)?;
+    let bases = bases::run(&mlp, &data, &mut report)?;
+    let _graph = graph::run(&mlp, &data, &bases, &mut report)?;
+    let _diagnostics = diagnostics::run(&mlp, &data, &mut report)?;
+    report.finish(start.elapsed().as_secs_f64())?;
     Ok(())
 }

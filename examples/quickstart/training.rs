@@ -1,12 +1,15 @@
 //! Stage 1: train the network the later stages analyse.
 
+use crate::report::{Report, progress};
 use crate::{HIDDEN, P, SEED, StageResult};
-use degeneracy::nn::{Optimizer, TrainConfig, train};
+use degeneracy::nn::{Optimizer, TrainConfig, train_with};
+use degeneracy::plot::{Scale, Series, line_chart};
 use degeneracy::{Activation, Dataset, Loss, Mlp};
+use serde_json::json;
 use std::time::Instant;
 
 /// Trains the 46→64→64→23 ReLU MLP (full-batch Adam) to 100 % accuracy and a small loss.
-pub fn run(data: &Dataset) -> StageResult<Mlp> {
+pub fn run(data: &Dataset, report: &mut Report) -> StageResult<Mlp> {
     let t = Instant::now();
     let mut mlp = Mlp::init(&[2 * P, HIDDEN, HIDDEN, P], Activation::Relu, true, SEED)?;
     let config = TrainConfig {
@@ -17,17 +20,40 @@ pub fn run(data: &Dataset) -> StageResult<Mlp> {
         seed: SEED,
         stop_at_accuracy: None,
     };
-    let report = train(&mut mlp, data, &config)?;
+    let bar = progress(config.epochs as u64, "training");
+    let trained = train_with(&mut mlp, data, &config, &mut |_, _| bar.inc(1))?;
+    bar.finish_and_clear();
     println!("== training: modular addition p = {P}, {} samples, MLP {:?}", data.len(), mlp.widths());
     println!(
         "   epochs {:>5}   loss {:.3e}   accuracy {:.2} %   ({:.2} s)",
-        report.epoch_losses.len(),
-        report.final_loss,
-        100.0 * report.final_accuracy.unwrap_or(0.0),
+        trained.epoch_losses.len(),
+        trained.final_loss,
+        100.0 * trained.final_accuracy.unwrap_or(0.0),
         t.elapsed().as_secs_f64()
     );
-    if report.final_accuracy != Some(1.0) {
+    if trained.final_accuracy != Some(1.0) {
         return Err("training did not reach 100 % accuracy".into());
     }
+    let curve = trained.epoch_losses.iter().enumerate().map(|(e, &l)| (e as f64 + 1.0, l)).collect();
+    line_chart(
+        &report.picture("training_loss.svg"),
+        "Training: modular addition (p = 23), full-batch Adam",
+        "epoch",
+        "cross-entropy (log scale)",
+        Scale::Log,
+        &[Series { name: "training loss".into(), points: curve }],
+    )?;
+    report.section(
+        "training",
+        json!({
+            "task": {"name": "modular addition", "p": P, "samples": data.len(), "input": "one_hot(a) ⊕ one_hot(b)"},
+            "model": {"widths": mlp.widths(), "activation": "relu", "n_params": degeneracy::Layer::n_params(&mlp)},
+            "settings": config,
+            "final_loss": trained.final_loss,
+            "final_accuracy": trained.final_accuracy,
+            "epoch_losses": trained.epoch_losses,
+            "seconds": t.elapsed().as_secs_f64(),
+        }),
+    );
     Ok(mlp)
 }

@@ -14,4 +14,4 @@ pub use linear::Linear;
 pub use loss::{Loss, TargetsView, accuracy};
 pub use mlp::{ForwardTrace, Mlp, OUTPUT_NODE};
 pub use section::{FoldedLinear, Section};
-pub use train::{Optimizer, TrainConfig, TrainReport, evaluate, train};
+pub use train::{Optimizer, TrainConfig, TrainReport, evaluate, train, train_with};

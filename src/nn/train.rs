@@ -125,6 +125,17 @@ pub fn evaluate(mlp: &Mlp, data: &Dataset, loss: Loss) -> Result<(f64, Option<f6
 
 /// Trains `mlp` in place. Deterministic for a given seed.
 pub fn train(mlp: &mut Mlp, data: &Dataset, config: &TrainConfig) -> Result<TrainReport> {
+    train_with(mlp, data, config, &mut |_, _| {})
+}
+
+/// [`train`], calling `on_epoch(epoch, mean minibatch loss)` after every epoch (progress bars,
+/// logging).
+pub fn train_with(
+    mlp: &mut Mlp,
+    data: &Dataset,
+    config: &TrainConfig,
+    on_epoch: &mut dyn FnMut(usize, f64),
+) -> Result<TrainReport> {
     config.optimizer.validate()?;
     if config.epochs == 0 {
         return Err(Error::invalid("epochs", 0, "must be at least 1"));
@@ -165,6 +176,7 @@ pub fn train(mlp: &mut Mlp, data: &Dataset, config: &TrainConfig) -> Result<Trai
             count += 1;
         }
         epoch_losses.push(total / count as f64);
+        on_epoch(epoch_losses.len() - 1, total / count as f64);
         if let Some(target) = config.stop_at_accuracy
             && evaluate(mlp, data, config.loss)?.1.is_some_and(|a| a >= target)
         {

@@ -1,0 +1,50 @@
+//! The README's first command: the quickstart's report has every section, only finite numbers,
+//! and valid SVG pictures with labelled axes.
+
+use std::process::Command;
+
+fn all_numbers_finite(v: &serde_json::Value, path: &str) -> Result<(), String> {
+    match v {
+        serde_json::Value::Number(n) => {
+            if n.as_f64().is_some_and(f64::is_finite) { Ok(()) } else { Err(format!("{path}: {n}")) }
+        }
+        serde_json::Value::Array(a) => a.iter().enumerate().try_for_each(|(i, x)| all_numbers_finite(x, &format!("{path}[{i}]"))),
+        serde_json::Value::Object(o) => o.iter().try_for_each(|(k, x)| all_numbers_finite(x, &format!("{path}.{k}"))),
+        _ => Ok(()),
+    }
+}
+
+#[test]
+fn quickstart_report_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO"))
+        .args(["run", "--release", "--quiet", "--example", "quickstart", "--", "--out"])
+        .arg(dir.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains('['), "no progress bars when stderr is not a terminal: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    for section in ["training", "bases", "graph", "diagnostics", "pictures"] {
+        assert!(!report[section].is_null(), "section {section} missing");
+    }
+    for section in ["training", "bases", "graph", "diagnostics"] {
+        assert!(report[section]["settings"].is_object(), "{section} records its settings");
+    }
+    assert_eq!(report["training"]["final_accuracy"], 1.0);
+    all_numbers_finite(&report, "report").unwrap();
+
+    let pictures: Vec<String> =
+        report["pictures"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    assert!(pictures.len() >= 4, "{pictures:?}");
+    for p in &pictures {
+        let text = std::fs::read_to_string(dir.path().join(p)).unwrap();
+        let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!(doc.root_element().tag_name().name(), "svg", "{p}");
+        let texts: Vec<&str> = doc.descendants().filter_map(|n| n.text()).map(str::trim).filter(|t| !t.is_empty()).collect();
+        assert!(texts.len() >= 3, "{p} has a title and labels: {texts:?}");
+    }
+}
