@@ -17,6 +17,8 @@ pub struct Graph {
     pub modules: Modules,
     /// Per basis name, the sparsity of every edge matrix.
     pub sparsity: Vec<(&'static str, Vec<Sparsity>)>,
+    /// Per basis name (LIB, PCA, neuron), the edges of every layer pair.
+    pub edges_by_basis: Vec<(&'static str, Vec<Edges>)>,
 }
 
 pub fn run(mlp: &Mlp, data: &Dataset, bases: &Bases) -> StageResult<Graph> {
@@ -24,6 +26,7 @@ pub fn run(mlp: &Mlp, data: &Dataset, bases: &Bases) -> StageResult<Graph> {
     let config = EdgeConfig::default();
     let mut sparsity = Vec::new();
     let mut lib_edges = Vec::new();
+    let mut edges_by_basis = Vec::new();
     for (name, b) in [("LIB", &bases.lib), ("PCA", &bases.pca), ("neuron", &bases.neuron)] {
         let edges = compute_edges(mlp, data, b, &config)?;
         sparsity.push((
@@ -31,8 +34,9 @@ pub fn run(mlp: &Mlp, data: &Dataset, bases: &Bases) -> StageResult<Graph> {
             edges.iter().zip(b.windows(2)).map(|(e, p)| Sparsity::between(e, &p[0], &p[1])).collect::<Vec<_>>(),
         ));
         if name == "LIB" {
-            lib_edges = edges;
+            lib_edges = edges.clone();
         }
+        edges_by_basis.push((name, edges));
     }
     let graph = InteractionGraph::build(&bases.lib, &lib_edges, &EdgeNorm::Sqrt, false)?;
     let modules = find_modules(&graph, &LeidenConfig::default())?;
@@ -63,5 +67,5 @@ pub fn run(mlp: &Mlp, data: &Dataset, bases: &Bases) -> StageResult<Graph> {
         }
         println!();
     }
-    Ok(Graph { lib_edges, graph, modules, sparsity })
+    Ok(Graph { lib_edges, graph, modules, sparsity, edges_by_basis })
 }

@@ -5,6 +5,7 @@
 //!
 //! Each analysis is one stage in its own file; `main` runs them in order.
 
+mod ablation;
 mod bases;
 mod graph;
 mod training;
@@ -27,7 +28,8 @@ fn main() -> StageResult<()> {
     let data = modular_addition(P)?;
     let mlp = training::run(&data)?;
     let bases = bases::run(&mlp, &data)?;
-    let _graph = graph::run(&mlp, &data, &bases)?;
+    let graph = graph::run(&mlp, &data, &bases)?;
+    ablation::run(&mlp, &data, &bases, &graph)?;
     println!("\ntotal {:.2} s", start.elapsed().as_secs_f64());
     Ok(())
 }
