@@ -5,7 +5,8 @@
 use crate::error::Result;
 use crate::linalg::gemm;
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{FoldedLinear, Layer, Section};
+use crate::nn::{FoldedLinear, Section};
+use crate::scratch::ScratchMatrix;
 
 /// `u ↦ section(u C⁺)` for coordinates `u`, split as `finish(u · coord_map)`.
 pub(crate) struct Downstream {
@@ -16,7 +17,7 @@ pub(crate) struct Downstream {
     /// `[W_f; e_cᵀ]` (`[width, orig]`): the same from the activations themselves (no basis).
     full_map: Option<Matrix>,
     first: Option<FoldedLinear>,
-    rest: Option<Section>,
+    rest: Vec<FoldedLinear>,
 }
 
 impl Downstream {
@@ -24,7 +25,7 @@ impl Downstream {
     /// (`None`: the identity, at the network output).
     pub(crate) fn new(c_pinv: &Matrix, section: Option<&Section>) -> Result<Self> {
         let Some(section) = section else {
-            return Ok(Downstream { coord_map: c_pinv.clone(), full_map: None, first: None, rest: None });
+            return Ok(Downstream { coord_map: c_pinv.clone(), full_map: None, first: None, rest: Vec::new() });
         };
         let first = section.layers()[0].clone();
         let w = first.folded_weight();
@@ -35,7 +36,7 @@ impl Downstream {
             if i < d1 { w[(i, j)] } else { f64::from(u8::from(j == constant)) }
         });
         let coord_map = c_pinv.matmul(&full.transpose())?;
-        let rest = (section.layers().len() > 1).then(|| Section::new(section.layers()[1..].to_vec()));
+        let rest = section.layers()[1..].to_vec();
         Ok(Downstream { coord_map, full_map: Some(full), first: Some(first), rest })
     }
 
@@ -59,9 +60,11 @@ impl Downstream {
     }
 
     /// Applies the first layer's activation (and carries the constant coordinate), then the rest
-    /// of the section: `p` (`[rows, width]`) becomes the section's output.
-    pub(crate) fn finish(&self, mut p: Matrix) -> Result<Matrix> {
-        let Some(first) = &self.first else { return Ok(p) };
+    /// of the section, in place: `p` (`[rows, width]`) becomes the section's output. Temporaries
+    /// come from the thread's buffer pool (fresh multi-megabyte allocations page-fault more than
+    /// the arithmetic costs).
+    pub(crate) fn finish(&self, p: &mut Matrix) {
+        let Some(first) = &self.first else { return };
         let act = first.activation();
         let d1 = first.folded_weight().nrows();
         let carries = first.carries_constant();
@@ -74,13 +77,13 @@ impl Downstream {
                 row[d1] = first.constant_carrier(row[d1]).0;
             }
         }
-        match &self.rest {
-            None => Ok(p),
-            Some(rest) => {
-                let mut y = Matrix::default();
-                rest.forward(p.view(), &mut y)?;
-                Ok(y)
-            }
+        if self.rest.is_empty() {
+            return;
+        }
+        let (mut z, mut y) = (ScratchMatrix::take(), ScratchMatrix::take());
+        for layer in &self.rest {
+            layer.forward(p.view(), &mut z, &mut y);
+            std::mem::swap(p, &mut *y);
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::graph::{EdgeNorm, Edges};
 use crate::linalg::gemm;
 use crate::matrix::Matrix;
 use crate::nn::{Layer, Mlp, Section};
+use crate::scratch::ScratchMatrix;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -169,12 +170,14 @@ impl<'a> EdgeAblation<'a> {
         let w = self.pair.width();
         let mut out_hat = Matrix::zeros(r, self.output.dim());
         let per_stack = (STACK_ROWS / r.max(1)).max(1);
-        let mut gathered = Matrix::default();
+        let (mut gathered, mut stack) = (ScratchMatrix::take(), ScratchMatrix::take());
         for chunk in groups.chunks(per_stack) {
-            let mut stack = Matrix::zeros(chunk.len() * r, w);
+            stack.resize(chunk.len() * r, w);
             for (s, g) in chunk.iter().enumerate() {
                 if g.kept.is_empty() {
-                    continue; // nothing reaches these outputs: the zero input
+                    // Nothing reaches these outputs: the zero input.
+                    stack.as_mut_slice()[s * r * w..(s + 1) * r * w].fill(0.0);
+                    continue;
                 }
                 gathered.resize(r, g.kept.len());
                 for x in 0..r {
@@ -186,9 +189,9 @@ impl<'a> EdgeAblation<'a> {
                 let block = &mut stack.as_mut_slice()[s * r * w..(s + 1) * r * w];
                 gemm(block, gathered.view(), false, g.map_rows.view(), false, 1.0, false);
             }
-            let y = self.pair.finish(stack)?;
+            self.pair.finish(&mut stack);
             for (s, g) in chunk.iter().enumerate() {
-                let part = y.rows(s * r..(s + 1) * r).matmul(g.c_out.view())?;
+                let part = stack.rows(s * r..(s + 1) * r).matmul(g.c_out.view())?;
                 for x in 0..r {
                     let dst = out_hat.row_mut(x);
                     for (t, &i) in g.outputs.iter().enumerate() {

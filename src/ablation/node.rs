@@ -9,6 +9,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
 use crate::nn::Mlp;
+use crate::scratch::ScratchMatrix;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -121,14 +122,17 @@ fn unit_scores(
     let per_stack = (STACK_ROWS / r.max(1)).max(1);
     let per_round = (ROUND_VALUES / (r * w).max(1)).max(per_stack);
     let map = down.coord_map();
-    let mut running = Matrix::zeros(r, w);
+    let mut running = ScratchMatrix::take();
+    running.resize(r, w);
+    running.fill(0.0);
     let mut added = 0;
     let mut out = Vec::with_capacity(points.len());
     for round in points.chunks(per_round) {
         // Snapshots of the running pre-activations, in order (cheap), ...
         let mut stacks = Vec::new();
         for chunk in round.chunks(per_stack) {
-            let mut stack = Matrix::zeros(chunk.len() * r, w);
+            let mut stack = ScratchMatrix::take();
+            stack.resize(chunk.len() * r, w);
             for (s, &n) in chunk.iter().enumerate() {
                 let block = &mut stack.as_mut_slice()[s * r * w..(s + 1) * r * w];
                 if n == dim {
@@ -151,9 +155,9 @@ fn unit_scores(
         // ... then the rest of the network on each stack, in parallel across points.
         let scored: Vec<Vec<ScoreSum>> = stacks
             .into_par_iter()
-            .map(|(len, stack)| {
-                let y = down.finish(stack)?;
-                (0..len).map(|s| score(y.rows(s * r..(s + 1) * r))).collect()
+            .map(|(len, mut stack)| {
+                down.finish(&mut stack);
+                (0..len).map(|s| score(stack.rows(s * r..(s + 1) * r))).collect()
             })
             .collect::<Result<_>>()?;
         out.extend(scored.into_iter().flatten());
