@@ -435,3 +435,40 @@ fn bad_input_is_a_typed_error() {
     let unlabelled = Dataset::unlabelled(data.inputs().clone()).unwrap();
     assert!(evaluate(&mlp, &unlabelled, Eval::Accuracy).is_err());
 }
+
+#[test]
+fn output_node_ablation_projects_the_outputs() {
+    // A rotated output node (PCA of the logits): the ablated network is y ↦ y R_n.
+    let (mlp, data) = digits();
+    let config = LibConfig { basis_formula: BasisFormula::Svd, rotate_final_node_layer: true, ..LibConfig::default() };
+    let out = fit_bases(&mlp, &data, &config).unwrap().pop().unwrap();
+    assert!(out.is_rotated() && !out.folded);
+    let mut y = Matrix::default();
+    mlp.forward(data.inputs().view(), &mut y).unwrap();
+    let labels = degeneracy::nn::TargetsView::Labels(data.labels().unwrap());
+    let points: Vec<usize> = (0..=out.dim()).collect();
+    let curve = node_ablation_curve(&mlp, &data, mlp.n_layers(), &out, &points, Eval::CrossEntropy).unwrap();
+    for &(n, score) in &curve.scores {
+        let projected = y.matmul(&rotation_matrix(&out, n).unwrap()).unwrap();
+        let reference = Loss::CrossEntropy.value_and_grad(projected.view(), labels, None).unwrap();
+        assert!((score - reference).abs() <= 1e-10 * reference, "n = {n}: {score} vs {reference}");
+    }
+    let uniform = (out.orig_dim() as f64).ln();
+    assert!((curve.scores[0].1 - uniform).abs() < 1e-12, "zero logits: ln(classes), got {:?}", curve.scores[0]);
+}
+
+#[test]
+fn edge_scores_do_not_depend_on_threads() {
+    let (mlp, data) = digits();
+    let lib = bases(&mlp, &data, BasisFormula::Jacobian);
+    let e = edges(&mlp, &data, &lib);
+    let scores = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let abl = EdgeAblation::new(&mlp, &data, &lib[0], &lib[1], &e[0], Eval::CrossEntropy).unwrap();
+            [0, 10, 100, 500].map(|k| abl.score(k).unwrap())
+        })
+    };
+    assert_eq!(scores(1), scores(2));
+    assert_eq!(scores(1), scores(3));
+}

@@ -49,7 +49,7 @@ impl Directions {
 
     /// The neuron basis in the order a node ablation keeps it: the constant coordinate first
     /// (when `folded`; it carries the biases, as the centred bases' constant direction does), then
-    /// the neurons by decreasing `second_moments` (E[h_i²]; equal values by index). `C` is a
+    /// the neurons by decreasing `second_moments` (`E[h_i²]`; equal values by index). `C` is a
     /// permutation matrix and `C⁺ = Cᵀ`.
     pub fn neurons(second_moments: &[f64], folded: bool) -> Result<Self> {
         let d = second_moments.len();
