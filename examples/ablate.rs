@@ -133,6 +133,9 @@ fn run() -> AnyResult<()> {
         "edge" => true,
         other => return Err(format!("ablation_type `{other}`: expected node or edge").into()),
     };
+    if !edge && matches!(plan, Plan::Bisect(_)) {
+        return Err("schedule.type bisect applies to edge ablation; use a static schedule for nodes".into());
+    }
     let (mlp, inputs) = keys.load(&dir)?;
     let targets = match (&ablate.labels, &ablate.targets) {
         (Some(_), Some(_)) => return Err("give either \"labels\" or \"targets\", not both".into()),
@@ -198,9 +201,7 @@ fn run() -> AnyResult<()> {
             report.insert("log_norm_eps".into(), Value::Object(eps));
         }
     } else {
-        let Plan::Static(schedule) = &plan else {
-            return Err("schedule.type bisect applies to edge ablation; use a static schedule for nodes".into());
-        };
+        let Plan::Static(schedule) = &plan else { return Err("bisect: checked above".into()) };
         for b in bases.iter().filter(|b| b.is_rotated()) {
             let points = schedule.points(b.dim())?;
             let curve = if b.formula == Some(BasisFormula::Neuron) {
