@@ -18,6 +18,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod ablation;
 pub mod basis;
 pub mod data;
 pub mod diagnostics;

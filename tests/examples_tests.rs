@@ -114,3 +114,86 @@ fn diagnose_writes_degeneracy_json() {
     let (ok, stderr, _dir) = run_example("diagnose", &bad);
     assert!(!ok && stderr.contains("rank_tolerance"), "{stderr}");
 }
+
+fn ablate_config(ablation_type: &str, schedule: serde_json::Value) -> serde_json::Value {
+    let case = fixtures().join("digits_mlp");
+    let mut config = digits_config("out");
+    config["labels"] = abs(case.join("labels.npy")).into();
+    config["eval"] = "accuracy".into();
+    config["ablation_type"] = ablation_type.into();
+    config["schedule"] = schedule;
+    config["score_target_difference"] = 0.001.into();
+    config
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn ablate_writes_node_curves() {
+    let schedule = serde_json::json!({"type": "exponential", "base": 1.05, "all_below": 10});
+    let (ok, stderr, dir) = run_example("ablate", &ablate_config("node", schedule));
+    assert!(ok, "{stderr}");
+    let report = read_json(&dir.path().join("out/ablation.json"));
+    // The fixture README's accuracy of the model on these inputs.
+    assert_eq!(report["no_ablation_result"], 0.99609375);
+    let results = report["results"].as_object().unwrap();
+    assert_eq!(results.keys().collect::<Vec<_>>(), ["layers.0", "layers.1", "layers.2"]);
+    for (node, dim) in [("layers.0", 37), ("layers.1", 34), ("layers.2", 11)] {
+        let curve = results[node].as_array().unwrap();
+        let n: Vec<u64> = curve.iter().map(|p| p[0].as_u64().unwrap()).collect();
+        assert_eq!(n[..11], (0..=10).collect::<Vec<u64>>()[..n.len().min(11)], "{node}: every n ≤ 10");
+        assert_eq!(*n.last().unwrap(), dim, "{node}: up to the basis dimension");
+        assert!(n.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(curve.last().unwrap()[1], 0.99609375, "{node}: everything kept");
+        assert!(curve[0][1].as_f64().unwrap() < 0.2, "{node}: nothing kept");
+    }
+}
+
+#[test]
+fn ablate_bisects_edges() {
+    let schedule = serde_json::json!({"type": "bisect", "midpoint": "log"});
+    let (ok, stderr, dir) = run_example("ablate", &ablate_config("edge", schedule));
+    assert!(ok, "{stderr}");
+    let report = read_json(&dir.path().join("out/ablation.json"));
+    let required = report["n_edges_required"].as_object().unwrap();
+    assert_eq!(required.keys().collect::<Vec<_>>(), ["layers.0", "layers.1", "layers.2"]);
+    for (node, total) in [("layers.0", 65 * 41), ("layers.1", 41 * 41), ("layers.2", 41 * 10)] {
+        let k = required[node].as_u64().unwrap();
+        let probes = report["results"][node].as_array().unwrap();
+        let score = |k: u64| probes.iter().find(|p| p[0].as_u64() == Some(k)).map(|p| p[1].as_f64().unwrap());
+        // Bisection: k within δ and k − 1 not, both among the probes (k < total here).
+        assert!(k > 0 && k < total);
+        assert!(score(k).unwrap() >= 0.99609375 - 0.001, "{node}");
+        assert!(score(k - 1).unwrap() < 0.99609375 - 0.001, "{node}");
+        assert!(report["log_norm_eps"][node].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn ablate_rejects_bad_configs_naming_the_key() {
+    let exp = serde_json::json!({"type": "exponential", "base": 1.05, "all_below": 10});
+    let mut unknown = ablate_config("node", exp.clone());
+    unknown["scheduel"] = 1.into();
+    let (ok, stderr, _dir) = run_example("ablate", &unknown);
+    assert!(!ok && stderr.contains("scheduel"), "{stderr}");
+
+    let bad_schedule = ablate_config("node", serde_json::json!({"type": "exponential", "base": 1.05, "all_belo": 10}));
+    let (ok, stderr, _dir) = run_example("ablate", &bad_schedule);
+    assert!(!ok && stderr.contains("all_belo"), "{stderr}");
+
+    let mut bad_eval = ablate_config("node", exp.clone());
+    bad_eval["eval"] = "acuracy".into();
+    let (ok, stderr, _dir) = run_example("ablate", &bad_eval);
+    assert!(!ok && stderr.contains("eval") && stderr.contains("acuracy"), "{stderr}");
+
+    let bisect_nodes = ablate_config("node", serde_json::json!({"type": "bisect"}));
+    let (ok, stderr, _dir) = run_example("ablate", &bisect_nodes);
+    assert!(!ok && stderr.contains("bisect"), "{stderr}");
+
+    let mut no_labels = ablate_config("edge", serde_json::json!({"type": "bisect"}));
+    no_labels.as_object_mut().unwrap().remove("labels");
+    let (ok, stderr, _dir) = run_example("ablate", &no_labels);
+    assert!(!ok && stderr.contains("labels"), "{stderr}");
+}

@@ -6,9 +6,15 @@ use std::process::Command;
 fn all_numbers_finite(v: &serde_json::Value, path: &str) -> Result<(), String> {
     match v {
         serde_json::Value::Number(n) => {
-            if n.as_f64().is_some_and(f64::is_finite) { Ok(()) } else { Err(format!("{path}: {n}")) }
+            if n.as_f64().is_some_and(f64::is_finite) {
+                Ok(())
+            } else {
+                Err(format!("{path}: {n}"))
+            }
         }
-        serde_json::Value::Array(a) => a.iter().enumerate().try_for_each(|(i, x)| all_numbers_finite(x, &format!("{path}[{i}]"))),
+        serde_json::Value::Array(a) => {
+            a.iter().enumerate().try_for_each(|(i, x)| all_numbers_finite(x, &format!("{path}[{i}]")))
+        }
         serde_json::Value::Object(o) => o.iter().try_for_each(|(k, x)| all_numbers_finite(x, &format!("{path}.{k}"))),
         _ => Ok(()),
     }
@@ -44,7 +50,8 @@ fn quickstart_report_is_complete() {
         let text = std::fs::read_to_string(dir.path().join(p)).unwrap();
         let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{p}: {e}"));
         assert_eq!(doc.root_element().tag_name().name(), "svg", "{p}");
-        let texts: Vec<&str> = doc.descendants().filter_map(|n| n.text()).map(str::trim).filter(|t| !t.is_empty()).collect();
+        let texts: Vec<&str> =
+            doc.descendants().filter_map(|n| n.text()).map(str::trim).filter(|t| !t.is_empty()).collect();
         assert!(texts.len() >= 3, "{p} has a title and labels: {texts:?}");
     }
 }

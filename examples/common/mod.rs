@@ -27,6 +27,29 @@ pub fn read_config<T: DeserializeOwned>(usage: &str) -> AnyResult<(T, PathBuf)> 
     Ok((config, dir))
 }
 
+/// Reads a config holding the [`BuildKeys`] plus the keys `extra_keys` of `E` (the first
+/// command-line argument): the extra keys are split off and read into `E`, the rest into
+/// `BuildKeys`, so an unknown key is still an error naming it. Returns both with the config's
+/// folder.
+pub fn read_build_config<E: DeserializeOwned>(usage: &str, extra_keys: &[&str]) -> AnyResult<(BuildKeys, E, PathBuf)> {
+    let (value, dir): (serde_json::Value, PathBuf) = read_config(usage)?;
+    let path = std::env::args().nth(1).map(PathBuf::from).unwrap_or_default();
+    let malformed =
+        |e: serde_json::Error| Error::Malformed { path: path.clone(), format: "json config", reason: e.to_string() };
+    let serde_json::Value::Object(mut build) = value else {
+        return Err(Error::Malformed { path, format: "json config", reason: "expected an object".into() }.into());
+    };
+    let mut extra = serde_json::Map::new();
+    for key in extra_keys {
+        if let Some(v) = build.remove(*key) {
+            extra.insert((*key).to_string(), v);
+        }
+    }
+    let keys = serde_json::from_value(serde_json::Value::Object(build)).map_err(malformed)?;
+    let extra = serde_json::from_value(serde_json::Value::Object(extra)).map_err(malformed)?;
+    Ok((keys, extra, dir))
+}
+
 /// `path` relative to the config's folder (absolute paths unchanged).
 pub fn resolve(dir: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);

@@ -21,6 +21,8 @@ pub struct Graph {
     pub modules: Modules,
     /// Per basis name, the sparsity of every edge matrix.
     pub sparsity: Vec<(&'static str, Vec<Sparsity>)>,
+    /// Per basis name (LIB, PCA, neuron), the edges of every layer pair.
+    pub edges_by_basis: Vec<(&'static str, Vec<Edges>)>,
 }
 
 pub fn run(mlp: &Mlp, data: &Dataset, bases: &Bases, report: &mut Report) -> StageResult<Graph> {
@@ -103,7 +105,8 @@ pub fn run(mlp: &Mlp, data: &Dataset, bases: &Bases, report: &mut Report) -> Sta
             "seconds": t.elapsed().as_secs_f64(),
         }),
     );
-    Ok(Graph { lib_edges, graph, modules, sparsity })
+    let edges_by_basis = named.iter().map(|(n, _)| *n).zip(all_edges).collect();
+    Ok(Graph { lib_edges, graph, modules, sparsity, edges_by_basis })
 }
 
 /// Cumulative share of `|E|` carried by the k strongest edges (constant direction excluded).

@@ -7,6 +7,7 @@
 //! a short summary, adds its section (numbers and the settings that produced them) to
 //! `DIR/report.json` and draws its pictures as SVG files in `DIR`.
 
+mod ablation;
 mod bases;
 mod diagnostics;
 mod graph;
@@ -33,8 +34,9 @@ fn main() -> StageResult<()> {
     let data = modular_addition(P)?;
     let mlp = training::run(&data, &mut report)?;
     let bases = bases::run(&mlp, &data, &mut report)?;
-    let _graph = graph::run(&mlp, &data, &bases, &mut report)?;
+    let graph = graph::run(&mlp, &data, &bases, &mut report)?;
     let _diagnostics = diagnostics::run(&mlp, &data, &mut report)?;
+    ablation::run(&mlp, &data, &bases, &graph, &mut report)?;
     report.finish(start.elapsed().as_secs_f64())?;
     Ok(())
 }

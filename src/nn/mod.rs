@@ -11,6 +11,7 @@ mod train;
 pub use activation::{Activation, Elementwise};
 pub use layer::Layer;
 pub use linear::Linear;
+pub(crate) use loss::argmax;
 pub use loss::{Loss, TargetsView, accuracy};
 pub use mlp::{ForwardTrace, Mlp, OUTPUT_NODE};
 pub use section::{FoldedLinear, Section};

@@ -66,7 +66,8 @@ impl FoldedLinear {
         linalg::gemm(z.as_mut_slice(), x, false, self.weight.view(), true, 1.0, false);
     }
 
-    fn forward(&self, x: MatrixView<'_>, z: &mut Matrix, y: &mut Matrix) {
+    /// `y ← [σ(x W_fᵀ), κ(c)]` with the pre-activations left in `z` (buffers reused).
+    pub(crate) fn forward(&self, x: MatrixView<'_>, z: &mut Matrix, y: &mut Matrix) {
         self.preactivations(x, z);
         let (d, c_col) = (self.weight.nrows(), self.in_dim() - 1);
         y.resize(x.nrows(), self.out_dim());
