@@ -22,10 +22,12 @@ pub mod data;
 mod error;
 pub mod io;
 pub mod linalg;
+pub mod llc;
 mod matrix;
 pub mod nn;
 
 pub use data::{Dataset, Targets};
 pub use error::{Error, Result};
+pub use llc::{BehaviouralLoss, LlcConfig, LlcEstimator, LlcReport, LossModel, MlpLoss, Sampler};
 pub use matrix::{Matrix, MatrixView};
 pub use nn::{Activation, Elementwise, Layer, Linear, Loss, Mlp};
