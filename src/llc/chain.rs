@@ -83,6 +83,8 @@ pub struct Chain<M> {
     w_star: Vec<f64>,
     grad: Vec<f64>,
     drift: Vec<f64>,
+    /// This step's standard normals.
+    xi: Vec<f64>,
     prev_w: Vec<f64>,
     prev_drift: Vec<f64>,
     /// RMSprop: V. SGNHT: momentum v. SGLD: unused.
@@ -151,6 +153,7 @@ impl<M: LossModel> Chain<M> {
             w_star: w_star.to_vec(),
             grad: vec![0.0; d],
             drift: vec![0.0; d],
+            xi: vec![0.0; d],
             prev_w: vec![0.0; d],
             prev_drift: vec![0.0; d],
             state,
@@ -245,26 +248,29 @@ impl<M: LossModel> Chain<M> {
         let sqrt_eps = eps.sqrt();
         let half = 0.5 * eps;
         let (mut drift2, mut noise2, mut check) = (0.0, 0.0, 0.0);
-        let noise = &mut self.noise;
-        let params = self.w.iter_mut().zip(&self.grad).zip(drift);
+        // The noise first, in one tight loop (the update loops below then keep their
+        // accumulators in registers).
+        for x in self.xi.iter_mut() {
+            *x = StandardNormal.sample(&mut self.noise);
+        }
+        let params = self.w.iter_mut().zip(drift).zip(&self.xi);
         match p.sampler() {
             Sampler::Sgld => {
                 let s = sqrt_eps * sigma;
-                for ((w, &g), &dr) in params {
-                    let xi: f64 = StandardNormal.sample(noise);
-                    let (a, b) = (half * nbeta * g, s * xi);
-                    drift2 += a * a;
+                for ((w, &dr), &xi) in params {
+                    let b = s * xi;
                     noise2 += b * b;
                     *w += b - half * dr;
                     check += *w;
                 }
+                drift2 = (half * nbeta).powi(2) * gnorm2;
             }
             Sampler::RmspropSgld { alpha, eps: reg } => {
-                for (((w, &g), &dr), (v, pre_out)) in params.zip(self.state.iter_mut().zip(self.prev_g.iter_mut())) {
+                let aux = self.state.iter_mut().zip(self.prev_g.iter_mut()).zip(&self.grad);
+                for (((w, &dr), &xi), ((v, pre_out), &g)) in params.zip(aux) {
                     *v = alpha * *v + (1.0 - alpha) * g * g;
                     let pre = 1.0 / (v.sqrt() + reg);
                     *pre_out = pre;
-                    let xi: f64 = StandardNormal.sample(noise);
                     let (a, b) = (half * pre * nbeta * g, sqrt_eps * sigma * pre.sqrt() * xi);
                     drift2 += a * a;
                     noise2 += b * b;
@@ -276,16 +282,15 @@ impl<M: LossModel> Chain<M> {
                 let s = (2.0 * diffusion * eps).sqrt() * sigma;
                 let keep = 1.0 - self.thermostat;
                 let mut v2 = 0.0;
-                for (((w, &g), &dr), v) in params.zip(self.state.iter_mut()) {
-                    let xi: f64 = StandardNormal.sample(noise);
-                    let (a, b) = (eps * nbeta * g, s * xi);
-                    drift2 += a * a;
+                for (((w, &dr), &xi), v) in params.zip(self.state.iter_mut()) {
+                    let b = s * xi;
                     noise2 += b * b;
                     *v = keep * *v - eps * dr + b;
                     v2 += *v * *v;
                     *w += *v;
                     check += *w;
                 }
+                drift2 = (eps * nbeta).powi(2) * gnorm2;
                 self.thermostat += v2 / self.w.len().max(1) as f64 - eps;
             }
         }
