@@ -5,6 +5,7 @@
 //!
 //! Each analysis is one stage in its own file; `main` runs them in order.
 
+mod llc;
 mod training;
 
 use degeneracy::data::modular_addition;
@@ -23,7 +24,8 @@ pub const SEED: u64 = 0;
 fn main() -> StageResult<()> {
     let start = Instant::now();
     let data = modular_addition(P)?;
-    let _mlp = training::run(&data)?;
+    let mlp = training::run(&data)?;
+    llc::run(&mlp, &data)?;
     println!("\ntotal {:.2} s", start.elapsed().as_secs_f64());
     Ok(())
 }
