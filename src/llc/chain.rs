@@ -217,28 +217,40 @@ impl<M: LossModel> Chain<M> {
             return Ok(rec);
         }
 
-        // ∇U, distance, U.
-        let (mut dist2, mut gnorm2, mut wnorm2) = (0.0, 0.0, 0.0);
-        for (((dr, &w), &g), &ws) in self.drift.iter_mut().zip(&self.w).zip(&self.grad).zip(&self.w_star) {
-            let c = w - ws;
-            *dr = nbeta * g + gamma * c + wd * w;
-            dist2 += c * c;
-            gnorm2 += g * g;
-            wnorm2 += w * w;
-        }
-        rec.distance = dist2.sqrt();
-        if !gnorm2.is_finite() {
+        // One pass: ∇U, distance, norms, the MALA sums against w_{t−1}, and w_t saved.
+        let is_sgnht = matches!(p.sampler(), Sampler::Sgnht { .. });
+        let half = 0.5 * eps;
+        let coef = Coefficients { nbeta, gamma, wd, half };
+        let bufs = Buffers {
+            w: &self.w,
+            grad: &self.grad,
+            w_star: &self.w_star,
+            drift: &mut self.drift,
+            prev_w: &mut self.prev_w,
+            prev_drift: &self.prev_drift,
+            // RMSprop: the G that made the last proposal; SGLD: unused (any slice of length d).
+            prev_g: if self.prev_g.is_empty() { &self.w_star } else { &self.prev_g },
+        };
+        let mala = t > 0 && !is_sgnht;
+        let pre = !self.prev_g.is_empty();
+        let sums = match (is_sgnht, mala, pre) {
+            (true, _, _) => fused_pass::<false, false, false>(bufs, coef),
+            (false, false, _) => fused_pass::<false, true, false>(bufs, coef),
+            (false, true, false) => fused_pass::<true, true, false>(bufs, coef),
+            (false, true, true) => fused_pass::<true, true, true>(bufs, coef),
+        };
+        rec.distance = sums.dist2.sqrt();
+        if !sums.gnorm2.is_finite() {
             self.divergence = Some(Divergence { step: t, cause: DivergenceCause::NonFiniteGradient });
             return Ok(rec);
         }
-        let u = nbeta * loss + 0.5 * gamma * dist2 + 0.5 * wd * wnorm2;
-
-        let is_sgnht = matches!(p.sampler(), Sampler::Sgnht { .. });
-        if t > 0 && !is_sgnht {
-            rec.mala_acceptance = Some(self.mala(eps, u));
+        let gnorm2 = sums.gnorm2;
+        let u = nbeta * loss + 0.5 * gamma * sums.dist2 + 0.5 * wd * sums.wnorm2;
+        if mala {
+            let log_ratio = (sums.fwd - sums.bwd) / (2.0 * eps) + self.prev_u - u;
+            rec.mala_acceptance = Some(if log_ratio >= 0.0 { 1.0 } else { log_ratio.exp() });
         }
         if !is_sgnht {
-            self.prev_w.copy_from_slice(&self.w);
             std::mem::swap(&mut self.drift, &mut self.prev_drift);
             self.prev_u = u;
         }
@@ -246,7 +258,6 @@ impl<M: LossModel> Chain<M> {
         let drift = if is_sgnht { &self.drift } else { &self.prev_drift };
 
         let sqrt_eps = eps.sqrt();
-        let half = 0.5 * eps;
         let (mut drift2, mut noise2, mut check) = (0.0, 0.0, 0.0);
         // The noise first, in one tight loop (the update loops below then keep their
         // accumulators in registers).
@@ -312,29 +323,65 @@ impl<M: LossModel> Chain<M> {
         }
         Ok(rec)
     }
+}
 
-    /// MALA acceptance of w_{t−1} → w_t (current `w`, `drift`, potential `u`).
-    fn mala(&self, eps: f64, u: f64) -> f64 {
-        let half = 0.5 * eps;
-        let (mut fwd, mut bwd) = (0.0, 0.0);
-        // forward: w_t − w_{t−1} + (ε/2) G ∇U(w_{t−1}); backward: w_{t−1} − w_t + (ε/2) G ∇U(w_t)
-        let pairs = self.w.iter().zip(&self.prev_w).zip(self.prev_drift.iter().zip(&self.drift));
-        if self.prev_g.is_empty() {
-            for ((&w, &pw), (&pd, &d)) in pairs {
-                let dw = w - pw;
-                let (f, b) = (dw + half * pd, -dw + half * d);
-                fwd += f * f;
-                bwd += b * b;
-            }
-        } else {
-            for (((&w, &pw), (&pd, &d)), &g) in pairs.zip(&self.prev_g) {
-                let dw = w - pw;
-                let (f, b) = (dw + half * g * pd, -dw + half * g * d);
-                fwd += f * f / g;
-                bwd += b * b / g;
+#[derive(Clone, Copy)]
+struct Coefficients {
+    nbeta: f64,
+    gamma: f64,
+    wd: f64,
+    half: f64,
+}
+
+struct Buffers<'a> {
+    w: &'a [f64],
+    grad: &'a [f64],
+    w_star: &'a [f64],
+    drift: &'a mut [f64],
+    prev_w: &'a mut [f64],
+    prev_drift: &'a [f64],
+    prev_g: &'a [f64],
+}
+
+#[derive(Default)]
+struct Sums {
+    dist2: f64,
+    gnorm2: f64,
+    wnorm2: f64,
+    fwd: f64,
+    bwd: f64,
+}
+
+/// ∇U = nβ·g + γ(w − w*) + λ_wd·w into `drift`, ‖w − w*‖², ‖g‖², ‖w‖², and (if `MALA`) the
+/// proposal sums ‖w_t − w_{t−1} + (ε/2)G∇U(w_{t−1})‖²_{G⁻¹} (forward) and
+/// ‖w_{t−1} − w_t + (ε/2)G∇U(w_t)‖²_{G⁻¹} (backward), G = `prev_g` if `PRE` else 1; then (if
+/// `SAVE`) w_t into `prev_w`. One pass over the coordinates.
+#[inline(always)]
+fn fused_pass<const MALA: bool, const SAVE: bool, const PRE: bool>(b: Buffers<'_>, c: Coefficients) -> Sums {
+    let mut s = Sums::default();
+    let it = b.drift.iter_mut().zip(b.w).zip(b.grad).zip(b.w_star);
+    for ((((dr, &w), &g), &ws), ((pw, &pd), &pg)) in it.zip(b.prev_w.iter_mut().zip(b.prev_drift).zip(b.prev_g)) {
+        let cw = w - ws;
+        let d = c.nbeta * g + c.gamma * cw + c.wd * w;
+        *dr = d;
+        s.dist2 += cw * cw;
+        s.gnorm2 += g * g;
+        s.wnorm2 += w * w;
+        if MALA {
+            let dw = w - *pw;
+            if PRE {
+                let (f, bk) = (dw + c.half * pg * pd, -dw + c.half * pg * d);
+                s.fwd += f * f / pg;
+                s.bwd += bk * bk / pg;
+            } else {
+                let (f, bk) = (dw + c.half * pd, -dw + c.half * d);
+                s.fwd += f * f;
+                s.bwd += bk * bk;
             }
         }
-        let log_ratio = (fwd - bwd) / (2.0 * eps) + self.prev_u - u;
-        if log_ratio >= 0.0 { 1.0 } else { log_ratio.exp() }
+        if SAVE {
+            *pw = w;
+        }
     }
+    s
 }
