@@ -229,9 +229,14 @@ fn dln_behavioural_loss_samples_the_same_posterior_with_nbeta_over_ten() {
     );
     // Same seed, same batches: the two chains follow the same trajectory up to rounding.
     assert!((same_seed.llc_mean / t.llc_mean - 1.0).abs() < 1e-6);
-    // Independent chains: agreement within the chains' spread.
-    let spread = 2.0 * t.llc_std.max(other_seed.llc_std);
-    assert!((other_seed.llc_mean - t.llc_mean).abs() < spread, "difference exceeds {spread}");
+    // Independent chains: agreement within the chains' spread, i.e. the range of the 8
+    // per-chain values. The difference of two 4-chain means has SD ≈ σ_chain·√(1/2), the
+    // expected range of 8 chains ≈ 2.8 σ_chain: a ~4 SD tolerance (seed pairs 0/1 … 14/15 gave
+    // |Δ| / range ≤ 0.5).
+    let all: Vec<f64> = t.llc_per_chain.iter().chain(&other_seed.llc_per_chain).copied().collect();
+    let spread = all.iter().copied().fold(f64::MIN, f64::max) - all.iter().copied().fold(f64::MAX, f64::min);
+    println!("|Δ| = {:.3}, chains' spread = {spread:.3}", (other_seed.llc_mean - t.llc_mean).abs());
+    assert!((other_seed.llc_mean - t.llc_mean).abs() < spread, "difference exceeds the chains' spread {spread}");
     // The wrong factor (nβ unchanged) samples a 10× colder posterior: a different number.
     let wrong = LlcEstimator::new(config.num_chains(2).num_draws(500)).unwrap().estimate(&behavioural, &w).unwrap();
     let t_short = LlcEstimator::new(config.num_chains(2).num_draws(500)).unwrap().estimate(&train, &w).unwrap();

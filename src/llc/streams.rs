@@ -5,7 +5,8 @@
 //! streams, a fixed tag for the stream shared by all chains. Hashing (rather than
 //! `seed + chain`, devinterp's rule) means chain `c + 1` of seed `s` is unrelated to chain `c`
 //! of seed `s + 1` (devinterp PR #98), and since each chain owns its streams, results do not
-//! depend on which thread runs which chain.
+//! depend on which thread runs which chain. (Each step's normals come from a Xoshiro256++ keyed
+//! by 256 bits of the chain's noise stream, see [`super::Chain`].)
 
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
