@@ -383,6 +383,47 @@ fn rmsprop_sgld_with_a_constant_preconditioner_is_sgld_with_step_eps_g() {
     assert!(mala > 0.5, "MALA acceptance {mala}");
 }
 
+#[test]
+fn bounding_box_noise_level_and_weight_decay_act_as_specified() {
+    let model = quadratic(5);
+    let w = model.centre.clone();
+    let base = LlcConfig::new(0.004).nbeta(100.0).batch_size(1).num_chains(2).num_draws(2000).seed(9);
+    // Box of half-width b: every coordinate stays within b of w*, so ‖w − w*‖ ≤ b·√d.
+    for sampler in [Sampler::Sgld, Sampler::rmsprop_sgld(), Sampler::sgnht()] {
+        let b = 0.01;
+        let r = LlcEstimator::new(base.sampler(sampler).bounding_box(b)).unwrap().estimate(&model, &w).unwrap();
+        let max = r.diagnostics.per_chain.iter().map(|c| c.max_distance).fold(0.0, f64::max);
+        assert!(max <= b * 5f64.sqrt() + 1e-12 && max > 0.0, "{}: max distance {max}", sampler.name());
+    }
+    // No noise from the minimum: the chain never moves and λ̂ is exactly 0.
+    let r = LlcEstimator::new(base.noise_level(0.0)).unwrap().estimate(&model, &w).unwrap();
+    assert_eq!(r.llc_mean, 0.0);
+    assert!(r.diagnostics.per_chain.iter().all(|c| c.max_distance == 0.0));
+    // σ = 2 samples at temperature 4: λ̂ ≈ 4 × the σ = 1 value (closed form × σ²).
+    let one = LlcEstimator::new(base.num_draws(20_000)).unwrap().estimate(&model, &w).unwrap();
+    let two = LlcEstimator::new(base.num_draws(20_000).noise_level(2.0)).unwrap().estimate(&model, &w).unwrap();
+    assert!((two.llc_mean / one.llc_mean / 4.0 - 1.0).abs() < 0.05, "{} vs {}", two.llc_mean, one.llc_mean);
+    // Weight decay λ pulls towards 0: ∇U = (nβh + γ + λ)u + λc for u = w − c, so u has mean
+    // −λc/a and variance 1/(a(1 − εa/4)), a = nβh + γ + λ, and E[nβL] = Σ nβh(mean² + var)/2.
+    let (nbeta, gamma, lambda, eps) = (100.0, 1.0, 50.0, 0.004);
+    let expected: f64 = model
+        .h
+        .iter()
+        .zip(&model.centre)
+        .map(|(&h, &c)| {
+            let a = nbeta * h + gamma + lambda;
+            nbeta * h / 2.0 * ((lambda * c / a).powi(2) + 1.0 / (a * (1.0 - eps * a / 4.0)))
+        })
+        .sum();
+    let wd = LlcEstimator::new(base.num_draws(20_000).num_burnin_steps(500).weight_decay(lambda))
+        .unwrap()
+        .estimate(&model, &w)
+        .unwrap();
+    println!("weight decay: λ̂ {:.4} vs closed form {expected:.4} (without: {:.4})", wd.llc_draws_mean, one.llc_mean);
+    assert!((wd.llc_draws_mean / expected - 1.0).abs() < 0.03);
+    assert!(expected > one.llc_mean + 1.0); // the term matters
+}
+
 // ---------------------------------------------------------------------------------------------
 // A regular model: full-rank linear regression with Gaussian noise
 
