@@ -350,8 +350,10 @@ fn sgnht_samples_the_quadratic_posterior() {
     assert!(report.all_healthy());
     assert!(report.diagnostics.per_chain.iter().all(|c| c.mala_acceptance.is_none()));
     assert!((report.llc_draws_mean / continuum - 1.0).abs() < 0.02);
-    // With exact gradients the thermostat settles near the diffusion A = 0.01.
-    assert!(thermostats.iter().all(|&a| (0.002..0.03).contains(&a)), "{thermostats:?}");
+    // With exact gradients the thermostat fluctuates around the diffusion A = 0.01 (per-chain
+    // final values over 80 chains: 0.0013 … 0.0187; the 4-chain mean has SD ≈ 0.002).
+    let mean = thermostats.iter().sum::<f64>() / thermostats.len() as f64;
+    assert!((0.003..0.02).contains(&mean), "{thermostats:?}");
 }
 
 #[test]
