@@ -27,6 +27,7 @@ pub mod estimate;
 pub mod graph;
 pub mod io;
 pub mod linalg;
+pub mod llc;
 mod matrix;
 pub mod nn;
 pub mod plot;
@@ -34,5 +35,6 @@ mod scratch;
 
 pub use data::{Dataset, Targets};
 pub use error::{Error, Result};
+pub use llc::{BehaviouralLoss, LlcConfig, LlcEstimator, LlcReport, LossModel, MlpLoss, Sampler};
 pub use matrix::{Matrix, MatrixView};
 pub use nn::{Activation, Elementwise, Layer, Linear, Loss, Mlp};

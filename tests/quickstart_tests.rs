@@ -34,10 +34,10 @@ fn quickstart_report_is_complete() {
     assert!(!stderr.contains('['), "no progress bars when stderr is not a terminal: {stderr}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
-    for section in ["training", "bases", "graph", "diagnostics", "pictures"] {
+    for section in ["training", "bases", "graph", "llc", "diagnostics", "ablation", "pictures"] {
         assert!(!report[section].is_null(), "section {section} missing");
     }
-    for section in ["training", "bases", "graph", "diagnostics"] {
+    for section in ["training", "bases", "graph", "llc", "diagnostics", "ablation"] {
         assert!(report[section]["settings"].is_object(), "{section} records its settings");
     }
     assert_eq!(report["training"]["final_accuracy"], 1.0);
@@ -45,7 +45,7 @@ fn quickstart_report_is_complete() {
 
     let pictures: Vec<String> =
         report["pictures"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
-    assert!(pictures.len() >= 4, "{pictures:?}");
+    assert!(pictures.len() >= 7, "{pictures:?}");
     for p in &pictures {
         let text = std::fs::read_to_string(dir.path().join(p)).unwrap();
         let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{p}: {e}"));

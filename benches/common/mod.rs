@@ -28,3 +28,21 @@ pub fn print_throughput_ratios(group: &str, rows: &[(&str, &str, &str, f64, f64)
         }
     }
 }
+
+/// Prints time ratios: each row is (label, bench, baseline bench, external reference ns). With a
+/// baseline bench the ratio is `time(bench) / time(baseline)` (both from this run); with an
+/// external reference (e.g. another library's recorded time) it is `reference / time(bench)`,
+/// i.e. the speed-up.
+pub fn print_time_ratios(group: &str, rows: &[(&str, &str, &str, Option<f64>)]) {
+    println!("\n{group}: time ratios (medians of this run)");
+    for &(label, bench, base, reference) in rows {
+        let t = median_ns(group, bench);
+        match (t, reference, median_ns(group, base)) {
+            (Some(t), Some(r), _) => println!("  {label:<40} {:9.2} µs   speed-up ×{:.1}", t / 1e3, r / t),
+            (Some(t), None, Some(tb)) => {
+                println!("  {label:<40} {:9.2} µs vs {:9.2} µs   ratio {:.2}", t / 1e3, tb / 1e3, t / tb)
+            }
+            _ => println!("  {label:<40} (no estimate; run without a filter)"),
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Stage 4: the three sources of degeneracy and the effective parameter count they imply.
 
 use crate::StageResult;
+use crate::llc::LlcStage;
 use crate::report::Report;
 use degeneracy::diagnostics::{Diagnostics, DiagnosticsConfig, diagnose};
 use degeneracy::{Dataset, Mlp};
@@ -8,7 +9,8 @@ use serde_json::json;
 use std::time::Instant;
 
 /// Diagnoses the trained network on its training data and prints one line per node layer.
-pub fn run(mlp: &Mlp, data: &Dataset, report: &mut Report) -> StageResult<Diagnostics> {
+/// λ̂ (behavioural loss, after burn-in) puts `N_eff = 2λ̂` next to the bound.
+pub fn run(mlp: &Mlp, data: &Dataset, llc: &LlcStage, report: &mut Report) -> StageResult<Diagnostics> {
     let t = Instant::now();
     let config = DiagnosticsConfig::default();
     let d = diagnose(mlp, data, &config)?;
@@ -37,10 +39,16 @@ pub fn run(mlp: &Mlp, data: &Dataset, report: &mut Report) -> StageResult<Diagno
             n.free_directions.synchronised
         );
     }
+    let (two_b, gap_b) = d.compare_llc(llc.behavioural.llc_draws_mean);
+    let (two_t, _) = d.compare_llc(llc.training.llc_draws_mean);
     println!(
-        "   {} parameters, {} free directions → effective parameter count ≤ {}",
-        d.n_params, d.free_directions_total, d.effective_params_bound
+        "   {} parameters, {} free directions → effective parameter count ≤ {}; 2λ̂ = {:.0} (behavioural), {:.0} (training loss)",
+        d.n_params, d.free_directions_total, d.effective_params_bound, two_b, two_t
     );
-    report.section("diagnostics", json!({"settings": config, "result": d, "seconds": t.elapsed().as_secs_f64()}));
+    report.section(
+        "diagnostics",
+        json!({"settings": config, "result": d, "two_llc_behavioural": two_b, "bound_minus_two_llc_behavioural": gap_b,
+               "two_llc_training": two_t, "seconds": t.elapsed().as_secs_f64()}),
+    );
     Ok(d)
 }

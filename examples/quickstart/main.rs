@@ -11,6 +11,7 @@ mod ablation;
 mod bases;
 mod diagnostics;
 mod graph;
+mod llc;
 mod report;
 mod training;
 
@@ -35,7 +36,8 @@ fn main() -> StageResult<()> {
     let mlp = training::run(&data, &mut report)?;
     let bases = bases::run(&mlp, &data, &mut report)?;
     let graph = graph::run(&mlp, &data, &bases, &mut report)?;
-    let _diagnostics = diagnostics::run(&mlp, &data, &mut report)?;
+    let llc = llc::run(&mlp, &data, &mut report)?;
+    diagnostics::run(&mlp, &data, &llc, &mut report)?;
     ablation::run(&mlp, &data, &bases, &graph, &mut report)?;
     report.finish(start.elapsed().as_secs_f64())?;
     Ok(())

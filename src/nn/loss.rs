@@ -60,8 +60,9 @@ impl Loss {
                 }
                 if let Some(g) = grad {
                     g.resize(n, d);
+                    let scale = 2.0 / denom; // one division, not one per entry
                     for ((g, &y), &t) in g.as_mut_slice().iter_mut().zip(outputs.as_slice()).zip(t.as_slice()) {
-                        *g = 2.0 * (y - t) / denom;
+                        *g = scale * (y - t);
                     }
                 }
                 Ok(sum / denom)
@@ -81,14 +82,23 @@ impl Loss {
                 for (i, &label) in labels.iter().enumerate() {
                     let row = outputs.row(i);
                     let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
-                    let z: f64 = row.iter().map(|&v| (v - max).exp()).sum();
-                    let log_z = max + z.ln();
-                    sum += log_z - row[label];
                     if let Some(g) = grad.as_deref_mut() {
-                        for (j, gj) in g.row_mut(i).iter_mut().enumerate() {
-                            let p = (row[j] - log_z).exp();
-                            *gj = (p - f64::from(u8::from(j == label))) / n as f64;
+                        // exp once per entry: e_j = exp(y_j − max), p_j = e_j / z.
+                        let g = g.row_mut(i);
+                        let mut z = 0.0;
+                        for (gj, &v) in g.iter_mut().zip(row) {
+                            *gj = (v - max).exp();
+                            z += *gj;
                         }
+                        sum += max + z.ln() - row[label];
+                        let scale = 1.0 / (z * n as f64);
+                        for gj in g.iter_mut() {
+                            *gj *= scale;
+                        }
+                        g[label] -= 1.0 / n as f64;
+                    } else {
+                        let z: f64 = row.iter().map(|&v| (v - max).exp()).sum();
+                        sum += max + z.ln() - row[label];
                     }
                 }
                 Ok(sum / n as f64)

@@ -1,0 +1,377 @@
+//! Hyper-parameters: the sampler ([`SgldConfig`] → checked [`SgldParams`]) and the estimator
+//! ([`LlcConfig`]), validated into typed errors before any sampling.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Which stochastic-gradient MCMC update a chain uses. Formulas in [`super::Chain`] and
+/// `docs/llc.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "method")]
+pub enum Sampler {
+    /// SGLD in devinterp's convention (`sgmcmc_sgld`):
+    /// w ← w − (ε/2)(nβ g + γ(w − w*) + λ_wd w) + √ε σ ξ.
+    Sgld,
+    /// RMSprop-preconditioned SGLD as devinterp 2.0.1 has it (`rmsprop_sgld`, no Γ correction):
+    /// V ← αV + (1 − α) g², G = 1/(√V + eps), w ← w − (ε/2) G(nβ g + γ(w − w*) + λ_wd w) + √ε √G σ ξ.
+    RmspropSgld {
+        /// Decay α of the squared-gradient average (devinterp: 0.99).
+        alpha: f64,
+        /// Offset in the preconditioner's denominator (devinterp: 0.1).
+        eps: f64,
+    },
+    /// Stochastic-gradient Nosé–Hoover thermostat (Ding et al. 2014), with the localising
+    /// prior, in the (ε = h², v = h·p, α = h·ξ) parameterisation: v ← (1 − α)v − ε∇U +
+    /// √(2Aε) σ ξ, w ← w + v, α ← α + ‖v‖²/d − ε.
+    Sgnht {
+        /// Diffusion constant A (also the thermostat's start value; devinterp: 0.01).
+        diffusion: f64,
+    },
+}
+
+impl Sampler {
+    /// RMSprop-SGLD with devinterp's defaults (α = 0.99, eps = 0.1).
+    pub fn rmsprop_sgld() -> Self {
+        Sampler::RmspropSgld { alpha: 0.99, eps: 0.1 }
+    }
+
+    /// SGNHT with devinterp's default diffusion A = 0.01.
+    pub fn sgnht() -> Self {
+        Sampler::Sgnht { diffusion: 0.01 }
+    }
+
+    /// Parses `sgld` (also devinterp's `sgmcmc_sgld`), `rmsprop_sgld` or `sgnht`, with default
+    /// sampler constants.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "sgld" | "sgmcmc_sgld" => Ok(Sampler::Sgld),
+            "rmsprop_sgld" => Ok(Self::rmsprop_sgld()),
+            "sgnht" => Ok(Self::sgnht()),
+            _ => Err(Error::invalid("sampler", name, "expected sgld, rmsprop_sgld or sgnht")),
+        }
+    }
+
+    /// The canonical name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sampler::Sgld => "sgld",
+            Sampler::RmspropSgld { .. } => "rmsprop_sgld",
+            Sampler::Sgnht { .. } => "sgnht",
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        match *self {
+            Sampler::Sgld => Ok(()),
+            Sampler::RmspropSgld { alpha, eps } => {
+                if !(0.0..1.0).contains(&alpha) {
+                    return Err(Error::invalid("rmsprop alpha", alpha, "must lie in [0, 1)"));
+                }
+                positive("rmsprop eps", eps)
+            }
+            Sampler::Sgnht { diffusion } => positive("sgnht diffusion", diffusion),
+        }
+    }
+}
+
+fn positive(name: &str, v: f64) -> Result<()> {
+    if v > 0.0 && v.is_finite() { Ok(()) } else { Err(Error::invalid(name, v, "must be positive and finite")) }
+}
+
+fn non_negative(name: &str, v: f64) -> Result<()> {
+    if v >= 0.0 && v.is_finite() { Ok(()) } else { Err(Error::invalid(name, v, "must be non-negative and finite")) }
+}
+
+/// The sampler's hyper-parameters as given (unchecked); [`SgldConfig::validate`] turns them into
+/// [`SgldParams`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SgldConfig {
+    /// The update rule.
+    pub sampler: Sampler,
+    /// Step size ε (devinterp `lr`), > 0.
+    pub lr: f64,
+    /// Localisation strength γ ≥ 0 of the prior (γ/2)‖w − w*‖².
+    pub localization: f64,
+    /// nβ, the inverse temperature times n; `None` = n / ln n (Lau et al.'s β* = 1/ln n).
+    pub nbeta: Option<f64>,
+    /// Weight decay λ_wd ≥ 0 (a Gaussian prior centred at 0).
+    pub weight_decay: f64,
+    /// Noise multiplier σ ≥ 0 (1 samples the posterior; anything else does not).
+    pub noise_level: f64,
+    /// Clamp every coordinate to `[w* − b, w* + b]` after each step.
+    pub bounding_box: Option<f64>,
+}
+
+impl SgldConfig {
+    /// SGLD with step size `lr`, γ = 1, nβ = n/ln n, no weight decay, σ = 1, no box.
+    pub fn new(lr: f64) -> Self {
+        SgldConfig {
+            sampler: Sampler::Sgld,
+            lr,
+            localization: 1.0,
+            nbeta: None,
+            weight_decay: 0.0,
+            noise_level: 1.0,
+            bounding_box: None,
+        }
+    }
+
+    /// Checks every value that does not depend on the data.
+    pub fn check(&self) -> Result<()> {
+        self.sampler.check()?;
+        positive("lr", self.lr)?;
+        non_negative("localization", self.localization)?;
+        if let Some(nb) = self.nbeta {
+            positive("nbeta", nb)?;
+        }
+        non_negative("weight_decay", self.weight_decay)?;
+        non_negative("noise_level", self.noise_level)?;
+        if let Some(b) = self.bounding_box {
+            positive("bounding_box", b)?;
+        }
+        Ok(())
+    }
+
+    /// The checked parameters for a data set of `n_samples` samples (resolves the default nβ).
+    ///
+    /// ```
+    /// use degeneracy::llc::SgldConfig;
+    /// let p = SgldConfig::new(1e-4).validate(10_000)?;
+    /// assert!((p.nbeta() - 10_000.0 / 10_000f64.ln()).abs() < 1e-9);
+    /// assert!(SgldConfig::new(0.0).validate(100).is_err());
+    /// # Ok::<(), degeneracy::Error>(())
+    /// ```
+    pub fn validate(&self, n_samples: usize) -> Result<SgldParams> {
+        self.check()?;
+        let (nbeta, nbeta_is_default) = match self.nbeta {
+            Some(nb) => (nb, false),
+            None => (default_nbeta(n_samples)?, true),
+        };
+        Ok(SgldParams {
+            sampler: self.sampler,
+            lr: self.lr,
+            localization: self.localization,
+            nbeta,
+            nbeta_is_default,
+            weight_decay: self.weight_decay,
+            noise_level: self.noise_level,
+            bounding_box: self.bounding_box,
+        })
+    }
+}
+
+/// nβ = n / ln n (Lau et al.'s β* = 1/ln n); errors for n < 2. Unlike devinterp's
+/// `default_nbeta`, `n` is the number of samples, not the batch size.
+pub fn default_nbeta(n_samples: usize) -> Result<f64> {
+    if n_samples < 2 {
+        return Err(Error::invalid(
+            "nbeta",
+            "n / ln n",
+            format!("undefined for n = {n_samples}; set nbeta explicitly"),
+        ));
+    }
+    let n = n_samples as f64;
+    Ok(n / n.ln())
+}
+
+/// Checked sampler hyper-parameters (made by [`SgldConfig::validate`]); nβ is resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SgldParams {
+    sampler: Sampler,
+    lr: f64,
+    localization: f64,
+    nbeta: f64,
+    nbeta_is_default: bool,
+    weight_decay: f64,
+    noise_level: f64,
+    bounding_box: Option<f64>,
+}
+
+impl SgldParams {
+    /// The update rule.
+    pub fn sampler(&self) -> Sampler {
+        self.sampler
+    }
+    /// Step size ε.
+    pub fn lr(&self) -> f64 {
+        self.lr
+    }
+    /// Localisation γ.
+    pub fn localization(&self) -> f64 {
+        self.localization
+    }
+    /// The nβ used.
+    pub fn nbeta(&self) -> f64 {
+        self.nbeta
+    }
+    /// Whether nβ is the default n / ln n (rather than given).
+    pub fn nbeta_is_default(&self) -> bool {
+        self.nbeta_is_default
+    }
+    /// Weight decay λ_wd.
+    pub fn weight_decay(&self) -> f64 {
+        self.weight_decay
+    }
+    /// Noise multiplier σ.
+    pub fn noise_level(&self) -> f64 {
+        self.noise_level
+    }
+    /// Half-width of the box around w*, if any.
+    pub fn bounding_box(&self) -> Option<f64> {
+        self.bounding_box
+    }
+}
+
+/// Everything an LLC estimate is configured by. Build with [`LlcConfig::new`] and the chained
+/// setters; [`super::LlcEstimator::new`] validates.
+///
+/// Defaults follow devinterp 2.0.1's `sample()` except where noted: 4 chains, 200 draws, batch
+/// 32, no burn-in, 1 step between draws, 32 init-loss batches, seed 100, batches shared across
+/// chains; γ = 1 (devinterp: 0, i.e. no localisation) and nβ = n/ln n (devinterp: required).
+///
+/// ```
+/// use degeneracy::llc::{LlcConfig, Sampler};
+/// let c = LlcConfig::new(1e-4).localization(1.0).batch_size(500).num_draws(2000).sampler(Sampler::Sgld);
+/// assert_eq!(c.total_steps(), Some(2000));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlcConfig {
+    /// The sampler's hyper-parameters.
+    pub sgld: SgldConfig,
+    /// Minibatch size m (≤ n). Batches are drawn without replacement within an epoch; the last
+    /// incomplete batch of an epoch is dropped (devinterp's `drop_last=True`).
+    pub batch_size: usize,
+    /// Number of independent chains C.
+    pub num_chains: usize,
+    /// Draws per chain.
+    pub num_draws: usize,
+    /// Steps before the first draw.
+    pub num_burnin_steps: usize,
+    /// Steps between draws (thinning), ≥ 1.
+    pub num_steps_bw_draws: usize,
+    /// Minibatches averaged for `init_loss` (the loss at w*), ≥ 1.
+    pub num_init_loss_batches: usize,
+    /// Seed of every random stream.
+    pub seed: u64,
+    /// All chains see the same minibatch sequence (devinterp's
+    /// `match_sampling_input_ids_across_chains`, default true); otherwise each chain has its own.
+    pub shared_batch_order: bool,
+}
+
+impl LlcConfig {
+    /// SGLD with step size `lr` and the defaults above.
+    pub fn new(lr: f64) -> Self {
+        LlcConfig {
+            sgld: SgldConfig::new(lr),
+            batch_size: 32,
+            num_chains: 4,
+            num_draws: 200,
+            num_burnin_steps: 0,
+            num_steps_bw_draws: 1,
+            num_init_loss_batches: 32,
+            seed: 100,
+            shared_batch_order: true,
+        }
+    }
+
+    /// Sets the update rule.
+    pub fn sampler(mut self, sampler: Sampler) -> Self {
+        self.sgld.sampler = sampler;
+        self
+    }
+    /// Sets the step size ε.
+    pub fn lr(mut self, lr: f64) -> Self {
+        self.sgld.lr = lr;
+        self
+    }
+    /// Sets the localisation γ.
+    pub fn localization(mut self, gamma: f64) -> Self {
+        self.sgld.localization = gamma;
+        self
+    }
+    /// Sets nβ explicitly.
+    pub fn nbeta(mut self, nbeta: f64) -> Self {
+        self.sgld.nbeta = Some(nbeta);
+        self
+    }
+    /// Sets the weight decay λ_wd.
+    pub fn weight_decay(mut self, wd: f64) -> Self {
+        self.sgld.weight_decay = wd;
+        self
+    }
+    /// Sets the noise multiplier σ.
+    pub fn noise_level(mut self, sigma: f64) -> Self {
+        self.sgld.noise_level = sigma;
+        self
+    }
+    /// Sets the box half-width around w*.
+    pub fn bounding_box(mut self, b: f64) -> Self {
+        self.sgld.bounding_box = Some(b);
+        self
+    }
+    /// Sets the minibatch size.
+    pub fn batch_size(mut self, m: usize) -> Self {
+        self.batch_size = m;
+        self
+    }
+    /// Sets the number of chains.
+    pub fn num_chains(mut self, c: usize) -> Self {
+        self.num_chains = c;
+        self
+    }
+    /// Sets the draws per chain.
+    pub fn num_draws(mut self, k: usize) -> Self {
+        self.num_draws = k;
+        self
+    }
+    /// Sets the burn-in steps.
+    pub fn num_burnin_steps(mut self, b: usize) -> Self {
+        self.num_burnin_steps = b;
+        self
+    }
+    /// Sets the steps between draws.
+    pub fn num_steps_bw_draws(mut self, s: usize) -> Self {
+        self.num_steps_bw_draws = s;
+        self
+    }
+    /// Sets the number of init-loss minibatches.
+    pub fn num_init_loss_batches(mut self, k: usize) -> Self {
+        self.num_init_loss_batches = k;
+        self
+    }
+    /// Sets the seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+    /// Sets whether chains share one minibatch sequence.
+    pub fn shared_batch_order(mut self, shared: bool) -> Self {
+        self.shared_batch_order = shared;
+        self
+    }
+
+    /// Steps per chain: `num_burnin_steps + num_draws · num_steps_bw_draws` (`None` on overflow).
+    pub fn total_steps(&self) -> Option<usize> {
+        self.num_draws.checked_mul(self.num_steps_bw_draws)?.checked_add(self.num_burnin_steps)
+    }
+
+    /// Checks every value that does not depend on the model.
+    pub fn check(&self) -> Result<()> {
+        self.sgld.check()?;
+        for (name, v) in [
+            ("batch_size", self.batch_size),
+            ("num_chains", self.num_chains),
+            ("num_draws", self.num_draws),
+            ("num_steps_bw_draws", self.num_steps_bw_draws),
+            ("num_init_loss_batches", self.num_init_loss_batches),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(name, 0, "must be at least 1"));
+            }
+        }
+        if self.total_steps().is_none_or(|t| t > isize::MAX as usize / 64) {
+            return Err(Error::invalid("num_draws", self.num_draws, "total number of steps overflows"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+//! The local learning coefficient λ̂(w*) (Lau et al. 2023, arXiv 2308.12108), estimated by
+//! sampling the localised, tempered posterior
+//! p(w) ∝ exp(−nβ·L_n(w) − (γ/2)‖w − w*‖²) with SGLD-family samplers:
+//! λ̂ = nβ·(E_p[L_n(w)] − L_n(w*)).
+//!
+//! * [`LossModel`]: parameters ↦ minibatch loss and gradient; [`MlpLoss`] (training loss of an
+//!   [`crate::Mlp`]) and [`BehaviouralLoss`] (‖f(x, w) − f(x, w*)‖²) implement it.
+//! * [`LlcConfig`] / [`SgldConfig`] → [`SgldParams`]: validated hyper-parameters; [`Sampler`]:
+//!   SGLD, RMSprop-SGLD (both as devinterp 2.0.1) and SGNHT (Ding et al. 2014).
+//! * [`LlcEstimator`] runs [`Chain`]s in parallel (bitwise identical for any thread count) and
+//!   returns an [`LlcReport`] with traces, split-R̂, ESS and MALA acceptance.
+//! * [`theory`]: exact learning coefficients (regular d/2, reduced-rank regression, deep linear
+//!   networks) to check estimates against.
+//!
+//! Conventions and every difference from devinterp are in `docs/llc.md`.
+
+mod behavioural;
+mod chain;
+mod config;
+mod convergence;
+mod estimator;
+mod loss_model;
+mod report;
+mod streams;
+pub mod theory;
+
+pub use behavioural::BehaviouralLoss;
+pub use chain::{Chain, Divergence, DivergenceCause, StepRecord};
+pub use config::{LlcConfig, Sampler, SgldConfig, SgldParams, default_nbeta};
+pub use convergence::{effective_sample_size, split_rhat};
+pub use estimator::LlcEstimator;
+pub use loss_model::{LossModel, MlpLoss};
+pub use report::{ChainSummary, DiagnosticTraces, Diagnostics, LlcReport};
