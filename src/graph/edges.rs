@@ -85,6 +85,11 @@ impl EdgeAccumulator {
         Ok(())
     }
 
+    /// Samples summed so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
     /// `E_hat = sum / N` (with the formula's factor already applied per sample).
     pub fn finish(&self) -> Result<Matrix> {
         if self.count == 0 {
@@ -139,6 +144,30 @@ pub fn compute_edge(
     output: &NodeBasis,
     config: &EdgeConfig,
 ) -> Result<Edges> {
+    let acc = accumulate_edge(mlp, sampler, input, output, config)?;
+    Ok(Edges { in_node: input.node.clone(), out_node: output.node.clone(), e_hat: acc.finish()? })
+}
+
+/// The mergeable sums behind [`compute_edges`], one per pair of consecutive bases: what a
+/// worker of a file-based run writes for its shard of the rows.
+pub fn accumulate_edges(
+    mlp: &Mlp,
+    sampler: &dyn ActivationSampler,
+    bases: &[NodeBasis],
+    config: &EdgeConfig,
+) -> Result<Vec<EdgeAccumulator>> {
+    bases.windows(2).map(|pair| accumulate_edge(mlp, sampler, &pair[0], &pair[1], config)).collect()
+}
+
+/// The mergeable sums behind [`compute_edge`] over the rows of `sampler`;
+/// [`EdgeAccumulator::finish`] turns (merged) sums into `E_hat`.
+pub fn accumulate_edge(
+    mlp: &Mlp,
+    sampler: &dyn ActivationSampler,
+    input: &NodeBasis,
+    output: &NodeBasis,
+    config: &EdgeConfig,
+) -> Result<EdgeAccumulator> {
     if config.batch_size == 0 {
         return Err(Error::invalid("batch_size", 0, "must be at least 1"));
     }
@@ -153,7 +182,7 @@ pub fn compute_edge(
     let points = config.quadrature.points();
     let plan = EdgePlan::new(&section, input, output, config);
     let k = input.node_index;
-    let acc = map_batches(
+    map_batches(
         sampler,
         config.batch_size,
         || EdgeAccumulator::new(output.dim(), input.dim()),
@@ -165,8 +194,7 @@ pub fn compute_edge(
             plan.update(acc, f.view(), &points)
         },
         |a, b| a.merge(&b),
-    )?;
-    Ok(Edges { in_node: input.node.clone(), out_node: output.node.clone(), e_hat: acc.finish()? })
+    )
 }
 
 /// What a batch update needs, prepared once per edge matrix.
