@@ -1,7 +1,7 @@
 //! Building the bases of all selected node layers, from the output backwards.
 
 use super::frame::{Frame, frame, sorted_abs_eigen};
-use super::jacobian_gram;
+use super::jacobian_gram::{self, JacobianGram};
 use super::{BasisFormula, LibConfig, NodeBasis, fold};
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
@@ -63,7 +63,10 @@ pub fn build_bases(
                 let closed = stats.derivatives(k).zip(section.single()).filter(|_| formula == BasisFormula::Jacobian);
                 let (m_dash, lambda_dash) = match closed {
                     Some((s, layer)) => (jacobian_gram::closed_form(layer, &s.finish()?, &c_next, &points), None),
-                    None => generic_m_dash(mlp, sampler, k, &section, &c_next, &points, formula, config.batch_size)?,
+                    None => {
+                        let (m, l) = generic_m_dash(mlp, sampler, k, &section, &c_next, &points, formula, config.batch_size)?;
+                        (JacobianGram::Dense(m), l)
+                    }
                 };
                 let mean = folded_mean(mlp, stats, k)?;
                 interaction_basis(mlp, k, f, mean, &m_dash, lambda_dash.as_ref(), config)?
@@ -195,12 +198,12 @@ fn interaction_basis(
     k: usize,
     f: Frame,
     mean: Vec<f64>,
-    m_dash: &Matrix,
+    m_dash: &JacobianGram,
     lambda_dash: Option<&Matrix>,
     config: &LibConfig,
 ) -> Result<NodeBasis> {
     let (r, r_pinv) = (f.r(), f.r_pinv());
-    let m = r_pinv.matmul(m_dash)?.matmul(&r_pinv.transpose())?;
+    let m = m_dash.project(&r_pinv)?;
     let n = m.nrows();
     let masked = usize::from(f.has_constant);
     let sub = Matrix::from_fn(n - masked, n - masked, |i, j| m[(i + masked, j + masked)]);

@@ -11,34 +11,60 @@ use crate::estimate::{GramAccumulator, Moments, QuadraturePoint};
 use crate::matrix::{Matrix, MatrixView};
 use crate::nn::{FoldedLinear, Layer, Section};
 
+/// `M'`, dense or as `Gᵀ Â G` with a small core `Â`: the closed form is low-rank
+/// (`d_out + 1 ≪ d_in` for wide inputs), and `R⁺ M' R⁺ᵀ = (G R⁺ᵀ)ᵀ Â (G R⁺ᵀ)` then costs
+/// a fraction of the dense product.
+pub(crate) enum JacobianGram {
+    /// `M'` itself, `[d_in, d_in]`.
+    Dense(Matrix),
+    /// `M' = Gᵀ Â G` with `G` `[r, d_in]` and `Â` `[r, r]`.
+    Factored { g: Matrix, core: Matrix },
+}
+
+impl JacobianGram {
+    /// `M = R⁺ M' R⁺ᵀ`.
+    pub(crate) fn project(&self, r_pinv: &Matrix) -> Result<Matrix> {
+        match self {
+            JacobianGram::Dense(m) => r_pinv.matmul(m)?.matmul(&r_pinv.transpose()),
+            JacobianGram::Factored { g, core } => {
+                let p = g.matmul(&r_pinv.transpose())?;
+                p.transpose().matmul(core)?.matmul(&p)
+            }
+        }
+    }
+}
+
 /// `M' = E_x Σ_i g_i g_iᵀ` for one folded layer `[h, c] ↦ [σ(p), κ(c)]`, `p = W_f f`, with
 /// `g_i = Σ_α w_α J(αf)ᵀ C_next[:, i]`, from the moments of `s(x) = Σ_α w_α σ'(α p(x))`:
 ///
 /// `M' = W_fᵀ (Q ⊙ E[ssᵀ]) W_f + K (v e_cᵀ + e_c vᵀ) + K² ‖C_c‖² e_c e_cᵀ`
 ///
 /// with `Q = C_h C_hᵀ`, `v = W_fᵀ (E[s] ⊙ C_h C_cᵀ)`, `K = Σ_α w_α κ'(α)`, `C_h` / `C_c` the
-/// hidden rows / constant row of `C_next`, `e_c` the constant input coordinate.
-pub(crate) fn closed_form(layer: &FoldedLinear, s: &Moments, c_next: &Matrix, points: &[QuadraturePoint]) -> Matrix {
+/// hidden rows / constant row of `C_next`, `e_c` the constant input coordinate. Returned as
+/// `Gᵀ Â G` with `G = [W_f; e_cᵀ]` and `Â = [[Q ⊙ E[ssᵀ], K(E[s] ⊙ C_h C_cᵀ)], [·ᵀ, K²‖C_c‖²]]`.
+pub(crate) fn closed_form(layer: &FoldedLinear, s: &Moments, c_next: &Matrix, points: &[QuadraturePoint]) -> JacobianGram {
     let w = layer.folded_weight();
     let (d_out, d_in) = w.shape();
     let c_h = Matrix::from_fn(d_out, c_next.ncols(), |i, j| c_next[(i, j)]);
     let q = c_h.matmul(&c_h.transpose()).expect("shapes agree");
     let s2 = s.second_moment();
-    let a = Matrix::from_fn(d_out, d_out, |i, j| q[(i, j)] * s2[(i, j)]);
-    let mut m = w.transpose().matmul(&a).and_then(|wa| wa.matmul(w)).expect("shapes agree");
-    if layer.carries_constant() {
-        let c_c = c_next.row(d_out);
-        let k: f64 = points.iter().map(|p| p.weight * layer.constant_carrier(p.alpha).1).sum();
-        let q_c: Vec<f64> = (0..d_out).map(|i| c_h.row(i).iter().zip(c_c).map(|(a, b)| a * b).sum()).collect();
-        let v: Vec<f64> = (0..d_in).map(|j| (0..d_out).map(|i| w[(i, j)] * s.mean[i] * q_c[i]).sum()).collect();
-        let c = d_in - 1;
-        for (j, vj) in v.iter().enumerate() {
-            m[(j, c)] += k * vj;
-            m[(c, j)] += k * vj;
-        }
-        m[(c, c)] += k * k * c_c.iter().map(|x| x * x).sum::<f64>();
+    if !layer.carries_constant() {
+        let core = Matrix::from_fn(d_out, d_out, |i, j| q[(i, j)] * s2[(i, j)]);
+        return JacobianGram::Factored { g: w.clone(), core };
     }
-    m
+    let c_c = c_next.row(d_out);
+    let k: f64 = points.iter().map(|p| p.weight * layer.constant_carrier(p.alpha).1).sum();
+    let cross: Vec<f64> =
+        (0..d_out).map(|i| k * s.mean[i] * c_h.row(i).iter().zip(c_c).map(|(a, b)| a * b).sum::<f64>()).collect();
+    let corner = k * k * c_c.iter().map(|x| x * x).sum::<f64>();
+    let core = Matrix::from_fn(d_out + 1, d_out + 1, |i, j| match (i < d_out, j < d_out) {
+        (true, true) => q[(i, j)] * s2[(i, j)],
+        (true, false) => cross[i],
+        (false, true) => cross[j],
+        (false, false) => corner,
+    });
+    let g = Matrix::from_fn(d_out + 1, d_in, |i, j| if i < d_out { w[(i, j)] } else { f64::from(u8::from(j == d_in - 1)) });
+    JacobianGram::Factored { g, core }
 }
 
 /// Adds a batch to the generic `M'` accumulator of the `jacobian` formula: for every output
