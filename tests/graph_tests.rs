@@ -307,7 +307,8 @@ mod modules {
             let l_ref = io::read_vector(fixtures().join(format!("block_diag/rib/Lambda_{name}.npy"))).unwrap();
             let floor = 1e-10 * l_ref.iter().fold(0.0_f64, |m, x| m.max(*x));
             let assignment = v["recovery_by_run"]["rib"]["layers"][k]["assignment"].as_array().unwrap();
-            let count_ref = |kind: &str| (0..l_ref.len()).filter(|&j| l_ref[j] > floor && assignment[j] == kind).count();
+            let count_ref =
+                |kind: &str| (0..l_ref.len()).filter(|&j| l_ref[j] > floor && assignment[j] == kind).count();
             let lambda = b.lambda.as_ref().unwrap();
             let floor = 1e-10 * lambda.iter().fold(0.0_f64, |m, x| m.max(*x));
             let ours = blocks(b);

@@ -64,7 +64,8 @@ pub fn build_bases(
                 let (m_dash, lambda_dash) = match closed {
                     Some((s, layer)) => (jacobian_gram::closed_form(layer, &s.finish()?, &c_next, &points), None),
                     None => {
-                        let (m, l) = generic_m_dash(mlp, sampler, k, &section, &c_next, &points, formula, config.batch_size)?;
+                        let (m, l) =
+                            generic_m_dash(mlp, sampler, k, &section, &c_next, &points, formula, config.batch_size)?;
                         (JacobianGram::Dense(m), l)
                     }
                 };

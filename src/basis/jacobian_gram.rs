@@ -42,7 +42,12 @@ impl JacobianGram {
 /// with `Q = C_h C_hᵀ`, `v = W_fᵀ (E[s] ⊙ C_h C_cᵀ)`, `K = Σ_α w_α κ'(α)`, `C_h` / `C_c` the
 /// hidden rows / constant row of `C_next`, `e_c` the constant input coordinate. Returned as
 /// `Gᵀ Â G` with `G = [W_f; e_cᵀ]` and `Â = [[Q ⊙ E[ssᵀ], K(E[s] ⊙ C_h C_cᵀ)], [·ᵀ, K²‖C_c‖²]]`.
-pub(crate) fn closed_form(layer: &FoldedLinear, s: &Moments, c_next: &Matrix, points: &[QuadraturePoint]) -> JacobianGram {
+pub(crate) fn closed_form(
+    layer: &FoldedLinear,
+    s: &Moments,
+    c_next: &Matrix,
+    points: &[QuadraturePoint],
+) -> JacobianGram {
     let w = layer.folded_weight();
     let (d_out, d_in) = w.shape();
     let c_h = Matrix::from_fn(d_out, c_next.ncols(), |i, j| c_next[(i, j)]);
@@ -63,7 +68,8 @@ pub(crate) fn closed_form(layer: &FoldedLinear, s: &Moments, c_next: &Matrix, po
         (false, true) => cross[j],
         (false, false) => corner,
     });
-    let g = Matrix::from_fn(d_out + 1, d_in, |i, j| if i < d_out { w[(i, j)] } else { f64::from(u8::from(j == d_in - 1)) });
+    let g =
+        Matrix::from_fn(d_out + 1, d_in, |i, j| if i < d_out { w[(i, j)] } else { f64::from(u8::from(j == d_in - 1)) });
     JacobianGram::Factored { g, core }
 }
 
@@ -78,8 +84,8 @@ pub(crate) fn update_jacobian(
     points: &[QuadraturePoint],
 ) -> Result<()> {
     let n = f.nrows();
-    let (mut grad_out, mut g, mut gx, mut scaled) =
-        (Matrix::zeros(n, c_next.nrows()), Matrix::zeros(n, f.ncols()), Matrix::default(), Matrix::default());
+    let (mut grad_out, mut g, mut gx) =
+        (Matrix::zeros(n, c_next.nrows()), Matrix::zeros(n, f.ncols()), Matrix::default());
     for i in 0..c_next.ncols() {
         for r in 0..n {
             for (o, row) in grad_out.row_mut(r).iter_mut().enumerate() {
@@ -88,9 +94,9 @@ pub(crate) fn update_jacobian(
         }
         g.fill(0.0);
         for p in points {
-            scale_into(f, p.alpha, &mut scaled);
+            let scaled = f.scaled(p.alpha);
             section.backward(scaled.view(), grad_out.view(), &mut gx, &mut [])?;
-            axpy(&mut g, p.weight, &gx);
+            g.add_scaled(p.weight, &gx);
         }
         acc.update(g.view())?;
     }
@@ -109,33 +115,19 @@ pub(crate) fn update_one_minus_alpha_squared(
 ) -> Result<()> {
     let (n, d) = f.shape();
     let q = c_next.matmul(&c_next.transpose())?;
-    let (mut full, mut scaled, mut y, mut gx) =
-        (Matrix::default(), Matrix::default(), Matrix::default(), Matrix::default());
+    let (mut full, mut y, mut gx) = (Matrix::default(), Matrix::default(), Matrix::default());
     section.forward(f, &mut full)?;
     let mut g = Matrix::zeros(n, d);
     for p in points {
-        scale_into(f, p.alpha, &mut scaled);
+        let scaled = f.scaled(p.alpha);
         section.forward(scaled.view(), &mut y)?;
         for (yv, &fv) in y.as_mut_slice().iter_mut().zip(full.as_slice()) {
             *yv = 2.0 * (fv - *yv);
         }
         let grad_out = y.matmul(&q)?;
         section.backward(scaled.view(), grad_out.view(), &mut gx, &mut [])?;
-        axpy(&mut g, p.weight, &gx);
+        g.add_scaled(p.weight, &gx);
     }
     let rows = Matrix::from_fn(n, 2 * d, |r, j| if j < d { g[(r, j)] } else { f[(r, j - d)] });
     acc.update(rows.view())
-}
-
-fn scale_into(f: MatrixView<'_>, alpha: f64, out: &mut Matrix) {
-    out.resize(f.nrows(), f.ncols());
-    for (o, &v) in out.as_mut_slice().iter_mut().zip(f.as_slice()) {
-        *o = alpha * v;
-    }
-}
-
-fn axpy(y: &mut Matrix, a: f64, x: &Matrix) {
-    for (yv, &xv) in y.as_mut_slice().iter_mut().zip(x.as_slice()) {
-        *yv += a * xv;
-    }
 }
