@@ -163,6 +163,11 @@ impl Matrix {
         self.view().matmul(other.view())
     }
 
+    /// `alpha · self`.
+    pub fn scaled_by(&self, alpha: f64) -> Matrix {
+        self.view().scaled(alpha)
+    }
+
     /// `self ← self + alpha · other` (shapes must match; checked in debug builds).
     pub fn add_scaled(&mut self, alpha: f64, other: &Matrix) {
         debug_assert_eq!(self.shape(), other.shape());

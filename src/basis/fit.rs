@@ -1,11 +1,11 @@
 //! Building the bases of all selected node layers, from the output backwards.
 
 use super::frame::{Frame, frame, sorted_abs_eigen};
-use super::jacobian_gram::{self, JacobianGram};
+use super::jacobian_gram::{self, JacobianGram, JacobianGramAccumulator};
 use super::{BasisFormula, LibConfig, NodeBasis, fold};
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
-use crate::estimate::{GramAccumulator, NodeStatistics, QuadraturePoint};
+use crate::estimate::{NodeStatistics, Quadrature};
 use crate::matrix::Matrix;
 use crate::nn::{ForwardTrace, Mlp, Section};
 
@@ -64,8 +64,16 @@ pub fn build_bases(
                 let (m_dash, lambda_dash) = match closed {
                     Some((s, layer)) => (jacobian_gram::closed_form(layer, &s.finish()?, &c_next, &points), None),
                     None => {
-                        let (m, l) =
-                            generic_m_dash(mlp, sampler, k, &section, &c_next, &points, formula, config.batch_size)?;
+                        let (m, l) = generic_m_dash(
+                            mlp,
+                            sampler,
+                            k,
+                            &section,
+                            &c_next,
+                            config.quadrature,
+                            formula,
+                            config.batch_size,
+                        )?;
                         (JacobianGram::Dense(m), l)
                     }
                 };
@@ -160,36 +168,24 @@ fn generic_m_dash(
     k: usize,
     section: &Section,
     c_next: &Matrix,
-    points: &[QuadraturePoint],
+    quadrature: Quadrature,
     formula: BasisFormula,
     batch_size: usize,
 ) -> Result<(Matrix, Option<Matrix>)> {
-    let d = mlp.widths()[k] + 1;
-    let width = if formula == BasisFormula::Jacobian { d } else { 2 * d };
+    let empty = JacobianGramAccumulator::new(formula, mlp.widths()[k] + 1, c_next.ncols())?;
     let acc = map_batches(
         sampler,
         batch_size,
-        || GramAccumulator::new(width),
+        || empty.clone(),
         |acc, first, x| {
             let mut trace = ForwardTrace::default();
             mlp.trace(x, &mut trace)?;
             crate::estimate::check_finite_rows(trace.node(k), first, &mlp.node_name(k))?;
-            let f = fold(trace.node(k).view());
-            if formula == BasisFormula::Jacobian {
-                jacobian_gram::update_jacobian(acc, section, f.view(), c_next, points)
-            } else {
-                jacobian_gram::update_one_minus_alpha_squared(acc, section, f.view(), c_next, points)
-            }
+            acc.update(section, fold(trace.node(k).view()).view(), c_next, quadrature)
         },
         |a, b| a.merge(&b),
     )?;
-    let second = acc.finish()?.second_moment();
-    if formula == BasisFormula::Jacobian {
-        let scale = c_next.ncols() as f64;
-        Ok((Matrix::from_fn(d, d, |i, j| second[(i, j)] * scale), None))
-    } else {
-        Ok((Matrix::from_fn(d, d, |i, j| second[(i, j)]), Some(Matrix::from_fn(d, d, |i, j| second[(i, j + d)]))))
-    }
+    acc.finish()
 }
 
 /// Steps 4–5: `M = R⁺ M' R⁺ᵀ`, its eigenvectors `V` (the constant direction held fixed),

@@ -6,10 +6,93 @@
 //! the section's vector–Jacobian products, which works for any chain and serves as the
 //! reference in tests.
 
-use crate::error::Result;
-use crate::estimate::{GramAccumulator, Moments, QuadraturePoint};
+use super::BasisFormula;
+use crate::error::{Error, Result};
+use crate::estimate::{GramAccumulator, Moments, Quadrature, QuadraturePoint};
 use crate::matrix::{Matrix, MatrixView};
 use crate::nn::{FoldedLinear, Layer, Section};
+use serde::{Deserialize, Serialize};
+
+/// Streaming, mergeable estimate of the `M'` of a section (and `Λ'` for `(1-alpha)^2`), through
+/// its vector–Jacobian products: the generic path of step 4, for any section.
+///
+/// The state is one [`GramAccumulator`] (serde), so shards merge exactly; the section, the next
+/// basis `C_next` and the quadrature are inputs of every update and must be the same for all
+/// shards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JacobianGramAccumulator {
+    formula: BasisFormula,
+    /// Width of the section's (folded) input.
+    in_dim: usize,
+    /// Columns of `C_next` (the rows per sample of the `jacobian` formula).
+    directions: usize,
+    acc: GramAccumulator,
+}
+
+impl JacobianGramAccumulator {
+    /// An empty estimate for a section with `in_dim` inputs, the next basis having `directions`
+    /// columns; `formula` is `Jacobian` or `OneMinusAlphaSquared`.
+    pub fn new(formula: BasisFormula, in_dim: usize, directions: usize) -> Result<Self> {
+        let width = match formula {
+            BasisFormula::Jacobian => in_dim,
+            BasisFormula::OneMinusAlphaSquared => 2 * in_dim,
+            other => return Err(Error::invalid("basis_formula", other.name(), "has no Jacobian Gram")),
+        };
+        Ok(JacobianGramAccumulator { formula, in_dim, directions, acc: GramAccumulator::new(width) })
+    }
+
+    /// Adds a batch of folded activations `f` of the section's input node.
+    pub fn update(
+        &mut self,
+        section: &Section,
+        f: MatrixView<'_>,
+        c_next: &Matrix,
+        quadrature: Quadrature,
+    ) -> Result<()> {
+        if f.ncols() != self.in_dim || section.in_dim() != self.in_dim {
+            return Err(Error::shape(
+                "JacobianGramAccumulator::update",
+                &[f.nrows(), self.in_dim],
+                &[f.nrows(), f.ncols()],
+            ));
+        }
+        if c_next.ncols() != self.directions || c_next.nrows() != section.out_dim() {
+            return Err(Error::shape(
+                "JacobianGramAccumulator::update C_next",
+                &[section.out_dim(), self.directions],
+                &[c_next.nrows(), c_next.ncols()],
+            ));
+        }
+        let points = quadrature.points();
+        match self.formula {
+            BasisFormula::Jacobian => update_jacobian(&mut self.acc, section, f, c_next, &points),
+            _ => update_one_minus_alpha_squared(&mut self.acc, section, f, c_next, &points),
+        }
+    }
+
+    /// Adds another shard's estimate.
+    pub fn merge(&mut self, other: &JacobianGramAccumulator) -> Result<()> {
+        if (other.formula, other.in_dim, other.directions) != (self.formula, self.in_dim, self.directions) {
+            return Err(Error::invalid(
+                "JacobianGramAccumulator::merge",
+                "other shard",
+                "built for another section or basis",
+            ));
+        }
+        self.acc.merge(&other.acc)
+    }
+
+    /// `M'` and, for `(1-alpha)^2`, `Λ' = E[g fᵀ]`.
+    pub fn finish(&self) -> Result<(Matrix, Option<Matrix>)> {
+        let second = self.acc.finish()?.second_moment();
+        let d = self.in_dim;
+        Ok(match self.formula {
+            // The rows were one per sample and direction: E over N·directions rows.
+            BasisFormula::Jacobian => (second.scaled_by(self.directions as f64), None),
+            _ => (Matrix::from_fn(d, d, |i, j| second[(i, j)]), Some(Matrix::from_fn(d, d, |i, j| second[(i, j + d)]))),
+        })
+    }
+}
 
 /// `M'`, dense or as `Gᵀ Â G` with a small core `Â`: the closed form is low-rank
 /// (`d_out + 1 ≪ d_in` for wide inputs), and `R⁺ M' R⁺ᵀ = (G R⁺ᵀ)ᵀ Â (G R⁺ᵀ)` then costs
@@ -76,7 +159,7 @@ pub(crate) fn closed_form(
 /// Adds a batch to the generic `M'` accumulator of the `jacobian` formula: for every output
 /// direction `i`, the rows `g_i(x) = Σ_α w_α VJP(αf(x), C_next[:, i])`. The accumulator's second
 /// moment times `C_next.ncols()` is `M'`.
-pub(crate) fn update_jacobian(
+fn update_jacobian(
     acc: &mut GramAccumulator,
     section: &Section,
     f: MatrixView<'_>,
@@ -106,7 +189,7 @@ pub(crate) fn update_jacobian(
 /// Adds a batch to the `(1-alpha)^2` accumulator over rows `[g | f]` with
 /// `g(x) = Σ_α w_α ∇_z[−‖(F(f) − F(z)) C_next‖²]_{z = αf} = Σ_α w_α 2 J(αf)ᵀ C Cᵀ (F(f) − F(αf))`.
 /// Its second moment holds `M' = E[ggᵀ]` (top-left block) and `Λ' = E[gfᵀ]` (top-right).
-pub(crate) fn update_one_minus_alpha_squared(
+fn update_one_minus_alpha_squared(
     acc: &mut GramAccumulator,
     section: &Section,
     f: MatrixView<'_>,
