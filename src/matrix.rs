@@ -163,6 +163,19 @@ impl Matrix {
         self.view().matmul(other.view())
     }
 
+    /// `alpha · self`.
+    pub fn scaled_by(&self, alpha: f64) -> Matrix {
+        self.view().scaled(alpha)
+    }
+
+    /// `self ← self + alpha · other` (shapes must match; checked in debug builds).
+    pub fn add_scaled(&mut self, alpha: f64, other: &Matrix) {
+        debug_assert_eq!(self.shape(), other.shape());
+        for (y, &x) in self.data.iter_mut().zip(&other.data) {
+            *y += alpha * x;
+        }
+    }
+
     /// Largest absolute entry (0 for an empty matrix).
     pub fn max_abs(&self) -> f64 {
         self.data.iter().fold(0.0, |m, v| m.max(v.abs()))
@@ -212,6 +225,11 @@ impl<'a> MatrixView<'a> {
     pub fn rows(&self, range: Range<usize>) -> MatrixView<'a> {
         let c = self.ncols;
         MatrixView { nrows: range.len(), ncols: c, data: &self.data[range.start * c..range.end * c] }
+    }
+
+    /// `alpha · self`, as an owned matrix.
+    pub fn scaled(&self, alpha: f64) -> Matrix {
+        Matrix { nrows: self.nrows, ncols: self.ncols, data: self.data.iter().map(|v| alpha * v).collect() }
     }
 
     /// Copies into an owned matrix.

@@ -396,3 +396,32 @@ fn npy_sampler_gives_the_in_memory_bases() {
         assert!(a.c() == b.c(), "{}: same batches, same order: bitwise equal", a.node);
     }
 }
+
+#[test]
+fn jacobian_gram_accumulator_merges_shards_and_checks_shapes() {
+    use degeneracy::basis::{JacobianGramAccumulator, fold};
+    let (mlp, x) = load("digits_mlp");
+    let bases = fit_bases(&mlp, &x, &LibConfig::default()).unwrap();
+    let section = mlp.section(1).unwrap();
+    let c_next = bases[2].c().clone();
+    let f = fold(mlp.node_activations(x.view(), 1).unwrap().view());
+    for formula in [BasisFormula::Jacobian, BasisFormula::OneMinusAlphaSquared] {
+        let q = Quadrature::GaussLegendre(2);
+        let mut whole = JacobianGramAccumulator::new(formula, 41, c_next.ncols()).unwrap();
+        whole.update(&section, f.view(), &c_next, q).unwrap();
+        let mut a = JacobianGramAccumulator::new(formula, 41, c_next.ncols()).unwrap();
+        let mut b = a.clone();
+        a.update(&section, f.rows(0..300), &c_next, q).unwrap();
+        b.update(&section, f.rows(300..1024), &c_next, q).unwrap();
+        a.merge(&b).unwrap();
+        let (mw, lw) = whole.finish().unwrap();
+        let (mm, lm) = a.finish().unwrap();
+        assert!(common::rel_max_diff(&mm, &mw) < 1e-12);
+        assert_eq!(lw.is_some(), formula == BasisFormula::OneMinusAlphaSquared);
+        if let (Some(lw), Some(lm)) = (lw, lm) {
+            assert!(common::rel_max_diff(&lm, &lw) < 1e-12);
+        }
+        assert!(a.update(&section, f.rows(0..3), &Matrix::zeros(3, 3), q).is_err());
+    }
+    assert!(JacobianGramAccumulator::new(BasisFormula::Svd, 41, 3).is_err());
+}

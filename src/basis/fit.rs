@@ -1,11 +1,11 @@
 //! Building the bases of all selected node layers, from the output backwards.
 
 use super::frame::{Frame, frame, sorted_abs_eigen};
-use super::jacobian_gram;
+use super::jacobian_gram::{self, JacobianGram, JacobianGramAccumulator};
 use super::{BasisFormula, LibConfig, NodeBasis, fold};
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
-use crate::estimate::{GramAccumulator, NodeStatistics, QuadraturePoint};
+use crate::estimate::{NodeStatistics, Quadrature};
 use crate::matrix::Matrix;
 use crate::nn::{ForwardTrace, Mlp, Section};
 
@@ -63,7 +63,19 @@ pub fn build_bases(
                 let closed = stats.derivatives(k).zip(section.single()).filter(|_| formula == BasisFormula::Jacobian);
                 let (m_dash, lambda_dash) = match closed {
                     Some((s, layer)) => (jacobian_gram::closed_form(layer, &s.finish()?, &c_next, &points), None),
-                    None => generic_m_dash(mlp, sampler, k, &section, &c_next, &points, formula, config.batch_size)?,
+                    None => {
+                        let (m, l) = generic_m_dash(
+                            mlp,
+                            sampler,
+                            k,
+                            &section,
+                            &c_next,
+                            config.quadrature,
+                            formula,
+                            config.batch_size,
+                        )?;
+                        (JacobianGram::Dense(m), l)
+                    }
                 };
                 let mean = folded_mean(mlp, stats, k)?;
                 interaction_basis(mlp, k, f, mean, &m_dash, lambda_dash.as_ref(), config)?
@@ -156,36 +168,24 @@ fn generic_m_dash(
     k: usize,
     section: &Section,
     c_next: &Matrix,
-    points: &[QuadraturePoint],
+    quadrature: Quadrature,
     formula: BasisFormula,
     batch_size: usize,
 ) -> Result<(Matrix, Option<Matrix>)> {
-    let d = mlp.widths()[k] + 1;
-    let width = if formula == BasisFormula::Jacobian { d } else { 2 * d };
+    let empty = JacobianGramAccumulator::new(formula, mlp.widths()[k] + 1, c_next.ncols())?;
     let acc = map_batches(
         sampler,
         batch_size,
-        || GramAccumulator::new(width),
+        || empty.clone(),
         |acc, first, x| {
             let mut trace = ForwardTrace::default();
             mlp.trace(x, &mut trace)?;
             crate::estimate::check_finite_rows(trace.node(k), first, &mlp.node_name(k))?;
-            let f = fold(trace.node(k).view());
-            if formula == BasisFormula::Jacobian {
-                jacobian_gram::update_jacobian(acc, section, f.view(), c_next, points)
-            } else {
-                jacobian_gram::update_one_minus_alpha_squared(acc, section, f.view(), c_next, points)
-            }
+            acc.update(section, fold(trace.node(k).view()).view(), c_next, quadrature)
         },
         |a, b| a.merge(&b),
     )?;
-    let second = acc.finish()?.second_moment();
-    if formula == BasisFormula::Jacobian {
-        let scale = c_next.ncols() as f64;
-        Ok((Matrix::from_fn(d, d, |i, j| second[(i, j)] * scale), None))
-    } else {
-        Ok((Matrix::from_fn(d, d, |i, j| second[(i, j)]), Some(Matrix::from_fn(d, d, |i, j| second[(i, j + d)]))))
-    }
+    acc.finish()
 }
 
 /// Steps 4–5: `M = R⁺ M' R⁺ᵀ`, its eigenvectors `V` (the constant direction held fixed),
@@ -195,12 +195,12 @@ fn interaction_basis(
     k: usize,
     f: Frame,
     mean: Vec<f64>,
-    m_dash: &Matrix,
+    m_dash: &JacobianGram,
     lambda_dash: Option<&Matrix>,
     config: &LibConfig,
 ) -> Result<NodeBasis> {
     let (r, r_pinv) = (f.r(), f.r_pinv());
-    let m = r_pinv.matmul(m_dash)?.matmul(&r_pinv.transpose())?;
+    let m = m_dash.project(&r_pinv)?;
     let n = m.nrows();
     let masked = usize::from(f.has_constant);
     let sub = Matrix::from_fn(n - masked, n - masked, |i, j| m[(i + masked, j + masked)]);

@@ -13,6 +13,7 @@ mod frame;
 mod jacobian_gram;
 
 pub use fit::{build_bases, fit_bases};
+pub use jacobian_gram::JacobianGramAccumulator;
 
 use crate::error::{Error, Result};
 use crate::estimate::Quadrature;

@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 pub struct GramAccumulator {
     count: u64,
     mean: Vec<f64>,
-    /// Lower triangle of `Σ (x − μ)(x − μ)ᵀ`; the upper triangle is not maintained.
+    /// Lower triangle of `Σ (x − μ)(x − μ)ᵀ`; the upper triangle is not maintained. Empty
+    /// (`0 × 0`) until the first row arrives, so empty per-batch states cost nothing.
     scatter: Matrix,
 }
 
@@ -47,7 +48,7 @@ pub struct Moments {
 impl GramAccumulator {
     /// An empty accumulator for rows of width `dim`.
     pub fn new(dim: usize) -> Self {
-        GramAccumulator { count: 0, mean: vec![0.0; dim], scatter: Matrix::zeros(dim, dim) }
+        GramAccumulator { count: 0, mean: vec![0.0; dim], scatter: Matrix::default() }
     }
 
     /// Row width.
@@ -84,6 +85,15 @@ impl GramAccumulator {
                 *v = x - m;
             }
         }
+        if self.count == 0 {
+            // The first batch's scatter is the state itself.
+            self.scatter.resize(d, d);
+            self.scatter.fill(0.0);
+            linalg::gram_lower_add(&mut self.scatter, centred.view(), 1.0);
+            self.mean = mean;
+            self.count = n as u64;
+            return Ok(());
+        }
         let mut scatter = ScratchMatrix::take();
         scatter.resize(d, d);
         scatter.fill(0.0);
@@ -108,7 +118,7 @@ impl GramAccumulator {
         if self.count == 0 {
             self.count = nb;
             self.mean.copy_from_slice(mean_b);
-            self.scatter.as_mut_slice().copy_from_slice(scatter_b.as_slice());
+            self.scatter.clone_from(scatter_b);
             return;
         }
         let (na, n) = (self.count as f64, (self.count + nb) as f64);

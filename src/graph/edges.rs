@@ -260,12 +260,12 @@ impl<'a> EdgePlan<'a> {
         points: &[QuadraturePoint],
     ) -> Result<()> {
         let (mut grad_out, mut gz) = (Matrix::default(), Matrix::default());
-        let scaled: Vec<Matrix> = points.iter().map(|p| scale(rebuilt, p.alpha)).collect();
+        let scaled: Vec<Matrix> = points.iter().map(|p| rebuilt.view().scaled(p.alpha)).collect();
         for i in 0..self.c_out.ncols() {
             let mut a = Matrix::zeros(f_hat.nrows(), f_hat.ncols());
             for (p, z) in points.iter().zip(&scaled) {
                 let d = self.coordinate_gradient(z, i, &mut grad_out, &mut gz)?;
-                axpy(&mut a, p.weight, &d);
+                a.add_scaled(p.weight, &d);
             }
             add_column_sums(acc.sum.row_mut(i), &a, f_hat, |v| v * v);
         }
@@ -283,7 +283,7 @@ impl<'a> EdgePlan<'a> {
         self.section.forward(rebuilt.view(), &mut y)?;
         let full = y.matmul(self.c_out)?;
         for p in points {
-            let z = scale(rebuilt, p.alpha);
+            let z = rebuilt.view().scaled(p.alpha);
             self.section.forward(z.view(), &mut y)?;
             let at_alpha = y.matmul(self.c_out)?;
             for i in 0..self.c_out.ncols() {
@@ -361,7 +361,7 @@ impl<'a> EdgePlan<'a> {
         let full = y.matmul(self.c_out)?;
         let mut diffs = Vec::with_capacity(points.len());
         for q in points {
-            self.section.forward(scale(rebuilt, q.alpha).view(), &mut y)?;
+            self.section.forward(rebuilt.view().scaled(q.alpha).view(), &mut y)?;
             let at = y.matmul(self.c_out)?;
             diffs.push(Matrix::from_fn(n, at.ncols(), |x, i| full[(x, i)] - at[(x, i)]));
         }
@@ -427,16 +427,6 @@ impl<'a> EdgePlan<'a> {
                 .collect();
             (k, self.constant_column())
         })
-    }
-}
-
-fn scale(m: &Matrix, alpha: f64) -> Matrix {
-    Matrix::from_fn(m.nrows(), m.ncols(), |i, j| alpha * m[(i, j)])
-}
-
-fn axpy(y: &mut Matrix, a: f64, x: &Matrix) {
-    for (yv, &xv) in y.as_mut_slice().iter_mut().zip(x.as_slice()) {
-        *yv += a * xv;
     }
 }
 

@@ -106,9 +106,9 @@ impl InteractionGraph {
     pub fn build(bases: &[NodeBasis], edges: &[Edges], norm: &EdgeNorm, include_output: bool) -> Result<Self> {
         if edges.len() + 1 != bases.len() {
             return Err(Error::shape(
-                "InteractionGraph::build: edges per basis pair",
-                &[bases.len() - 1],
-                &[edges.len()],
+                "InteractionGraph::build: bases (one more than edge matrices)",
+                &[edges.len() + 1],
+                &[bases.len()],
             ));
         }
         let n_layers = if !include_output && bases.last().is_some_and(|b| b.node == OUTPUT_NODE) {
