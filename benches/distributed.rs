@@ -8,7 +8,7 @@
 
 use degeneracy::basis::{LibConfig, build_bases};
 use degeneracy::data::ActivationSampler;
-use degeneracy::distributed::{Communicator, MpiCommunicator, Shard, all_merge};
+use degeneracy::distributed::{Communicator, MpiCommunicator, Shard, all_merge, compute_edges_by_outputs};
 use degeneracy::estimate::NodeStatistics;
 use degeneracy::graph::{EdgeAccumulator, EdgeConfig, accumulate_edges, compute_edges};
 use degeneracy::{Activation, Matrix, Mlp};
@@ -56,6 +56,7 @@ fn rank() {
 
     let (mut grams, mut grams_local, mut grams_merge) = (Vec::new(), Vec::new(), Vec::new());
     let (mut edges, mut edges_local, mut edges_merge) = (Vec::new(), Vec::new(), Vec::new());
+    let mut edges_by_outputs = Vec::new();
     let (mut stats_bytes, mut edge_bytes) = (0, 0);
     for _ in 0..3 {
         grams.push(time(|| NodeStatistics::collect(&mlp, &rows, &nodes, q, 1024).unwrap()).1);
@@ -72,6 +73,7 @@ fn rank() {
             a.iter_mut().zip(&b).try_for_each(|(a, b)| a.merge(b))
         };
         edges_merge.push(time(|| all_merge(&comm, Ok(local), merge).unwrap()).1);
+        edges_by_outputs.push(time(|| compute_edges_by_outputs(&comm, &mlp, &x, &bases, &edge_config).unwrap()).1);
     }
     if comm.rank() == 0 {
         println!(
@@ -80,6 +82,7 @@ fn rank() {
                 "ranks": comm.size(), "threads": rayon::current_num_threads(), "rows": rows.total_samples(),
                 "grams": median(grams), "grams_local": median(grams_local), "grams_merge": median(grams_merge),
                 "edges": median(edges), "edges_local": median(edges_local), "edges_merge": median(edges_merge),
+                "edges_by_outputs": median(edges_by_outputs),
                 "statistics_state_bytes": stats_bytes, "edge_state_bytes": edge_bytes,
             })
         );
@@ -122,7 +125,10 @@ fn driver() {
     };
     println!("{WIDTHS:?} ReLU MLP, {ROWS} rows, batch 1024; medians of 3 (seconds)");
     let results = [run(1, 1), run(2, 1), run(1, 2)];
-    println!("{:<24} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10}", "", "grams", "local", "merge", "edges", "local", "merge");
+    println!(
+        "{:<24} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10}",
+        "", "grams", "local", "merge", "edges", "local", "merge"
+    );
     for r in &results {
         let f = |k: &str| r[k].as_f64().unwrap();
         println!(
@@ -138,10 +144,11 @@ fn driver() {
     }
     let t = |i: usize, k: &str| results[i][k].as_f64().unwrap();
     println!(
-        "strong scaling, 2 ranks vs 1 (one thread each): Gram stage {:.2}×, edge stage {:.2}× (ideal 2); \
-         1 rank × 2 threads: {:.2}×, {:.2}×",
+        "strong scaling, 2 ranks vs 1 (one thread each): Gram stage {:.2}×, edge stage {:.2}× (ideal 2), \
+         edges split over output directions {:.2}×; 1 rank × 2 threads: {:.2}×, {:.2}×",
         t(0, "grams") / t(1, "grams"),
         t(0, "edges") / t(1, "edges"),
+        t(0, "edges_by_outputs") / t(1, "edges_by_outputs"),
         t(0, "grams") / t(2, "grams"),
         t(0, "edges") / t(2, "edges"),
     );

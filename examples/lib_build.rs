@@ -13,7 +13,8 @@
 //! Beyond one machine (`docs/distributed.md`):
 //! * `"distributed": true` (built with `--features mpi`, run as `mpirun -n K
 //!   target/release/examples/lib_build CONFIG.json`): every pass is split over the ranks by rows
-//!   and merged; rank 0 writes the files above.
+//!   and merged; rank 0 writes the files above. `"edge_split": "outputs"` splits the edges over
+//!   output directions instead (each rank streams all rows; `docs/distributed.md` says when).
 //! * File-based, without MPI: `--stage statistics --shard I/K` on each of K workers writes
 //!   `out_dir/shards/statistics_I_of_K.shard`; `--stage statistics --merge FILE…` writes the
 //!   basis files and `report.json` (and, with `edge_formula`, `out_dir/shards/bases.shard`); then
@@ -26,7 +27,9 @@ mod common;
 use common::{AnyResult, BuildKeys, Mode, NpyOut, Phases, file_node, read_build_config, shard_dir, write_json};
 use degeneracy::basis::{Basis, LibConfig, NodeBasis, build_bases};
 use degeneracy::data::ActivationSampler;
-use degeneracy::distributed::{Communicator, Shard, ShardHeader, merge_shard_files, read_shard_file, write_shard_file};
+use degeneracy::distributed::{
+    Communicator, Shard, ShardHeader, compute_edges_by_outputs, merge_shard_files, read_shard_file, write_shard_file,
+};
 use degeneracy::estimate::NodeStatistics;
 use degeneracy::graph::{
     EdgeAccumulator, EdgeConfig, EdgeFormula, EdgeNorm, Edges, InteractionGraph, LeidenConfig, accumulate_edges,
@@ -49,6 +52,10 @@ struct Extra {
     /// Split every pass over the ranks of `mpirun` (feature `mpi`).
     #[serde(default)]
     distributed: bool,
+    /// How a distributed run splits the edges: `"rows"` (default: each rank its rows, partial
+    /// sums merged) or `"outputs"` (each rank its output directions over all rows).
+    #[serde(default)]
+    edge_split: Option<String>,
 }
 
 fn main() {
@@ -70,7 +77,7 @@ struct Job {
 fn run() -> AnyResult<()> {
     let cli = common::parse_cli(USAGE, true)?;
     let mut phases = Phases::start();
-    let (keys, extra, dir): (BuildKeys, Extra, _) = read_build_config(USAGE, &["distributed"])?;
+    let (keys, extra, dir): (BuildKeys, Extra, _) = read_build_config(USAGE, &["distributed", "edge_split"])?;
     let config = keys.lib_config()?;
     let edge_formula = keys.edge_formula.as_deref().map(EdgeFormula::from_name).transpose()?;
     let (mlp, inputs) = keys.load(&dir)?;
@@ -88,6 +95,12 @@ fn run() -> AnyResult<()> {
             "\"distributed\": true (MPI) and --shard/--merge (files) are two ways to split a run; use one".into()
         );
     }
+    let split_outputs = match extra.edge_split.as_deref() {
+        None | Some("rows") => false,
+        Some("outputs") if extra.distributed => true,
+        Some("outputs") => return Err("\"edge_split\": \"outputs\" is for \"distributed\": true runs".into()),
+        Some(other) => return Err(format!("unknown edge_split `{other}`: expected rows or outputs").into()),
+    };
     if cli.mode == Mode::Whole && cli.stage.is_some() {
         return Err("--stage is for file-based runs (--shard I/K or --merge FILE…)".into());
     }
@@ -97,9 +110,9 @@ fn run() -> AnyResult<()> {
     match cli.mode {
         Mode::Whole if extra.distributed => {
             let comm = common::communicator()?;
-            whole(job, Some(comm.as_ref()))
+            whole(job, Some(comm.as_ref()), split_outputs)
         }
-        Mode::Whole => whole(job, None),
+        Mode::Whole => whole(job, None, false),
         Mode::Shard { index, count } => shard(job, stage, index, count),
         Mode::Merge(files) => merge(job, stage, &files),
     }
@@ -111,8 +124,9 @@ enum Stage {
     Edges,
 }
 
-/// The whole build in this process, or as one rank of `comm` (rank 0 writes).
-fn whole(mut job: Job, comm: Option<&dyn Communicator>) -> AnyResult<()> {
+/// The whole build in this process, or as one rank of `comm` (rank 0 writes); edges over this
+/// rank's rows, or with `split_outputs` over its output directions.
+fn whole(mut job: Job, comm: Option<&dyn Communicator>, split_outputs: bool) -> AnyResult<()> {
     let shard = comm.map(|c| Shard::of_rank(&job.inputs, c)).transpose()?;
     let rows: &dyn ActivationSampler = match &shard {
         Some(s) => s,
@@ -126,7 +140,11 @@ fn whole(mut job: Job, comm: Option<&dyn Communicator>) -> AnyResult<()> {
     job.phases.lap("bases");
     let edges = match job.edge_formula {
         Some(formula) => {
-            let edges = compute_edges(mlp, rows, &bases, &edge_config(formula, config))?;
+            let edge_config = edge_config(formula, config);
+            let edges = match comm {
+                Some(c) if split_outputs => compute_edges_by_outputs(c, mlp, &job.inputs, &bases, &edge_config)?,
+                _ => compute_edges(mlp, rows, &bases, &edge_config)?,
+            };
             job.phases.lap("edges");
             Some(edges)
         }
@@ -134,7 +152,8 @@ fn whole(mut job: Job, comm: Option<&dyn Communicator>) -> AnyResult<()> {
     };
     if comm.is_none_or(|c| c.rank() == 0) {
         let ranks = comm.map_or(1, |c| c.size());
-        write_outputs(&mut job, &bases, edges.as_deref(), json!({"ranks": ranks}))?;
+        let split = if split_outputs { "outputs" } else { "rows" };
+        write_outputs(&mut job, &bases, edges.as_deref(), json!({"ranks": ranks, "edge_split": split}))?;
     }
     Ok(())
 }

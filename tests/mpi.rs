@@ -129,22 +129,23 @@ fn npy_diff(a: &Path, b: &Path) -> Result<f64, String> {
 fn lib_build_under_mpirun(exe: &Path, ranks: &[usize]) -> Result<String, String> {
     let dir = tempfile::tempdir().unwrap();
     let case = common::fixtures().join("digits_mlp");
-    let config = |out: &str, distributed: bool| {
+    let config = |out: &str, distributed: bool, edge_split: &str| {
         let v = serde_json::json!({
             "model": abs(case.join("model.safetensors")), "inputs": abs(case.join("inputs.npy")),
             "node_layers": ["layers.0", "layers.1", "layers.2", "output"], "basis_formula": "jacobian",
             "edge_formula": "squared", "batch_size": 1024, "out_dir": out, "distributed": distributed,
+            "edge_split": edge_split,
         });
         let path = dir.path().join(format!("{out}.json"));
         std::fs::write(&path, v.to_string()).unwrap();
         path
     };
-    run_plain(exe, &config("single", false))?;
+    run_plain(exe, &config("single", false, "rows"))?;
     let single = dir.path().join("single");
     let mut notes = Vec::new();
-    for &n in ranks {
-        let out = format!("ranks_{n}");
-        mpirun(n, exe, &[config(&out, true).to_str().unwrap()], &[])?;
+    for (&n, split) in ranks.iter().flat_map(|n| [(n, "rows"), (n, "outputs")]) {
+        let out = format!("ranks_{n}_{split}");
+        mpirun(n, exe, &[config(&out, true, split).to_str().unwrap()], &[])?;
         let mut worst: (f64, String) = (0.0, String::new());
         let mut files = 0;
         for entry in std::fs::read_dir(&single).unwrap() {
@@ -163,10 +164,10 @@ fn lib_build_under_mpirun(exe: &Path, ranks: &[usize]) -> Result<String, String>
         }
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join(&out).join("report.json")).unwrap()).unwrap();
-        if report["split"]["ranks"] != n {
-            return Err(format!("report.json says {} ranks", report["split"]["ranks"]));
+        if report["split"]["ranks"] != n || report["split"]["edge_split"] != split {
+            return Err(format!("report.json says {}", report["split"]));
         }
-        notes.push(format!("{n} ranks {:.1e} ({})", worst.0, worst.1));
+        notes.push(format!("{n} ranks by {split} {:.1e} ({})", worst.0, worst.1));
     }
     Ok(format!("lib_build distributed: Lambda, gram_eigvals, E_hat vs one process: {}", notes.join(", ")))
 }

@@ -12,6 +12,8 @@
 //!   in rank order along a binomial tree and the total is broadcast, so every rank holds the
 //!   result over all rows and the bases, edges and diagnostics are built as in one process (no
 //!   API change; results depend on the number of ranks only at rounding level);
+//! * edges of wide layers split over output directions instead of rows
+//!   ([`compute_edges_by_outputs`]): each rank computes its rows of every edge matrix;
 //! * LLC chains, split over ranks by chain index ([`crate::LlcEstimator::estimate_distributed`]);
 //!   each chain owns its random streams, so the report is identical for any number of ranks;
 //! * shard files for clusters without MPI: each worker writes its shard's state
@@ -26,6 +28,7 @@ mod files;
 mod merge;
 #[cfg(feature = "mpi")]
 mod mpi;
+mod outputs;
 mod shard;
 
 pub use communicator::{Communicator, LocalCommunicator, SingleProcess};
@@ -33,4 +36,5 @@ pub use files::{Fingerprint, SHARD_FORMAT_VERSION, ShardHeader, merge_shard_file
 pub use merge::all_merge;
 #[cfg(feature = "mpi")]
 pub use mpi::MpiCommunicator;
+pub use outputs::compute_edges_by_outputs;
 pub use shard::{ROW_GRID, Shard, shard_range};

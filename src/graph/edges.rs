@@ -18,6 +18,7 @@ use crate::matrix::{Matrix, MatrixView};
 use crate::nn::{FoldedLinear, ForwardTrace, Layer, Mlp, Section};
 use crate::scratch::ScratchMatrix;
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 /// How an interaction strength is measured (rib's `edge_formula`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -168,8 +169,31 @@ pub fn accumulate_edge(
     output: &NodeBasis,
     config: &EdgeConfig,
 ) -> Result<EdgeAccumulator> {
+    accumulate_edge_outputs(mlp, sampler, input, output, 0..output.dim(), config)
+}
+
+/// Rows `outputs` of [`accumulate_edge`]'s sums: the edges into output directions `outputs`
+/// only. Every output direction's edges depend on its column of `C_out` alone, so the rows come
+/// out as in the full matrix, at `outputs.len() / dim` of the cost of the Jacobian work (the
+/// forward pass is not split): how [`crate::distributed::compute_edges_by_outputs`] splits the
+/// edges of wide layers over ranks.
+pub fn accumulate_edge_outputs(
+    mlp: &Mlp,
+    sampler: &dyn ActivationSampler,
+    input: &NodeBasis,
+    output: &NodeBasis,
+    outputs: Range<usize>,
+    config: &EdgeConfig,
+) -> Result<EdgeAccumulator> {
     if config.batch_size == 0 {
         return Err(Error::invalid("batch_size", 0, "must be at least 1"));
+    }
+    if outputs.start > outputs.end || outputs.end > output.dim() {
+        return Err(Error::invalid(
+            "outputs",
+            format!("{outputs:?}"),
+            format!("need a range within the {} directions of {}", output.dim(), output.node),
+        ));
     }
     let section = mlp.section_between(input.node_index, output.node_index)?;
     if section.in_dim() != input.orig_dim() || section.out_dim() != output.orig_dim() {
@@ -180,12 +204,12 @@ pub fn accumulate_edge(
         ));
     }
     let points = config.quadrature.points();
-    let plan = EdgePlan::new(&section, input, output, config);
+    let plan = EdgePlan::new(&section, input, output, outputs.clone(), config);
     let k = input.node_index;
     map_batches(
         sampler,
         config.batch_size,
-        || EdgeAccumulator::new(output.dim(), input.dim()),
+        || EdgeAccumulator::new(outputs.len(), input.dim()),
         |acc, first, x| {
             let mut trace = ForwardTrace::default();
             mlp.trace(x, &mut trace)?;
@@ -203,13 +227,20 @@ struct EdgePlan<'a> {
     formula: EdgeFormula,
     c_in: &'a Matrix,
     c_in_pinv: &'a Matrix,
-    c_out: &'a Matrix,
+    /// The columns of `C_out` of the output directions computed.
+    c_out: Matrix,
     /// Product form of a single layer: `B = W_f C_in⁺ᵀ` (`[d_out, dim_in]`).
     product: Option<(&'a FoldedLinear, Matrix)>,
 }
 
 impl<'a> EdgePlan<'a> {
-    fn new(section: &'a Section, input: &'a NodeBasis, output: &'a NodeBasis, config: &EdgeConfig) -> Self {
+    fn new(
+        section: &'a Section,
+        input: &'a NodeBasis,
+        output: &NodeBasis,
+        outputs: Range<usize>,
+        config: &EdgeConfig,
+    ) -> Self {
         let product = section
             .single()
             .filter(|_| config.path == JacobianPath::Auto)
@@ -219,7 +250,7 @@ impl<'a> EdgePlan<'a> {
             formula: config.formula,
             c_in: input.c(),
             c_in_pinv: input.c_pinv(),
-            c_out: output.c(),
+            c_out: output.c().select_columns(&outputs.collect::<Vec<_>>()),
             product,
         }
     }
@@ -281,11 +312,11 @@ impl<'a> EdgePlan<'a> {
     ) -> Result<()> {
         let (mut grad_out, mut gz, mut y) = (Matrix::default(), Matrix::default(), Matrix::default());
         self.section.forward(rebuilt.view(), &mut y)?;
-        let full = y.matmul(self.c_out)?;
+        let full = y.matmul(&self.c_out)?;
         for p in points {
             let z = rebuilt.view().scaled(p.alpha);
             self.section.forward(z.view(), &mut y)?;
-            let at_alpha = y.matmul(self.c_out)?;
+            let at_alpha = y.matmul(&self.c_out)?;
             for i in 0..self.c_out.ncols() {
                 let mut d = self.coordinate_gradient(&z, i, &mut grad_out, &mut gz)?;
                 for r in 0..d.nrows() {
@@ -358,11 +389,11 @@ impl<'a> EdgePlan<'a> {
         let act = layer.activation();
         let mut y = Matrix::default();
         self.section.forward(rebuilt.view(), &mut y)?;
-        let full = y.matmul(self.c_out)?;
+        let full = y.matmul(&self.c_out)?;
         let mut diffs = Vec::with_capacity(points.len());
         for q in points {
             self.section.forward(rebuilt.view().scaled(q.alpha).view(), &mut y)?;
-            let at = y.matmul(self.c_out)?;
+            let at = y.matmul(&self.c_out)?;
             diffs.push(Matrix::from_fn(n, at.ncols(), |x, i| full[(x, i)] - at[(x, i)]));
         }
         let derivs: Vec<Matrix> =

@@ -8,7 +8,8 @@ mod modules;
 mod sparsity;
 
 pub use edges::{
-    EdgeAccumulator, EdgeConfig, EdgeFormula, Edges, accumulate_edge, accumulate_edges, compute_edge, compute_edges,
+    EdgeAccumulator, EdgeConfig, EdgeFormula, Edges, accumulate_edge, accumulate_edge_outputs, accumulate_edges,
+    compute_edge, compute_edges,
 };
 pub(crate) use interaction::palette;
 pub use interaction::{EdgeNorm, GraphEdge, GraphNode, InteractionGraph};

@@ -5,7 +5,7 @@ use crate::common::fixtures;
 use degeneracy::basis::{Basis, BasisFormula, JacobianPath, LibConfig, NodeBasis, build_bases};
 use degeneracy::data::ActivationSampler;
 use degeneracy::diagnostics::{DegeneracyStatistics, diagnose_from};
-use degeneracy::distributed::{Communicator, Shard};
+use degeneracy::distributed::{Communicator, Shard, compute_edges_by_outputs};
 use degeneracy::estimate::{NodeStatistics, Quadrature};
 use degeneracy::graph::{EdgeConfig, EdgeFormula, Edges, compute_edges};
 use degeneracy::llc::{LlcConfig, LlcEstimator, MlpLoss};
@@ -197,6 +197,15 @@ pub fn pipeline(comm: Option<&dyn Communicator>) -> Results {
         record_bases(&mut r, "digits_alpha2", &bases);
         let edges = compute_edges(&mlp, rows, &bases, &edge_config("functional", &config)).unwrap();
         record_edges(&mut r, "digits_alpha2", &edges);
+        // The same edges split over output directions (each rank streams all rows).
+        for formula in ["functional", "squared"] {
+            let edge_config = edge_config(formula, &config);
+            let edges = match comm {
+                Some(c) => compute_edges_by_outputs(c, &mlp, &x, &bases, &edge_config).unwrap(),
+                None => compute_edges(&mlp, &x, &bases, &edge_config).unwrap(),
+            };
+            record_edges(&mut r, &format!("digits_alpha2_{formula}_by_outputs"), &edges);
+        }
 
         // Diagnostics: one pass, ranks and firing groups exact, spectra to rounding.
         let d = diagnose_from(&mlp, &DegeneracyStatistics::collect(&mlp, rows, 1024).unwrap(), 1e-10).unwrap();
