@@ -9,36 +9,273 @@
 //! no files. With `edge_formula` set, also `E_hat_{k}_{N}__{N'}.npy` (`[dim out, dim in]`, `k` the
 //! input node layer's index) and `modules.json` (per node layer the module id of each
 //! direction, and Q). `report.json` holds the dimensions per node layer and seconds per phase.
+//!
+//! Beyond one machine (`docs/distributed.md`):
+//! * `"distributed": true` (built with `--features mpi`, run as `mpirun -n K
+//!   target/release/examples/lib_build CONFIG.json`): every pass is split over the ranks by rows
+//!   and merged; rank 0 writes the files above. `"edge_split": "outputs"` splits the edges over
+//!   output directions instead (each rank streams all rows; `docs/distributed.md` says when).
+//! * File-based, without MPI: `--stage statistics --shard I/K` on each of K workers writes
+//!   `out_dir/shards/statistics_I_of_K.shard`; `--stage statistics --merge FILE…` writes the
+//!   basis files and `report.json` (and, with `edge_formula`, `out_dir/shards/bases.shard`); then
+//!   `--stage edges --shard I/K` and `--stage edges --merge FILE…` write the `E_hat` files,
+//!   `modules.json` and `report.json`. Bases that need a data pass per node layer (`(1-alpha)^2`,
+//!   non-consecutive node layers) are refused there: use MPI or one process.
 
 mod common;
 
-use common::{AnyResult, BuildKeys, NpyOut, Phases, file_node, read_config, write_json, write_npy_files};
-use degeneracy::basis::{Basis, build_bases};
+use common::{AnyResult, BuildKeys, Mode, NpyOut, Phases, file_node, read_build_config, shard_dir, write_json};
+use degeneracy::basis::{Basis, LibConfig, NodeBasis, build_bases};
+use degeneracy::data::ActivationSampler;
+use degeneracy::distributed::{
+    Communicator, Shard, ShardHeader, compute_edges_by_outputs, merge_shard_files, read_shard_file, write_shard_file,
+};
 use degeneracy::estimate::NodeStatistics;
 use degeneracy::graph::{
-    EdgeConfig, EdgeFormula, EdgeNorm, InteractionGraph, LeidenConfig, compute_edges, find_modules,
+    EdgeAccumulator, EdgeConfig, EdgeFormula, EdgeNorm, Edges, InteractionGraph, LeidenConfig, accumulate_edges,
+    compute_edges, find_modules,
 };
+use degeneracy::{Matrix, Mlp};
+use serde::Deserialize;
 use serde_json::json;
+use std::path::{Path, PathBuf};
+
+const USAGE: &str = "lib_build CONFIG.json [--stage statistics|edges] [--shard I/K | --merge FILE…]";
+const STATISTICS: &str = "lib_build/statistics";
+const BASES: &str = "lib_build/bases";
+const EDGES: &str = "lib_build/edges";
+
+/// The keys of `lib_build` beyond the shared [`BuildKeys`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Extra {
+    /// Split every pass over the ranks of `mpirun` (feature `mpi`).
+    #[serde(default)]
+    distributed: bool,
+    /// How a distributed run splits the edges: `"rows"` (default: each rank its rows, partial
+    /// sums merged) or `"outputs"` (each rank its output directions over all rows).
+    #[serde(default)]
+    edge_split: Option<String>,
+}
 
 fn main() {
     common::exit_on_error(run());
 }
 
+/// What every mode needs.
+struct Job {
+    keys: BuildKeys,
+    dir: PathBuf,
+    config: LibConfig,
+    edge_formula: Option<EdgeFormula>,
+    mlp: Mlp,
+    inputs: Matrix,
+    out: PathBuf,
+    phases: Phases,
+}
+
 fn run() -> AnyResult<()> {
+    let cli = common::parse_cli(USAGE, true)?;
     let mut phases = Phases::start();
-    let (keys, dir): (BuildKeys, _) = read_config("lib_build CONFIG.json")?;
+    let (keys, extra, dir): (BuildKeys, Extra, _) = read_build_config(USAGE, &["distributed", "edge_split"])?;
     let config = keys.lib_config()?;
     let edge_formula = keys.edge_formula.as_deref().map(EdgeFormula::from_name).transpose()?;
     let (mlp, inputs) = keys.load(&dir)?;
     let out = keys.out_dir(&dir)?;
     phases.lap("load");
+    let job = Job { keys, dir, config, edge_formula, mlp, inputs, out, phases };
 
-    let nodes = config.node_indices(&mlp)?;
-    let stats = NodeStatistics::collect(&mlp, &inputs, &nodes, config.statistics_quadrature(), config.batch_size)?;
-    phases.lap("grams");
-    let bases = build_bases(&mlp, &inputs, &stats, &config)?;
-    phases.lap("bases");
+    let stage = match cli.stage.as_deref() {
+        None | Some("statistics" | "stats") => Stage::Statistics,
+        Some("edges") => Stage::Edges,
+        Some(other) => return Err(format!("unknown --stage `{other}`: expected statistics or edges").into()),
+    };
+    if extra.distributed && cli.mode != Mode::Whole {
+        return Err(
+            "\"distributed\": true (MPI) and --shard/--merge (files) are two ways to split a run; use one".into()
+        );
+    }
+    let split_outputs = match extra.edge_split.as_deref() {
+        None | Some("rows") => false,
+        Some("outputs") if extra.distributed => true,
+        Some("outputs") => return Err("\"edge_split\": \"outputs\" is for \"distributed\": true runs".into()),
+        Some(other) => return Err(format!("unknown edge_split `{other}`: expected rows or outputs").into()),
+    };
+    if cli.mode == Mode::Whole && cli.stage.is_some() {
+        return Err("--stage is for file-based runs (--shard I/K or --merge FILE…)".into());
+    }
+    if stage == Stage::Edges && job.edge_formula.is_none() {
+        return Err("--stage edges needs `edge_formula` in the config".into());
+    }
+    match cli.mode {
+        Mode::Whole if extra.distributed => {
+            let comm = common::communicator()?;
+            whole(job, Some(comm.as_ref()), split_outputs)
+        }
+        Mode::Whole => whole(job, None, false),
+        Mode::Shard { index, count } => shard(job, stage, index, count),
+        Mode::Merge(files) => merge(job, stage, &files),
+    }
+}
 
+#[derive(Clone, Copy, PartialEq)]
+enum Stage {
+    Statistics,
+    Edges,
+}
+
+/// The whole build in this process, or as one rank of `comm` (rank 0 writes); edges over this
+/// rank's rows, or with `split_outputs` over its output directions.
+fn whole(mut job: Job, comm: Option<&dyn Communicator>, split_outputs: bool) -> AnyResult<()> {
+    let shard = comm.map(|c| Shard::of_rank(&job.inputs, c)).transpose()?;
+    let rows: &dyn ActivationSampler = match &shard {
+        Some(s) => s,
+        None => &job.inputs,
+    };
+    let (mlp, config) = (&job.mlp, &job.config);
+    let nodes = config.node_indices(mlp)?;
+    let stats = NodeStatistics::collect(mlp, rows, &nodes, config.statistics_quadrature(), config.batch_size)?;
+    job.phases.lap("grams");
+    let bases = build_bases(mlp, rows, &stats, config)?;
+    job.phases.lap("bases");
+    let edges = match job.edge_formula {
+        Some(formula) => {
+            let edge_config = edge_config(formula, config);
+            let edges = match comm {
+                Some(c) if split_outputs => compute_edges_by_outputs(c, mlp, &job.inputs, &bases, &edge_config)?,
+                _ => compute_edges(mlp, rows, &bases, &edge_config)?,
+            };
+            job.phases.lap("edges");
+            Some(edges)
+        }
+        None => None,
+    };
+    if comm.is_none_or(|c| c.rank() == 0) {
+        let ranks = comm.map_or(1, |c| c.size());
+        let split = if split_outputs { "outputs" } else { "rows" };
+        write_outputs(&mut job, &bases, edges.as_deref(), json!({"ranks": ranks, "edge_split": split}))?;
+    }
+    Ok(())
+}
+
+fn edge_config(formula: EdgeFormula, config: &LibConfig) -> EdgeConfig {
+    EdgeConfig { formula, quadrature: config.quadrature, batch_size: config.batch_size, ..EdgeConfig::default() }
+}
+
+fn bases_file(out: &Path) -> AnyResult<PathBuf> {
+    Ok(shard_dir(out)?.join("bases.shard"))
+}
+
+/// The bases written by the statistics merge, checked against this run's config and data.
+fn read_bases(job: &Job) -> AnyResult<(PathBuf, Vec<NodeBasis>)> {
+    let path = bases_file(&job.out)?;
+    let fingerprint = job.keys.fingerprint(&job.dir, BASES)?.finish();
+    let (_, bases) = read_shard_file::<Vec<NodeBasis>>(&path, BASES, &fingerprint)
+        .map_err(|e| format!("{e} (run --stage statistics --merge first)"))?;
+    Ok((path, bases))
+}
+
+fn edges_fingerprint(job: &Job, bases: &Path) -> AnyResult<String> {
+    Ok(job.keys.fingerprint(&job.dir, EDGES)?.file("bases", bases)?.finish())
+}
+
+/// One worker of a file-based run: its shard's state to `out_dir/shards/`.
+fn shard(mut job: Job, stage: Stage, index: usize, count: usize) -> AnyResult<()> {
+    let rows = Shard::new(&job.inputs, index, count)?;
+    let total = job.inputs.nrows();
+    let (mlp, config) = (&job.mlp, &job.config);
+    let path = match stage {
+        Stage::Statistics => {
+            let passes = config.extra_passes(mlp)?;
+            if passes > 0 {
+                return Err(format!(
+                    "basis_formula `{}` on these node layers needs {passes} more data pass(es) after the \
+                     statistics; file-based shards support one pass per stage (jacobian on consecutive node \
+                     layers, svd, neuron): use \"distributed\": true (MPI) or one process",
+                    config.basis_formula.name()
+                )
+                .into());
+            }
+            let nodes = config.node_indices(mlp)?;
+            let stats = NodeStatistics::collect(mlp, &rows, &nodes, config.statistics_quadrature(), config.batch_size)?;
+            let fingerprint = job.keys.fingerprint(&job.dir, STATISTICS)?.finish();
+            let header = ShardHeader::new(STATISTICS, fingerprint, index, count, rows.rows(), total);
+            let path = shard_dir(&job.out)?.join(format!("statistics_{index}_of_{count}.shard"));
+            write_shard_file(&path, &header, &stats)?;
+            path
+        }
+        Stage::Edges => {
+            let (bases_path, bases) = read_bases(&job)?;
+            let formula = job.edge_formula.expect("checked in run");
+            let accs = accumulate_edges(mlp, &rows, &bases, &edge_config(formula, config))?;
+            let header =
+                ShardHeader::new(EDGES, edges_fingerprint(&job, &bases_path)?, index, count, rows.rows(), total);
+            let path = shard_dir(&job.out)?.join(format!("edges_{index}_of_{count}.shard"));
+            write_shard_file(&path, &header, &accs)?;
+            path
+        }
+    };
+    job.phases.lap("shard");
+    println!("rows {:?} of {total}: wrote {}", rows.rows(), path.display());
+    Ok(())
+}
+
+/// The merge step of a file-based run.
+fn merge(mut job: Job, stage: Stage, files: &[PathBuf]) -> AnyResult<()> {
+    match stage {
+        Stage::Statistics => {
+            let fingerprint = job.keys.fingerprint(&job.dir, STATISTICS)?.finish();
+            let (stats, headers) =
+                merge_shard_files::<NodeStatistics>(files, STATISTICS, &fingerprint, |a, b| a.merge(&b))?;
+            job.phases.lap("merge");
+            let bases = build_bases(&job.mlp, &job.inputs, &stats, &job.config)?;
+            job.phases.lap("bases");
+            if job.edge_formula.is_some() {
+                let path = bases_file(&job.out)?;
+                let fingerprint = job.keys.fingerprint(&job.dir, BASES)?.finish();
+                let n = job.inputs.nrows();
+                write_shard_file(&path, &ShardHeader::new(BASES, fingerprint, 0, 1, 0..n, n), &bases)?;
+                println!(
+                    "wrote {}; next: --stage edges --shard I/K on each worker, then --stage edges --merge",
+                    path.display()
+                );
+            }
+            write_outputs(&mut job, &bases, None, json!({"stage": "statistics", "shards": headers.len()}))
+        }
+        Stage::Edges => {
+            let (bases_path, bases) = read_bases(&job)?;
+            let fingerprint = edges_fingerprint(&job, &bases_path)?;
+            let (accs, headers) = merge_shard_files::<Vec<EdgeAccumulator>>(files, EDGES, &fingerprint, |a, b| {
+                if a.len() != b.len() {
+                    return Err(degeneracy::Error::InvalidParameter {
+                        name: "edge shards".into(),
+                        value: b.len().to_string(),
+                        reason: format!("expected {} edge matrices", a.len()),
+                    });
+                }
+                a.iter_mut().zip(&b).try_for_each(|(a, b)| a.merge(b))
+            })?;
+            job.phases.lap("merge");
+            let edges = accs
+                .iter()
+                .zip(bases.windows(2))
+                .map(|(acc, pair)| {
+                    Ok(Edges { in_node: pair[0].node.clone(), out_node: pair[1].node.clone(), e_hat: acc.finish()? })
+                })
+                .collect::<degeneracy::Result<Vec<Edges>>>()?;
+            write_outputs(&mut job, &bases, Some(&edges), json!({"stage": "edges", "shards": headers.len()}))
+        }
+    }
+}
+
+/// The basis files, and with edges the `E_hat` files and `modules.json`; then `report.json`
+/// (with `split` describing how the run was split).
+fn write_outputs(
+    job: &mut Job,
+    bases: &[NodeBasis],
+    edges: Option<&[Edges]>,
+    split: serde_json::Value,
+) -> AnyResult<()> {
     let mut files: Vec<(String, NpyOut)> = Vec::new();
     let mut report_nodes = Vec::new();
     for (k, b) in bases.iter().enumerate() {
@@ -61,22 +298,14 @@ fn run() -> AnyResult<()> {
         }));
     }
     let mut modules_json = serde_json::Value::Null;
-    if let Some(formula) = edge_formula {
-        let config = EdgeConfig {
-            formula,
-            quadrature: config.quadrature,
-            batch_size: config.batch_size,
-            ..EdgeConfig::default()
-        };
-        let edges = compute_edges(&mlp, &inputs, &bases, &config)?;
-        phases.lap("edges");
+    if let Some(edges) = edges {
         for (k, e) in edges.iter().enumerate() {
             let name = format!("E_hat_{k}_{}__{}.npy", file_node(&e.in_node), file_node(&e.out_node));
             files.push((name, NpyOut::Matrix(e.e_hat.clone())));
         }
-        let graph = InteractionGraph::build(&bases, &edges, &EdgeNorm::Sqrt, true)?;
+        let graph = InteractionGraph::build(bases, edges, &EdgeNorm::Sqrt, true)?;
         let modules = find_modules(&graph, &LeidenConfig::default())?;
-        phases.lap("modules");
+        job.phases.lap("modules");
         let per_node: serde_json::Map<String, serde_json::Value> =
             modules.layers.iter().zip(&modules.membership).map(|(n, m)| (n.clone(), json!(m))).collect();
         modules_json = json!({
@@ -91,16 +320,18 @@ fn run() -> AnyResult<()> {
             "settings": {"edge_norm": "sqrt", "resolution": 1.0, "seed": 0, "include_output": true},
         });
     }
-    write_npy_files(&out, &files)?;
+    let out = &job.out;
+    common::write_npy_files(out, &files)?;
     if !modules_json.is_null() {
         write_json(&out.join("modules.json"), &modules_json)?;
     }
-    phases.lap("write");
+    job.phases.lap("write");
     let report = json!({
-        "basis_formula": config.basis_formula.name(),
-        "n_samples": inputs.nrows(),
+        "basis_formula": job.config.basis_formula.name(),
+        "n_samples": job.inputs.nrows(),
         "nodes": report_nodes,
-        "seconds": phases.to_json(),
+        "seconds": job.phases.to_json(),
+        "split": split,
     });
     write_json(&out.join("report.json"), &report)?;
     Ok(())

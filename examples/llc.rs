@@ -23,16 +23,31 @@
 //! (estimates, timing, diagnostics, settings), `loss_trace.npy` `[chains, steps]` (a diverged
 //! chain is padded with NaN), `llc_trace_instantaneous.npy`, `llc_trace_running_mean.npy` and
 //! `llc_per_chain.npy`.
+//!
+//! Beyond one machine (`docs/distributed.md`); the outputs are identical to one process's:
+//! * `"distributed": true` (built with `--features mpi`, run as `mpirun -n K
+//!   target/release/examples/llc CONFIG.json`): the chains are split over the ranks; rank 0 writes.
+//! * File-based, without MPI: `llc CONFIG.json --shard I/K` runs chain block I of K and writes
+//!   `out_dir/shards/chains_I_of_K.shard`; `llc CONFIG.json --merge FILE…` writes the outputs
+//!   (`sampling_seconds` is then the longest shard's).
 
-use degeneracy::llc::{BehaviouralLoss, LlcConfig, LlcEstimator, LlcReport, MlpLoss, Sampler};
+mod common;
+
+use common::{AnyResult, Mode};
+use degeneracy::distributed::{
+    Communicator, Fingerprint, ShardHeader, merge_shard_files, shard_range, write_shard_file,
+};
+use degeneracy::llc::{BehaviouralLoss, ChainRuns, LlcConfig, LlcEstimator, LlcReport, LossModel, MlpLoss, Sampler};
 use degeneracy::{Activation, Dataset, Error, Layer, Loss, Matrix, Targets, io};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+const USAGE: &str = "llc CONFIG.json [--shard I/K | --merge FILE…]";
+const CHAINS: &str = "llc/chains";
 
-const KEYS: [&str; 21] = [
+const KEYS: [&str; 22] = [
     "model",
     "activation",
     "inputs",
@@ -54,7 +69,18 @@ const KEYS: [&str; 21] = [
     "weight_decay",
     "noise_level",
     "bounding_box_size",
+    "distributed",
 ];
+
+/// Keys naming files: their contents, not their paths, enter the shard fingerprint.
+const PATH_KEYS: [&str; 4] = ["model", "inputs", "targets", "labels"];
+
+/// What an `llc --shard` worker writes.
+#[derive(Serialize, Deserialize)]
+struct ChainShard {
+    runs: ChainRuns,
+    sampling_seconds: f64,
+}
 
 /// Typed access to the config object; every error names its key.
 struct Config {
@@ -110,6 +136,30 @@ impl Config {
         }
     }
 
+    fn flag(&self, key: &str) -> AnyResult<bool> {
+        match self.get(key) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(bad(key, v, "must be true or false")),
+        }
+    }
+
+    /// Everything the chains depend on: the keys (less paths, output folder and how the run is
+    /// split) and the contents of the files they name.
+    fn fingerprint(&self) -> AnyResult<String> {
+        let mut keys = self.map.clone();
+        for k in PATH_KEYS.iter().chain(&["out_dir", "distributed"]) {
+            keys.remove(*k);
+        }
+        let mut fp = Fingerprint::new(CHAINS).json("config", &keys)?;
+        for k in PATH_KEYS {
+            if let Some(p) = self.path(k)? {
+                fp = fp.file(k, p)?;
+            }
+        }
+        Ok(fp.finish())
+    }
+
     fn count(&self, key: &str) -> AnyResult<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
@@ -131,11 +181,15 @@ fn main() {
 
 fn run() -> AnyResult<()> {
     let process_start = Instant::now();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [config_path] = args.as_slice() else {
-        return Err("usage: cargo run --release --example llc -- CONFIG.json".into());
-    };
-    let cfg = Config::load(Path::new(config_path))?;
+    let cli = common::parse_cli(USAGE, false)?;
+    let config_path = std::env::args().nth(1).expect("checked by parse_cli");
+    let cfg = Config::load(Path::new(&config_path))?;
+    let distributed = cfg.flag("distributed")?;
+    if distributed && cli.mode != Mode::Whole {
+        return Err(
+            "\"distributed\": true (MPI) and --shard/--merge (files) are two ways to split a run; use one".into()
+        );
+    }
 
     let activation = Activation::from_name(&cfg.required_string("activation")?)?;
     let model_path = cfg.path("model")?.ok_or("missing required key `model`")?;
@@ -188,18 +242,23 @@ fn run() -> AnyResult<()> {
     let inputs = io::read_matrix(&inputs_path)?;
     let (targets_path, labels_path) = (cfg.path("targets")?, cfg.path("labels")?);
     let (n, d) = (inputs.nrows(), mlp.n_params());
-    println!(
-        "model {} ({} parameters, widths {:?}, {}), {} samples, loss {loss_name}, sampler {}",
-        model_path.display(),
-        d,
-        mlp.widths(),
-        activation.name(),
-        n,
-        sampler.name()
-    );
+    let comm = if distributed { Some(common::communicator()?) } else { None };
+    let comm = comm.as_deref();
+    let lead = comm.is_none_or(|c| c.rank() == 0);
+    if lead {
+        println!(
+            "model {} ({} parameters, widths {:?}, {}), {} samples, loss {loss_name}, sampler {}",
+            model_path.display(),
+            d,
+            mlp.widths(),
+            activation.name(),
+            n,
+            sampler.name()
+        );
+    }
+    let run = Run { estimator: &estimator, mode: &cli.mode, comm, cfg: &cfg, out_dir: &out_dir };
 
-    let t = Instant::now();
-    let report = match loss_name.as_str() {
+    let sampled = match loss_name.as_str() {
         "mse" => {
             let p = targets_path.ok_or("loss `mse` needs the key `targets` (a float .npy)")?;
             if labels_path.is_some() {
@@ -207,7 +266,7 @@ fn run() -> AnyResult<()> {
             }
             let data = Dataset::new(inputs, Targets::Values(io::read_matrix(&p)?))?;
             let model = MlpLoss::new(&mlp, Loss::Mse, data)?;
-            estimator.estimate(&model, &model.params())?
+            run.sample(&model, model.params())?
         }
         "cross_entropy" => {
             let p = labels_path.ok_or("loss `cross_entropy` needs the key `labels` (an integer .npy)")?;
@@ -216,20 +275,22 @@ fn run() -> AnyResult<()> {
             }
             let data = Dataset::new(inputs, Targets::Labels(io::read_labels(&p)?))?;
             let model = MlpLoss::new(&mlp, Loss::CrossEntropy, data)?;
-            estimator.estimate(&model, &model.params())?
+            run.sample(&model, model.params())?
         }
         "behavioural" | "behavioral" => {
             if targets_path.is_some() || labels_path.is_some() {
                 println!("note: loss `behavioural` uses the inputs only; `targets`/`labels` are not read");
             }
             let model = BehaviouralLoss::new(&mlp, inputs)?;
-            estimator.estimate(&model, &model.params())?
+            run.sample(&model, model.params())?
         }
         other => {
             return Err(bad("loss", &Value::String(other.into()), "expected mse, cross_entropy or behavioural"));
         }
     };
-    let wall = t.elapsed().as_secs_f64();
+    let Some((report, wall)) = sampled else {
+        return Ok(()); // a shard worker, or a rank other than 0
+    };
     let total_steps = report.config.num_chains * report.config.total_steps().unwrap_or(0);
     let seconds_per_step = wall / total_steps.max(1) as f64;
 
@@ -263,6 +324,10 @@ fn run() -> AnyResult<()> {
         "sampling_seconds": wall,
         "process_seconds": process_start.elapsed().as_secs_f64(),
         "threads": rayon::current_num_threads(),
+        "split": match (&cli.mode, comm) {
+            (Mode::Merge(files), _) => json!({"shards": files.len()}),
+            (_, c) => json!({"ranks": c.map_or(1, |c| c.size())}),
+        },
         "n_steps_total": total_steps,
         "nbeta": report.nbeta,
         "nbeta_source": if report.nbeta_is_default { "n / ln n" } else { "config" },
@@ -303,6 +368,51 @@ fn run() -> AnyResult<()> {
         println!("warning: {w}");
     }
     Ok(())
+}
+
+/// How the chains of this process are run and where the result goes.
+struct Run<'a> {
+    estimator: &'a LlcEstimator,
+    mode: &'a Mode,
+    comm: Option<&'a dyn Communicator>,
+    cfg: &'a Config,
+    out_dir: &'a Path,
+}
+
+impl Run<'_> {
+    /// The report and the sampling wall time, where this process writes the outputs (one
+    /// process, rank 0, the merge step); `None` on the other ranks and on shard workers.
+    fn sample<M: LossModel + Clone>(&self, model: &M, w: Vec<f64>) -> AnyResult<Option<(LlcReport, f64)>> {
+        let t = Instant::now();
+        match (self.mode, self.comm) {
+            (Mode::Whole, None) => Ok(Some((self.estimator.estimate(model, &w)?, t.elapsed().as_secs_f64()))),
+            (Mode::Whole, Some(c)) => {
+                let report = self.estimator.estimate_distributed(model, &w, c)?;
+                Ok((c.rank() == 0).then(|| (report, t.elapsed().as_secs_f64())))
+            }
+            (&Mode::Shard { index, count }, _) => {
+                let chains = self.estimator.config().num_chains;
+                let range = shard_range(chains, index, count, 1)?;
+                let runs = self.estimator.run_chains(model, &w, range.clone())?;
+                let state = ChainShard { runs, sampling_seconds: t.elapsed().as_secs_f64() };
+                let header = ShardHeader::new(CHAINS, self.cfg.fingerprint()?, index, count, range.clone(), chains);
+                let path = common::shard_dir(self.out_dir)?.join(format!("chains_{index}_of_{count}.shard"));
+                write_shard_file(&path, &header, &state)?;
+                println!("chains {range:?} of {chains}: wrote {}", path.display());
+                Ok(None)
+            }
+            (Mode::Merge(files), _) => {
+                let (merged, _) = merge_shard_files::<ChainShard>(files, CHAINS, &self.cfg.fingerprint()?, |a, b| {
+                    a.sampling_seconds = a.sampling_seconds.max(b.sampling_seconds);
+                    a.runs.merge(b.runs)
+                })?;
+                if merged.runs.config() != self.estimator.config() {
+                    return Err("the shards' LLC settings differ from this config's".into());
+                }
+                Ok(Some((merged.runs.into_report()?, merged.sampling_seconds)))
+            }
+        }
+    }
 }
 
 /// `[chains, steps]`, diverged chains padded with NaN.

@@ -130,6 +130,43 @@ pub enum Error {
         threshold: f64,
     },
 
+    /// A shard file that cannot be combined with the others: unreadable, truncated, computed
+    /// with another configuration, model or data, or clashing with another shard file.
+    #[error("shard file {}: {problem}", path.display())]
+    Shard {
+        /// The shard file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: ShardProblem,
+    },
+
+    /// The shard files given do not cover every shard of the run.
+    #[error("incomplete shards: the run has {count} shards, indices {missing:?} are missing")]
+    ShardsMissing {
+        /// Number of shards of the run (from the files' headers).
+        count: usize,
+        /// The shard indices no file was given for.
+        missing: Vec<usize>,
+    },
+
+    /// Another process of a distributed computation failed, so this one stopped too.
+    #[error("rank {rank} of the distributed computation failed: {message}")]
+    Remote {
+        /// The rank that failed first (the lowest one if several did).
+        rank: usize,
+        /// Its error, as text.
+        message: String,
+    },
+
+    /// Sending, receiving or decoding a message between processes failed.
+    #[error("{op}: communication failed: {reason}")]
+    Communication {
+        /// The operation (`send`, `receive`, `broadcast`, `decode`...).
+        op: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A decomposition did not converge or met a matrix it cannot handle.
     #[error("{op}: linear algebra failed: {reason}")]
     LinearAlgebra {
@@ -137,6 +174,119 @@ pub enum Error {
         op: &'static str,
         /// What the backend reported.
         reason: String,
+    },
+}
+
+/// Why a shard file was refused (see [`Error::Shard`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShardProblem {
+    /// The file does not start like a shard file, or its header cannot be read.
+    #[error("not a shard file: {reason}")]
+    NotAShard {
+        /// What was found instead.
+        reason: String,
+    },
+    /// Written by another version of the format.
+    #[error("format version {found}; this build reads version {supported}")]
+    Version {
+        /// The file's version.
+        found: u32,
+        /// The version this build writes and reads.
+        supported: u32,
+    },
+    /// The file ends inside its header lines.
+    #[error("truncated: the file ends inside its header ({found} bytes)")]
+    HeaderTruncated {
+        /// Bytes in the file.
+        found: u64,
+    },
+    /// The file is shorter (or longer) than its header says.
+    #[error("truncated: {found} payload bytes where the header says {expected}")]
+    Truncated {
+        /// Payload bytes the header announces.
+        expected: u64,
+        /// Payload bytes present.
+        found: u64,
+    },
+    /// The payload does not match its checksum.
+    #[error("corrupt: the payload's SHA-256 does not match the header")]
+    Checksum,
+    /// The payload cannot be decoded as the expected state.
+    #[error("undecodable payload: {reason}")]
+    Payload {
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The file holds another kind of state (e.g. another stage).
+    #[error("holds `{found}`, expected `{expected}`")]
+    Kind {
+        /// The kind the merge step asked for.
+        expected: String,
+        /// The kind in the file.
+        found: String,
+    },
+    /// The file was computed with another configuration, model or data.
+    #[error("computed from another configuration, model or data (fingerprint {found}, this run's is {expected})")]
+    Fingerprint {
+        /// This run's fingerprint.
+        expected: String,
+        /// The file's fingerprint.
+        found: String,
+    },
+    /// The header's shard index is not below its shard count.
+    #[error("shard index {index} is not below the shard count {count}")]
+    Index {
+        /// The index.
+        index: usize,
+        /// The count.
+        count: usize,
+    },
+    /// Another file holds the same shard.
+    #[error("shard {index} of {count} is also in {}", other.display())]
+    Duplicate {
+        /// The shard index.
+        index: usize,
+        /// The shard count.
+        count: usize,
+        /// The other file with that index.
+        other: PathBuf,
+    },
+    /// The file belongs to a split into another number of shards.
+    #[error("is one of {found} shards, the other files are of {expected}")]
+    Count {
+        /// The shard count of the other files.
+        expected: usize,
+        /// This file's shard count.
+        found: usize,
+    },
+    /// The file's range of rows (or chains) does not continue where the previous shard ended.
+    #[error("covers {start}..{end} of {total}, expected a range starting at {expected_start}")]
+    Range {
+        /// Start of the file's range.
+        start: usize,
+        /// End of the file's range.
+        end: usize,
+        /// Total rows (or chains) of the run, from the header.
+        total: usize,
+        /// Where the range had to start (the previous shard's end, or 0).
+        expected_start: usize,
+    },
+    /// The last shard ends before (or after) the run's last row (or chain).
+    #[error("is the last shard but ends at {end}, not at the total {total}")]
+    End {
+        /// End of the file's range.
+        end: usize,
+        /// Total rows (or chains) of the run.
+        total: usize,
+    },
+    /// The file's total number of rows (or chains) differs from the other files'.
+    #[error("is a shard of {found} rows (or chains), the other files of {expected}")]
+    Total {
+        /// The other files' total.
+        expected: usize,
+        /// This file's total.
+        found: usize,
     },
 }
 

@@ -55,6 +55,7 @@ pub mod ablation;
 pub mod basis;
 pub mod data;
 pub mod diagnostics;
+pub mod distributed;
 mod error;
 pub mod estimate;
 pub mod graph;
@@ -67,7 +68,7 @@ pub mod plot;
 mod scratch;
 
 pub use data::{Dataset, Targets};
-pub use error::{Error, Result};
+pub use error::{Error, Result, ShardProblem};
 pub use llc::{BehaviouralLoss, LlcConfig, LlcEstimator, LlcReport, LossModel, MlpLoss, Sampler};
 pub use matrix::{Matrix, MatrixView};
 pub use nn::{Activation, Elementwise, Layer, Linear, Loss, Mlp};

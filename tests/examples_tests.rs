@@ -23,6 +23,20 @@ fn run_example(name: &str, config: &serde_json::Value) -> (bool, String, tempfil
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), dir)
 }
 
+/// Runs `cargo run --release --example NAME -- ARGS` in `dir`; returns (success, stdout + stderr).
+fn run_in(dir: &Path, name: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO"))
+        .args(["run", "--release", "--quiet", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .args(["--example", name, "--"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
 fn abs(p: PathBuf) -> String {
     p.canonicalize().unwrap().display().to_string()
 }
@@ -196,4 +210,135 @@ fn ablate_rejects_bad_configs_naming_the_key() {
     no_labels.as_object_mut().unwrap().remove("labels");
     let (ok, stderr, _dir) = run_example("ablate", &no_labels);
     assert!(!ok && stderr.contains("labels"), "{stderr}");
+}
+
+/// `max |a − b| / max |b|` of two `.npy` files.
+fn npy_rel_diff(a: &Path, b: &Path) -> f64 {
+    common::rel_max_diff(&io::read_matrix(a).unwrap(), &io::read_matrix(b).unwrap())
+}
+
+#[test]
+fn lib_build_shard_files_reproduce_the_single_process_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut config = digits_config("single");
+    config["edge_formula"] = "squared".into();
+    std::fs::write(d.join("single.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "lib_build", &["single.json"]);
+    assert!(ok, "{text}");
+    for k in [2usize, 3] {
+        let name = format!("sharded_{k}");
+        config["out_dir"] = name.clone().into();
+        let cfg = format!("{name}.json");
+        std::fs::write(d.join(&cfg), config.to_string()).unwrap();
+        for stage in ["statistics", "edges"] {
+            for i in 0..k {
+                let (ok, text) = run_in(d, "lib_build", &[&cfg, "--stage", stage, "--shard", &format!("{i}/{k}")]);
+                assert!(ok, "{stage} {i}/{k}: {text}");
+            }
+            let files: Vec<String> = (0..k).map(|i| format!("{name}/shards/{stage}_{i}_of_{k}.shard")).collect();
+            let mut args = vec![cfg.as_str(), "--stage", stage, "--merge"];
+            args.extend(files.iter().rev().map(String::as_str)); // any order
+            let (ok, text) = run_in(d, "lib_build", &args);
+            assert!(ok, "{stage} merge of {k}: {text}");
+        }
+        let mut n_files = 0;
+        for entry in std::fs::read_dir(d.join("single")).unwrap() {
+            let file = entry.unwrap().file_name().into_string().unwrap();
+            if ["Lambda_", "gram_eigvals_", "E_hat_"].iter().any(|p| file.starts_with(p)) {
+                let diff = npy_rel_diff(&d.join(&name).join(&file), &d.join("single").join(&file));
+                assert!(diff <= 1e-12, "{k} shards, {file}: {diff:e}");
+                n_files += 1;
+            }
+        }
+        assert_eq!(n_files, 9);
+        let modules = |dir: &str| read_json(&d.join(dir).join("modules.json"))["nodes"].clone();
+        assert_eq!(modules(&name), modules("single"), "{k} shards: the same modules");
+        assert_eq!(read_json(&d.join(&name).join("report.json"))["split"]["shards"], k);
+    }
+
+    // A shard of another config is refused, naming the file; so are a missing shard and a
+    // basis that needs more passes than file-based shards make.
+    let mut other = config.clone();
+    other["truncation_threshold"] = 1e-9.into();
+    std::fs::write(d.join("other.json"), other.to_string()).unwrap();
+    let (ok, text) = run_in(
+        d,
+        "lib_build",
+        &[
+            "other.json",
+            "--merge",
+            "sharded_2/shards/statistics_0_of_2.shard",
+            "sharded_2/shards/statistics_1_of_2.shard",
+        ],
+    );
+    assert!(!ok && text.contains("statistics_0_of_2.shard") && text.contains("fingerprint"), "{text}");
+    let (ok, text) = run_in(d, "lib_build", &["sharded_3.json", "--merge", "sharded_3/shards/statistics_0_of_3.shard"]);
+    assert!(!ok && text.contains("missing"), "{text}");
+    let mut alpha = config.clone();
+    alpha["basis_formula"] = "(1-alpha)^2".into();
+    std::fs::write(d.join("alpha.json"), alpha.to_string()).unwrap();
+    let (ok, text) = run_in(d, "lib_build", &["alpha.json", "--shard", "0/2"]);
+    assert!(!ok && text.contains("distributed"), "{text}");
+    let (ok, text) = run_in(d, "lib_build", &["sharded_2.json", "--shard", "2/2"]);
+    assert!(!ok && text.contains("--shard"), "{text}");
+}
+
+#[test]
+fn distributed_without_the_mpi_feature_is_an_error() {
+    // `cargo run` builds the examples without the feature (whatever this test was built with).
+    let mut config = digits_config("out");
+    config["distributed"] = true.into();
+    let (ok, stderr, dir) = run_example("lib_build", &config);
+    assert!(!ok && stderr.contains("--features mpi"), "{stderr}");
+    assert!(!dir.path().join("out/report.json").exists(), "no silent single-process run");
+}
+
+#[test]
+fn llc_shard_files_reproduce_the_single_process_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let case = fixtures().join("llc_dln");
+    let mut config = serde_json::json!({
+        "model": abs(case.join("model.safetensors")), "activation": "identity",
+        "inputs": abs(case.join("inputs.npy")), "targets": abs(case.join("targets.npy")), "loss": "mse",
+        "lr": 1e-4, "batch_size": 500, "num_chains": 3, "num_draws": 60, "seed": 2, "out_dir": "single",
+    });
+    std::fs::write(d.join("single.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["single.json"]);
+    assert!(ok, "{text}");
+    config["out_dir"] = "sharded".into();
+    std::fs::write(d.join("sharded.json"), config.to_string()).unwrap();
+    for i in 0..2 {
+        let (ok, text) = run_in(d, "llc", &["sharded.json", "--shard", &format!("{i}/2")]);
+        assert!(ok, "{text}");
+    }
+    let (ok, text) = run_in(
+        d,
+        "llc",
+        &["sharded.json", "--merge", "sharded/shards/chains_0_of_2.shard", "sharded/shards/chains_1_of_2.shard"],
+    );
+    assert!(ok, "{text}");
+    for f in ["loss_trace.npy", "llc_trace_running_mean.npy", "llc_per_chain.npy"] {
+        assert_eq!(
+            std::fs::read(d.join("sharded").join(f)).unwrap(),
+            std::fs::read(d.join("single").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let summary = read_json(&d.join("sharded/summary.json"));
+    assert_eq!(summary["llc_mean"], read_json(&d.join("single/summary.json"))["llc_mean"]);
+    assert_eq!(summary["split"]["shards"], 2);
+
+    // The same chains twice are refused, naming the file.
+    let (ok, text) = run_in(
+        d,
+        "llc",
+        &["sharded.json", "--merge", "sharded/shards/chains_0_of_2.shard", "sharded/shards/chains_0_of_2.shard"],
+    );
+    assert!(!ok && text.contains("chains_0_of_2.shard") && text.contains("also in"), "{text}");
+    config["distributed"] = true.into();
+    std::fs::write(d.join("dist.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["dist.json"]);
+    assert!(!ok && text.contains("--features mpi"), "{text}");
 }

@@ -6,7 +6,7 @@ mod common;
 use common::fixtures;
 use degeneracy::basis::{BasisFormula, JacobianPath, LibConfig, fit_bases};
 use degeneracy::estimate::Quadrature;
-use degeneracy::graph::{EdgeConfig, EdgeFormula, compute_edges};
+use degeneracy::graph::{EdgeConfig, EdgeFormula, accumulate_edge, accumulate_edge_outputs, compute_edges};
 use degeneracy::{Activation, Matrix, io};
 
 fn run_config(run: &str) -> (LibConfig, EdgeConfig) {
@@ -143,6 +143,7 @@ fn block_diag_rib_and_pca_edges_match_loosely() {
 mod identities {
     use super::*;
     use degeneracy::Mlp;
+    use degeneracy::basis::Basis;
     use proptest::prelude::*;
 
     fn inputs(n: usize, d: usize, seed: u64) -> Matrix {
@@ -227,6 +228,36 @@ mod identities {
                 let max = b.e_hat.max_abs();
                 let diff = a.e_hat.as_slice().iter().zip(b.e_hat.as_slice()).fold(0.0_f64, |m, (x, y)| m.max((x - y).abs()));
                 prop_assert!(diff <= 1e-11 * max, "{} → {}: {:e}", a.in_node, a.out_node, diff / max);
+            }
+        }
+
+        /// Rows `a..b` computed alone (what the split over output directions does) are rows
+        /// `a..b` of the full edge matrix, for both formulas and paths; bad ranges are errors.
+        #[test]
+        fn output_rows_alone_equal_the_full_rows(seed in 0u64..1000, a in 0usize..8, len in 0usize..8, functional: bool, generic: bool) {
+            let mlp = Mlp::init(&[4, 7, 5, 3], Activation::Tanh, true, seed).unwrap();
+            let x = inputs(100, 4, seed);
+            let bases = fit_bases(&mlp, &x, &LibConfig::default()).unwrap();
+            let formula = if functional { EdgeFormula::Functional } else { EdgeFormula::Squared };
+            let path = if generic { JacobianPath::Generic } else { JacobianPath::Auto };
+            let config = EdgeConfig { formula, path, batch_size: 30, ..EdgeConfig::default() };
+            let (input, output) = (&bases[0], &bases[1]);
+            let full = accumulate_edge(&mlp, &x, input, output, &config).unwrap().finish().unwrap();
+            let rows = a..a + len;
+            let part = accumulate_edge_outputs(&mlp, &x, input, output, rows.clone(), &config);
+            if rows.end > output.dim() {
+                prop_assert!(part.is_err(), "{rows:?} of {} directions accepted", output.dim());
+                return Ok(());
+            }
+            let part = part.unwrap();
+            prop_assert_eq!(part.count(), 100);
+            let part = part.finish().unwrap();
+            prop_assert_eq!(part.shape(), (len, input.dim()));
+            let max = full.max_abs();
+            for (r, i) in rows.enumerate() {
+                for (p, f) in part.row(r).iter().zip(full.row(i)) {
+                    prop_assert!((p - f).abs() <= 1e-13 * max, "row {i}: {p} vs {f}");
+                }
             }
         }
     }

@@ -34,13 +34,17 @@ fn quickstart_report_is_complete() {
     assert!(!stderr.contains('['), "no progress bars when stderr is not a terminal: {stderr}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
-    for section in ["training", "bases", "graph", "llc", "diagnostics", "ablation", "pictures"] {
+    for section in ["training", "bases", "graph", "llc", "diagnostics", "ablation", "distributed", "pictures"] {
         assert!(!report[section].is_null(), "section {section} missing");
     }
-    for section in ["training", "bases", "graph", "llc", "diagnostics", "ablation"] {
+    for section in ["training", "bases", "graph", "llc", "diagnostics", "ablation", "distributed"] {
         assert!(report[section]["settings"].is_object(), "{section} records its settings");
     }
     assert_eq!(report["training"]["final_accuracy"], 1.0);
+    for key in ["ranks_max_relative_difference", "shard_files_max_relative_difference"] {
+        let d = report["distributed"][key].as_f64().unwrap();
+        assert!(d <= 1e-12, "distributed {key}: {d:e}");
+    }
     all_numbers_finite(&report, "report").unwrap();
 
     let pictures: Vec<String> =

@@ -3,10 +3,11 @@
 #![allow(dead_code)]
 
 use degeneracy::basis::{BasisFormula, JacobianPath, LibConfig};
+use degeneracy::distributed::{Communicator, Fingerprint};
 use degeneracy::estimate::Quadrature;
 use degeneracy::{Activation, Error, Matrix, Mlp, io};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -79,7 +80,7 @@ fn default_out() -> String {
 }
 
 /// The keys shared by `lib_build` and `ablate` (rib's `RibBuildConfig` names).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuildKeys {
     pub model: String,
@@ -131,6 +132,20 @@ impl BuildKeys {
         let mlp = io::load_mlp(resolve(dir, &self.model), activation)?;
         let inputs = io::read_matrix(resolve(dir, &self.inputs))?;
         Ok((mlp, inputs))
+    }
+
+    /// A fingerprint of everything a `stage` of a run computes from: these keys (not the paths
+    /// or the output folder) and the contents of the model and inputs files.
+    pub fn fingerprint(&self, dir: &Path, stage: &str) -> AnyResult<Fingerprint> {
+        let mut keys = serde_json::to_value(self)?;
+        let map = keys.as_object_mut().expect("a struct serialises to an object");
+        for path_key in ["model", "inputs", "out_dir"] {
+            map.remove(path_key);
+        }
+        Ok(Fingerprint::new(stage)
+            .json("config", &keys)?
+            .file("model", resolve(dir, &self.model))?
+            .file("inputs", resolve(dir, &self.inputs))?)
     }
 
     /// The output folder, created.
@@ -212,4 +227,90 @@ pub fn write_npy_files(dir: &Path, files: &[(String, NpyOut)]) -> AnyResult<()> 
         })
         .collect::<Result<Vec<()>, Error>>()?;
     Ok(())
+}
+
+/// How a command-line job splits its work: all in this process (possibly as one MPI rank),
+/// one shard of a file-based run, or the merge of shard files.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    /// The whole job.
+    Whole,
+    /// `--shard I/K`: shard `index` of `count` (0-based).
+    Shard { index: usize, count: usize },
+    /// `--merge FILE…`.
+    Merge(Vec<PathBuf>),
+}
+
+/// `PROGRAM CONFIG.json [--stage NAME] [--shard I/K | --merge FILE…]`.
+pub struct Cli {
+    pub mode: Mode,
+    /// `--stage`, if the job has stages.
+    pub stage: Option<String>,
+}
+
+/// Parses the arguments after the config path; `stages` says whether `--stage` is accepted.
+pub fn parse_cli(usage: &str, stages: bool) -> AnyResult<Cli> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = || format!("usage: {usage}");
+    if args.is_empty() || args[0].starts_with("--") {
+        return Err(usage().into());
+    }
+    let (mut mode, mut stage) = (Mode::Whole, None);
+    let mut rest = args[1..].iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--stage" if stages => stage = Some(rest.next().ok_or_else(usage)?.clone()),
+            "--shard" if mode == Mode::Whole => {
+                let spec = rest.next().ok_or_else(usage)?;
+                let bad = || Error::InvalidParameter {
+                    name: "--shard".into(),
+                    value: spec.clone(),
+                    reason: "expected I/K with 0 ≤ I < K (shard I of K, 0-based)".into(),
+                };
+                let (i, k) = spec.split_once('/').ok_or_else(bad)?;
+                let (index, count) = (i.parse().map_err(|_| bad())?, k.parse().map_err(|_| bad())?);
+                if index >= count {
+                    return Err(bad().into());
+                }
+                mode = Mode::Shard { index, count };
+            }
+            "--merge" if mode == Mode::Whole => {
+                let files: Vec<PathBuf> = rest.by_ref().map(PathBuf::from).collect();
+                if files.is_empty() {
+                    return Err(format!("--merge needs the shard files; {}", usage()).into());
+                }
+                mode = Mode::Merge(files);
+            }
+            other => return Err(format!("unexpected argument `{other}`; {}", usage()).into()),
+        }
+    }
+    Ok(Cli { mode, stage })
+}
+
+/// The communicator of a run with `"distributed": true`: this process's rank under `mpirun`.
+/// Without the `mpi` feature that is an error, never a silent single-process run.
+#[cfg(feature = "mpi")]
+pub fn communicator() -> AnyResult<Box<dyn Communicator>> {
+    Ok(Box::new(degeneracy::distributed::MpiCommunicator::init()?))
+}
+
+/// The communicator of a run with `"distributed": true`: this process's rank under `mpirun`.
+/// Without the `mpi` feature that is an error, never a silent single-process run.
+#[cfg(not(feature = "mpi"))]
+pub fn communicator() -> AnyResult<Box<dyn Communicator>> {
+    let exe = std::env::args().next().unwrap_or_default();
+    let name = Path::new(&exe).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Err(format!(
+        "\"distributed\": true needs the `mpi` feature, and this binary was built without it: \
+         cargo build --release --features mpi --example {name}, then \
+         mpirun -n K target/release/examples/{name} CONFIG.json"
+    )
+    .into())
+}
+
+/// `out/shards`, created: where shard workers write their files.
+pub fn shard_dir(out: &Path) -> AnyResult<PathBuf> {
+    let dir = out.join("shards");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+    Ok(dir)
 }

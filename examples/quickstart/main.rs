@@ -10,6 +10,7 @@
 mod ablation;
 mod bases;
 mod diagnostics;
+mod distributed;
 mod graph;
 mod llc;
 mod report;
@@ -39,6 +40,7 @@ fn main() -> StageResult<()> {
     let llc = llc::run(&mlp, &data, &mut report)?;
     diagnostics::run(&mlp, &data, &llc, &mut report)?;
     ablation::run(&mlp, &data, &bases, &graph, &mut report)?;
+    distributed::run(&mlp, &data, &bases.lib, &graph, &mut report)?;
     report.finish(start.elapsed().as_secs_f64())?;
     Ok(())
 }

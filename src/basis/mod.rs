@@ -196,6 +196,25 @@ impl LibConfig {
             .then_some(self.quadrature)
     }
 
+    /// How many passes over the data [`build_bases`] makes after the statistics pass: one per
+    /// node layer whose `M'` has no closed form (the `(1-alpha)^2` formula, sections of more
+    /// than one layer, [`JacobianPath::Generic`]); 0 for PCA, neurons, and the `jacobian` LIB
+    /// of consecutive node layers.
+    pub fn extra_passes(&self, mlp: &Mlp) -> Result<usize> {
+        if !self.basis_formula.is_interaction() {
+            return Ok(0);
+        }
+        let nodes = self.node_indices(mlp)?;
+        let mut passes = 0;
+        for pair in nodes.windows(2) {
+            let closed = self.basis_formula == BasisFormula::Jacobian
+                && self.jacobian_path == JacobianPath::Auto
+                && mlp.section_between(pair[0], pair[1])?.single().is_some();
+            passes += usize::from(!closed);
+        }
+        Ok(passes)
+    }
+
     /// The model's node indices this config selects.
     pub fn node_indices(&self, mlp: &Mlp) -> Result<Vec<usize>> {
         let nodes: Vec<usize> = match &self.node_layers {

@@ -1,10 +1,14 @@
 //! Sources of samples that the estimators stream over, any number of times.
 
 use super::Dataset;
+use crate::distributed::{Communicator, all_merge};
 use crate::error::{Error, Result};
 use crate::io::NpyRowReader;
 use crate::matrix::{Matrix, MatrixView};
 use rayon::prelude::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Rows (samples) that can be visited in order, repeatedly: a model's inputs, or activations
@@ -22,6 +26,43 @@ pub trait ActivationSampler: Sync {
     /// Calls `visit(first_row, chunk)` for consecutive blocks of rows covering every sample
     /// once, in order. Chunks may have any size.
     fn for_each_chunk(&self, visit: &mut dyn FnMut(usize, MatrixView<'_>) -> Result<()>) -> Result<()>;
+
+    /// Like [`ActivationSampler::for_each_chunk`], for the rows `rows` only (row indices as in
+    /// the full pass). The default runs the full pass and hands on the overlap; samplers that
+    /// can seek override it.
+    fn for_each_chunk_in(
+        &self,
+        rows: Range<usize>,
+        visit: &mut dyn FnMut(usize, MatrixView<'_>) -> Result<()>,
+    ) -> Result<()> {
+        check_rows(&rows, self.n_samples())?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.for_each_chunk(&mut |first, chunk| {
+            let (a, b) = (rows.start.max(first), rows.end.min(first + chunk.nrows()));
+            if a < b { visit(a, chunk.rows(a - first..b - first)) } else { Ok(()) }
+        })
+    }
+
+    /// Rows of the whole dataset this sampler is a part of (see [`crate::distributed::Shard`]);
+    /// [`ActivationSampler::n_samples`] for a whole dataset.
+    fn total_samples(&self) -> usize {
+        self.n_samples()
+    }
+
+    /// The group of processes that share the dataset, if this sampler holds one process's
+    /// share: every pass then merges the processes' states (see [`crate::distributed`]).
+    fn communicator(&self) -> Option<&dyn Communicator> {
+        None
+    }
+}
+
+fn check_rows(rows: &Range<usize>, n: usize) -> Result<()> {
+    if rows.start > rows.end || rows.end > n {
+        return Err(Error::invalid("rows", format!("{rows:?}"), format!("the sampler has {n} rows")));
+    }
+    Ok(())
 }
 
 impl ActivationSampler for Matrix {
@@ -36,6 +77,15 @@ impl ActivationSampler for Matrix {
     fn for_each_chunk(&self, visit: &mut dyn FnMut(usize, MatrixView<'_>) -> Result<()>) -> Result<()> {
         visit(0, self.view())
     }
+
+    fn for_each_chunk_in(
+        &self,
+        rows: Range<usize>,
+        visit: &mut dyn FnMut(usize, MatrixView<'_>) -> Result<()>,
+    ) -> Result<()> {
+        check_rows(&rows, self.nrows())?;
+        if rows.is_empty() { Ok(()) } else { visit(rows.start, self.rows(rows)) }
+    }
 }
 
 impl ActivationSampler for Dataset {
@@ -49,6 +99,14 @@ impl ActivationSampler for Dataset {
 
     fn for_each_chunk(&self, visit: &mut dyn FnMut(usize, MatrixView<'_>) -> Result<()>) -> Result<()> {
         visit(0, self.inputs().view())
+    }
+
+    fn for_each_chunk_in(
+        &self,
+        rows: Range<usize>,
+        visit: &mut dyn FnMut(usize, MatrixView<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.inputs().for_each_chunk_in(rows, visit)
     }
 }
 
@@ -83,25 +141,49 @@ impl ActivationSampler for NpySampler {
     }
 
     fn for_each_chunk(&self, visit: &mut dyn FnMut(usize, MatrixView<'_>) -> Result<()>) -> Result<()> {
+        self.for_each_chunk_in(0..self.rows, visit)
+    }
+
+    /// Seeks to `rows.start` and reads only `rows`, in chunks on the same grid as the full pass
+    /// (multiples of `chunk_rows` from row 0), so a shard's work units match a single process's.
+    fn for_each_chunk_in(
+        &self,
+        rows: Range<usize>,
+        visit: &mut dyn FnMut(usize, MatrixView<'_>) -> Result<()>,
+    ) -> Result<()> {
+        check_rows(&rows, self.rows)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
         let mut reader = NpyRowReader::open(&self.path, self.chunk_rows)?;
-        let (mut chunk, mut first) = (Matrix::default(), 0);
-        while reader.next_chunk(&mut chunk)? {
+        reader.seek_row(rows.start)?;
+        let mut chunk = Matrix::default();
+        let mut first = rows.start;
+        while first < rows.end {
+            let boundary = (first / self.chunk_rows + 1) * self.chunk_rows;
+            let take = boundary.min(rows.end) - first;
+            reader.read_rows(take, &mut chunk)?;
             visit(first, chunk.view())?;
-            first += chunk.nrows();
+            first += take;
         }
         Ok(())
     }
 }
 
 /// Rows per unit of parallel work: small enough that a 1024-row batch keeps two cores busy,
-/// large enough for efficient GEMMs.
-const WORK_UNIT_ROWS: usize = 256;
+/// large enough for efficient GEMMs. Shards split rows on the same grid
+/// ([`crate::distributed::ROW_GRID`]).
+const WORK_UNIT_ROWS: usize = crate::distributed::ROW_GRID;
 
 /// Maps every unit of at most `min(batch_size, 256)` consecutive rows to a state with
 /// `map(state, first_row, rows)` and merges the states **in row order**, so the result does not
 /// depend on the thread count (only on the unit boundaries, which are fixed). Units of a chunk
 /// run in parallel; a lone unit runs on the caller's thread.
-pub(crate) fn map_batches<S: Send>(
+///
+/// If the sampler holds one process's share of the rows (a [`crate::distributed::Shard`] of a
+/// group), the processes' states are then merged in rank order and every process returns the
+/// total ([`all_merge`]); a process that failed makes every process fail instead of hang.
+pub(crate) fn map_batches<S: Send + Serialize + DeserializeOwned>(
     sampler: &dyn ActivationSampler,
     batch_size: usize,
     new_state: impl Fn() -> S + Sync,
@@ -111,9 +193,23 @@ pub(crate) fn map_batches<S: Send>(
     if batch_size == 0 {
         return Err(Error::invalid("batch_size", 0, "must be at least 1"));
     }
-    if sampler.n_samples() == 0 {
+    if sampler.total_samples() == 0 {
         return Err(Error::Empty { what: "sampler: no samples".into() });
     }
+    let local = local_pass(sampler, batch_size, new_state, map, &mut merge);
+    match sampler.communicator() {
+        Some(comm) => all_merge(comm, local, merge),
+        None => local,
+    }
+}
+
+fn local_pass<S: Send>(
+    sampler: &dyn ActivationSampler,
+    batch_size: usize,
+    new_state: impl Fn() -> S + Sync,
+    map: impl Fn(&mut S, usize, MatrixView<'_>) -> Result<()> + Sync,
+    merge: &mut impl FnMut(&mut S, S) -> Result<()>,
+) -> Result<S> {
     let batch_size = batch_size.min(WORK_UNIT_ROWS);
     let mut total = new_state();
     sampler.for_each_chunk(&mut |first, chunk| {

@@ -18,6 +18,7 @@ use crate::matrix::{Matrix, MatrixView};
 use crate::nn::{FoldedLinear, ForwardTrace, Layer, Mlp, Section};
 use crate::scratch::ScratchMatrix;
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 /// How an interaction strength is measured (rib's `edge_formula`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -85,6 +86,11 @@ impl EdgeAccumulator {
         Ok(())
     }
 
+    /// Samples summed so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
     /// `E_hat = sum / N` (with the formula's factor already applied per sample).
     pub fn finish(&self) -> Result<Matrix> {
         if self.count == 0 {
@@ -139,8 +145,55 @@ pub fn compute_edge(
     output: &NodeBasis,
     config: &EdgeConfig,
 ) -> Result<Edges> {
+    let acc = accumulate_edge(mlp, sampler, input, output, config)?;
+    Ok(Edges { in_node: input.node.clone(), out_node: output.node.clone(), e_hat: acc.finish()? })
+}
+
+/// The mergeable sums behind [`compute_edges`], one per pair of consecutive bases: what a
+/// worker of a file-based run writes for its shard of the rows.
+pub fn accumulate_edges(
+    mlp: &Mlp,
+    sampler: &dyn ActivationSampler,
+    bases: &[NodeBasis],
+    config: &EdgeConfig,
+) -> Result<Vec<EdgeAccumulator>> {
+    bases.windows(2).map(|pair| accumulate_edge(mlp, sampler, &pair[0], &pair[1], config)).collect()
+}
+
+/// The mergeable sums behind [`compute_edge`] over the rows of `sampler`;
+/// [`EdgeAccumulator::finish`] turns (merged) sums into `E_hat`.
+pub fn accumulate_edge(
+    mlp: &Mlp,
+    sampler: &dyn ActivationSampler,
+    input: &NodeBasis,
+    output: &NodeBasis,
+    config: &EdgeConfig,
+) -> Result<EdgeAccumulator> {
+    accumulate_edge_outputs(mlp, sampler, input, output, 0..output.dim(), config)
+}
+
+/// Rows `outputs` of [`accumulate_edge`]'s sums: the edges into output directions `outputs`
+/// only. Every output direction's edges depend on its column of `C_out` alone, so the rows come
+/// out as in the full matrix, at `outputs.len() / dim` of the cost of the Jacobian work (the
+/// forward pass is not split): how [`crate::distributed::compute_edges_by_outputs`] splits the
+/// edges of wide layers over ranks.
+pub fn accumulate_edge_outputs(
+    mlp: &Mlp,
+    sampler: &dyn ActivationSampler,
+    input: &NodeBasis,
+    output: &NodeBasis,
+    outputs: Range<usize>,
+    config: &EdgeConfig,
+) -> Result<EdgeAccumulator> {
     if config.batch_size == 0 {
         return Err(Error::invalid("batch_size", 0, "must be at least 1"));
+    }
+    if outputs.start > outputs.end || outputs.end > output.dim() {
+        return Err(Error::invalid(
+            "outputs",
+            format!("{outputs:?}"),
+            format!("need a range within the {} directions of {}", output.dim(), output.node),
+        ));
     }
     let section = mlp.section_between(input.node_index, output.node_index)?;
     if section.in_dim() != input.orig_dim() || section.out_dim() != output.orig_dim() {
@@ -151,12 +204,12 @@ pub fn compute_edge(
         ));
     }
     let points = config.quadrature.points();
-    let plan = EdgePlan::new(&section, input, output, config);
+    let plan = EdgePlan::new(&section, input, output, outputs.clone(), config);
     let k = input.node_index;
-    let acc = map_batches(
+    map_batches(
         sampler,
         config.batch_size,
-        || EdgeAccumulator::new(output.dim(), input.dim()),
+        || EdgeAccumulator::new(outputs.len(), input.dim()),
         |acc, first, x| {
             let mut trace = ForwardTrace::default();
             mlp.trace(x, &mut trace)?;
@@ -165,8 +218,7 @@ pub fn compute_edge(
             plan.update(acc, f.view(), &points)
         },
         |a, b| a.merge(&b),
-    )?;
-    Ok(Edges { in_node: input.node.clone(), out_node: output.node.clone(), e_hat: acc.finish()? })
+    )
 }
 
 /// What a batch update needs, prepared once per edge matrix.
@@ -175,13 +227,20 @@ struct EdgePlan<'a> {
     formula: EdgeFormula,
     c_in: &'a Matrix,
     c_in_pinv: &'a Matrix,
-    c_out: &'a Matrix,
+    /// The columns of `C_out` of the output directions computed.
+    c_out: Matrix,
     /// Product form of a single layer: `B = W_f C_in⁺ᵀ` (`[d_out, dim_in]`).
     product: Option<(&'a FoldedLinear, Matrix)>,
 }
 
 impl<'a> EdgePlan<'a> {
-    fn new(section: &'a Section, input: &'a NodeBasis, output: &'a NodeBasis, config: &EdgeConfig) -> Self {
+    fn new(
+        section: &'a Section,
+        input: &'a NodeBasis,
+        output: &NodeBasis,
+        outputs: Range<usize>,
+        config: &EdgeConfig,
+    ) -> Self {
         let product = section
             .single()
             .filter(|_| config.path == JacobianPath::Auto)
@@ -191,7 +250,7 @@ impl<'a> EdgePlan<'a> {
             formula: config.formula,
             c_in: input.c(),
             c_in_pinv: input.c_pinv(),
-            c_out: output.c(),
+            c_out: output.c().select_columns(&outputs.collect::<Vec<_>>()),
             product,
         }
     }
@@ -253,11 +312,11 @@ impl<'a> EdgePlan<'a> {
     ) -> Result<()> {
         let (mut grad_out, mut gz, mut y) = (Matrix::default(), Matrix::default(), Matrix::default());
         self.section.forward(rebuilt.view(), &mut y)?;
-        let full = y.matmul(self.c_out)?;
+        let full = y.matmul(&self.c_out)?;
         for p in points {
             let z = rebuilt.view().scaled(p.alpha);
             self.section.forward(z.view(), &mut y)?;
-            let at_alpha = y.matmul(self.c_out)?;
+            let at_alpha = y.matmul(&self.c_out)?;
             for i in 0..self.c_out.ncols() {
                 let mut d = self.coordinate_gradient(&z, i, &mut grad_out, &mut gz)?;
                 for r in 0..d.nrows() {
@@ -330,11 +389,11 @@ impl<'a> EdgePlan<'a> {
         let act = layer.activation();
         let mut y = Matrix::default();
         self.section.forward(rebuilt.view(), &mut y)?;
-        let full = y.matmul(self.c_out)?;
+        let full = y.matmul(&self.c_out)?;
         let mut diffs = Vec::with_capacity(points.len());
         for q in points {
             self.section.forward(rebuilt.view().scaled(q.alpha).view(), &mut y)?;
-            let at = y.matmul(self.c_out)?;
+            let at = y.matmul(&self.c_out)?;
             diffs.push(Matrix::from_fn(n, at.ncols(), |x, i| full[(x, i)] - at[(x, i)]));
         }
         let derivs: Vec<Matrix> =

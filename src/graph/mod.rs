@@ -7,7 +7,10 @@ mod leiden;
 mod modules;
 mod sparsity;
 
-pub use edges::{EdgeAccumulator, EdgeConfig, EdgeFormula, Edges, compute_edge, compute_edges};
+pub use edges::{
+    EdgeAccumulator, EdgeConfig, EdgeFormula, Edges, accumulate_edge, accumulate_edge_outputs, accumulate_edges,
+    compute_edge, compute_edges,
+};
 pub(crate) use interaction::palette;
 pub use interaction::{EdgeNorm, GraphEdge, GraphNode, InteractionGraph};
 pub use leiden::{LeidenConfig, Partition, Quality, WeightedGraph, cpm, leiden, modularity};

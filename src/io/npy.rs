@@ -294,12 +294,34 @@ impl NpyRowReader {
         self.cols
     }
 
+    /// Moves to row `row` (the next chunk starts there); `row == n_rows()` is the end.
+    pub fn seek_row(&mut self, row: usize) -> Result<()> {
+        if row > self.rows {
+            return Err(Error::invalid("row", row, format!("{} has {} rows", self.path.display(), self.rows)));
+        }
+        let index = (row * self.cols) as u64;
+        let sought = match &mut self.source {
+            RowSource::F8(r) => r.seek_to(index),
+            RowSource::F4(r) => r.seek_to(index),
+        };
+        sought.map_err(|e| read_err(&self.path, e))?;
+        self.rows_read = row;
+        Ok(())
+    }
+
     /// Reads the next chunk into `chunk` (resized); `false` once every row was read.
     pub fn next_chunk(&mut self, chunk: &mut Matrix) -> Result<bool> {
         let take = self.chunk_rows.min(self.rows - self.rows_read);
         if take == 0 {
             return Ok(false);
         }
+        self.read_rows(take, chunk)?;
+        Ok(true)
+    }
+
+    /// Reads the next `take` rows (at most the rows left) into `chunk`.
+    pub(crate) fn read_rows(&mut self, take: usize, chunk: &mut Matrix) -> Result<()> {
+        let take = take.min(self.rows - self.rows_read);
         chunk.resize(take, self.cols);
         let path = &self.path;
         let out = chunk.as_mut_slice();
@@ -313,8 +335,7 @@ impl NpyRowReader {
         chunk.check_finite(&path.display().to_string()).map_err(|e| match e {
             Error::NonFinite { what, row, col, value } => Error::NonFinite { what, row: row + first_row, col, value },
             other => other,
-        })?;
-        Ok(true)
+        })
     }
 }
 

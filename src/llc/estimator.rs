@@ -4,8 +4,11 @@ use super::chain::Chain;
 use super::config::{LlcConfig, SgldParams};
 use super::loss_model::LossModel;
 use super::report::{ChainRun, LlcReport};
+use crate::distributed::{Communicator, all_merge, shard_range};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 /// Estimates the local learning coefficient λ̂(w*) of a [`LossModel`] by SGLD-family sampling.
 ///
@@ -79,23 +82,124 @@ impl LlcEstimator {
     /// loss at w*. A chain whose loss, gradient or parameters become non-finite stops and is
     /// flagged in the report (never silently averaged).
     pub fn estimate<M: LossModel + Clone>(&self, model: &M, w_star: &[f64]) -> Result<LlcReport> {
+        self.run_chains(model, w_star, 0..self.config.num_chains)?.into_report()
+    }
+
+    /// Runs the chains `chains` (a range of `0..num_chains`) in parallel and returns their
+    /// records, to be combined with [`ChainRuns::merge`] (other processes' chains, shard files)
+    /// and turned into the report by [`ChainRuns::into_report`]. Chain `c` is the same whichever
+    /// process runs it, so the report does not depend on how the chains were split.
+    pub fn run_chains<M: LossModel + Clone>(
+        &self,
+        model: &M,
+        w_star: &[f64],
+        chains: Range<usize>,
+    ) -> Result<ChainRuns> {
         let params = self.params_for(model, w_star)?;
+        if chains.start > chains.end || chains.end > self.config.num_chains {
+            return Err(Error::invalid(
+                "chains",
+                format!("{chains:?}"),
+                format!("need a range of 0..{}", self.config.num_chains),
+            ));
+        }
         let total = self.config.total_steps().expect("checked in new");
         // Clone on the calling thread, so `M` need only be `Send` (not `Sync`).
-        let models: Vec<M> = (0..self.config.num_chains).map(|_| model.clone()).collect();
+        let models: Vec<(usize, M)> = chains.map(|c| (c, model.clone())).collect();
         let runs = models
             .into_par_iter()
-            .enumerate()
-            .map(|(c, m)| run_chain(Chain::new(m, w_star, params, &self.config, c)?, total))
-            .collect::<Result<Vec<ChainRun>>>()?;
-        Ok(LlcReport::build(
-            self.config,
-            params.nbeta(),
-            params.nbeta_is_default(),
-            model.n_samples(),
-            model.n_params(),
+            .map(|(c, m)| Ok((c, run_chain(Chain::new(m, w_star, params, &self.config, c)?, total)?)))
+            .collect::<Result<Vec<(usize, ChainRun)>>>()?;
+        Ok(ChainRuns {
+            config: self.config,
+            nbeta: params.nbeta(),
+            nbeta_is_default: params.nbeta_is_default(),
+            n_samples: model.n_samples(),
+            n_params: model.n_params(),
             runs,
-        ))
+        })
+    }
+
+    /// [`LlcEstimator::estimate`] over a group of processes: rank `r` of `size` runs the chains
+    /// [`shard_range`]`(num_chains, r, size, 1)` (contiguous blocks whose sizes differ by at most
+    /// one), then the chains' records are merged across the ranks and every rank returns the
+    /// same report — identical to a single process's for any number of ranks, since each chain
+    /// owns its random streams. Every rank must call it; a rank that fails makes every rank fail.
+    pub fn estimate_distributed<M: LossModel + Clone>(
+        &self,
+        model: &M,
+        w_star: &[f64],
+        comm: &dyn Communicator,
+    ) -> Result<LlcReport> {
+        let mine = shard_range(self.config.num_chains, comm.rank(), comm.size(), 1)
+            .and_then(|chains| self.run_chains(model, w_star, chains));
+        all_merge(comm, mine, |a, b| a.merge(b))?.into_report()
+    }
+}
+
+/// The records of some chains of one run: mergeable (chains run by other threads, processes or
+/// machines), serialisable (shard files), and turned into the [`LlcReport`] once every chain is
+/// there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainRuns {
+    config: LlcConfig,
+    nbeta: f64,
+    nbeta_is_default: bool,
+    n_samples: usize,
+    n_params: usize,
+    /// `(chain index, records)`, by chain index.
+    runs: Vec<(usize, ChainRun)>,
+}
+
+impl ChainRuns {
+    /// The chain indices held, increasing.
+    pub fn chains(&self) -> Vec<usize> {
+        self.runs.iter().map(|(c, _)| *c).collect()
+    }
+
+    /// The configuration the chains ran with.
+    pub fn config(&self) -> &LlcConfig {
+        &self.config
+    }
+
+    /// Adds another set of chains of the same run (same configuration, nβ, sample and parameter
+    /// counts); a chain present in both is an error.
+    pub fn merge(&mut self, other: ChainRuns) -> Result<()> {
+        let same = self.config == other.config
+            && self.nbeta.to_bits() == other.nbeta.to_bits()
+            && self.nbeta_is_default == other.nbeta_is_default
+            && self.n_samples == other.n_samples
+            && self.n_params == other.n_params;
+        if !same {
+            return Err(Error::invalid(
+                "ChainRuns::merge",
+                format!("{:?}, nβ {}, n {}, d {}", other.config, other.nbeta, other.n_samples, other.n_params),
+                format!(
+                    "chains of another run: expected {:?}, nβ {}, n {}, d {}",
+                    self.config, self.nbeta, self.n_samples, self.n_params
+                ),
+            ));
+        }
+        if let Some((c, _)) = other.runs.iter().find(|(c, _)| self.runs.iter().any(|(s, _)| s == c)) {
+            return Err(Error::invalid("ChainRuns::merge", format!("chain {c}"), "present in both sets"));
+        }
+        self.runs.extend(other.runs);
+        self.runs.sort_by_key(|(c, _)| *c);
+        Ok(())
+    }
+
+    /// The report; errors unless the chains are exactly `0..num_chains`.
+    pub fn into_report(self) -> Result<LlcReport> {
+        let chains = self.chains();
+        if chains.len() != self.config.num_chains || chains.iter().enumerate().any(|(i, &c)| i != c) {
+            return Err(Error::invalid(
+                "chains",
+                format!("{chains:?}"),
+                format!("the report needs every chain 0..{}", self.config.num_chains),
+            ));
+        }
+        let runs = self.runs.into_iter().map(|(_, r)| r).collect();
+        Ok(LlcReport::build(self.config, self.nbeta, self.nbeta_is_default, self.n_samples, self.n_params, runs))
     }
 }
 

@@ -6,8 +6,9 @@ use super::convergence::{effective_sample_size, mean, split_rhat};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
-/// Per-step records of one chain, as the estimator collected them (internal).
-#[derive(Clone, Debug, Default)]
+/// Per-step records of one chain, as the estimator collected them (internal; serialised inside
+/// [`super::ChainRuns`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ChainRun {
     pub loss: Vec<f64>,
     pub grad_norm: Vec<f64>,
