@@ -3,7 +3,7 @@
 mod common;
 
 use criterion::Criterion;
-use degeneracy::basis::{LibConfig, NodeBasis, fit_bases};
+use degeneracy::basis::{Basis, LibConfig, NodeBasis, fit_bases};
 use degeneracy::graph::{EdgeConfig, LeidenConfig, WeightedGraph, compute_edges, leiden};
 use degeneracy::{Activation, Matrix, Mlp, io};
 use std::hint::black_box;
@@ -29,6 +29,23 @@ fn cases() -> Vec<Case> {
         Case { name: "digits_squared", mlp, x, bases, rib_seconds: 0.042 },
         Case { name: "mlp784_squared", mlp: big, x: bx, bases: big_bases, rib_seconds: 0.29 },
     ]
+}
+
+/// The operands of the GEMMs the squared product form runs: per layer pair and 256-row work
+/// unit, `L [256·dim_out, width]` (rows `s(x) ⊙ C_out[:, i]`) times `B [width, dim_in]`.
+fn product_form_gemms(case: &Case) -> Vec<(Matrix, Matrix)> {
+    let widths = case.mlp.widths();
+    let mut out = Vec::new();
+    for pair in case.bases.windows(2) {
+        let (dim_in, dim_out, width) = (pair[0].dim(), pair[1].dim(), widths[pair[0].node_index + 1]);
+        for first in (0..case.x.nrows()).step_by(256) {
+            let rows = (case.x.nrows() - first).min(256) * dim_out;
+            let l = Matrix::from_fn(rows, width, |i, j| ((i * 31 + j * 17) % 13) as f64 - 6.0);
+            let r = Matrix::from_fn(width, dim_in, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+            out.push((l, r));
+        }
+    }
+    out
 }
 
 /// 5 layers of 150 nodes, adjacent layers fully connected (90 000 edges) with weights that
@@ -58,6 +75,18 @@ fn main() {
             b.iter(|| black_box(compute_edges(&case.mlp, &case.x, &case.bases, &EdgeConfig::default()).unwrap()))
         });
     }
+    // Baseline: GEMMs of the product form's flop count alone (per 256-row work unit and layer
+    // pair, `[256·dim_out, width] × [width, dim_in]`), measured in this run.
+    for case in &cases {
+        let gemms = product_form_gemms(case);
+        group.bench_function(format!("{}_gemms_only", case.name), |b| {
+            b.iter(|| {
+                for (l, r) in &gemms {
+                    black_box(l.matmul(r).unwrap());
+                }
+            })
+        });
+    }
     group.finish();
     let graph = big_graph();
     let mut group = c.benchmark_group("leiden");
@@ -68,15 +97,18 @@ fn main() {
     group.finish();
     c.final_summary();
 
-    println!("\nedges vs rib's recorded edge phase (2 threads)");
+    println!("\nedges vs rib's recorded edge phase (2 threads), and vs GEMMs of the same flop count");
     for case in &cases {
-        if let Some(t) = common::median_ns("edges", case.name) {
+        let gemm = common::median_ns("edges", &format!("{}_gemms_only", case.name));
+        if let (Some(t), Some(g)) = (common::median_ns("edges", case.name), gemm) {
             println!(
-                "  {:<16} {:8.2} ms   rib {:6.0} ms   speed-up {:5.1}×",
+                "  {:<16} {:8.2} ms   rib {:6.0} ms   speed-up {:5.1}×   GEMMs alone {:8.2} ms ({:.0} % of the time)",
                 case.name,
                 t / 1e6,
                 case.rib_seconds * 1e3,
-                case.rib_seconds * 1e9 / t
+                case.rib_seconds * 1e9 / t,
+                g / 1e6,
+                100.0 * g / t
             );
         }
     }

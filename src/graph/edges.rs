@@ -348,28 +348,43 @@ impl<'a> EdgePlan<'a> {
         });
         let constant = self.constant_terms(layer, rebuilt, points);
         let (c_t, dim_out, dim_in) = (self.c_out.transpose(), self.c_out.ncols(), b.ncols());
-        // One GEMM for all output directions: row (x, i) of L is s(x) ⊙ C_h[:, i].
+        // The constant carrier's term `C_c[i] K(x) C⁺[j, c]` is one more hidden unit: column
+        // `d_out` of L holds `K(x) C_c[i]`, row `d_out` of B holds `C⁺[:, c]`.
+        let width = d_out + usize::from(constant.is_some());
+        let b = match &constant {
+            Some((_, c_col)) => {
+                let mut data = b.as_slice().to_vec();
+                data.extend_from_slice(c_col);
+                std::borrow::Cow::Owned(Matrix::from_vec(width, dim_in, data).expect("one row more"))
+            }
+            None => std::borrow::Cow::Borrowed(b),
+        };
+        // One GEMM for all output directions of a chunk of rows: row (x, i) of L is
+        // `s(x) ⊙ C_h[:, i]`. Chunks keep L and the product in cache (~512 KiB each).
+        let chunk = (EDGE_CHUNK_VALUES / (dim_out * dim_in.max(width)).max(1)).clamp(1, n.max(1));
         let (mut l, mut a) = (ScratchMatrix::take(), ScratchMatrix::take());
-        l.resize(n * dim_out, d_out);
-        for x in 0..n {
-            for i in 0..dim_out {
-                for ((v, &sv), &c) in l.row_mut(x * dim_out + i).iter_mut().zip(s.row(x)).zip(&c_t.row(i)[..d_out]) {
-                    *v = sv * c;
+        for first in (0..n).step_by(chunk) {
+            let rows = first..(first + chunk).min(n);
+            l.resize(rows.len() * dim_out, width);
+            for (r, x) in rows.clone().enumerate() {
+                for i in 0..dim_out {
+                    let row = l.row_mut(r * dim_out + i);
+                    for ((v, &sv), &c) in row.iter_mut().zip(s.row(x)).zip(&c_t.row(i)[..d_out]) {
+                        *v = sv * c;
+                    }
+                    if let Some((k, _)) = &constant {
+                        row[d_out] = k[x] * c_t[(i, d_out)];
+                    }
                 }
             }
-        }
-        a.resize(n * dim_out, dim_in);
-        crate::linalg::gemm(a.as_mut_slice(), l.view(), false, b.view(), false, 1.0, false);
-        for x in 0..n {
-            let f = f_hat.row(x);
-            for i in 0..dim_out {
-                let row = a.row_mut(x * dim_out + i);
-                if let Some((k, c_col)) = &constant {
-                    let kc = c_t[(i, d_out)] * k[x];
-                    row.iter_mut().zip(c_col).for_each(|(v, &cj)| *v += kc * cj);
-                }
-                for ((e, &v), &fj) in acc.sum.row_mut(i).iter_mut().zip(row.iter()).zip(f) {
-                    *e += (v * fj) * (v * fj);
+            a.resize(rows.len() * dim_out, dim_in);
+            crate::linalg::gemm(a.as_mut_slice(), l.view(), false, b.view(), false, 1.0, false);
+            for (r, x) in rows.enumerate() {
+                let f = f_hat.row(x);
+                for i in 0..dim_out {
+                    for ((e, &v), &fj) in acc.sum.row_mut(i).iter_mut().zip(a.row(r * dim_out + i)).zip(f) {
+                        *e += (v * fj) * (v * fj);
+                    }
                 }
             }
         }
@@ -460,6 +475,9 @@ impl<'a> EdgePlan<'a> {
         })
     }
 }
+
+/// Values of the per-chunk products of the squared product form (L and `L B`), sized for cache.
+const EDGE_CHUNK_VALUES: usize = 1 << 16;
 
 /// `row[j] += Σ_x g(a[x, j] · f̂[x, j])`.
 fn add_column_sums(row: &mut [f64], a: &Matrix, f_hat: &Matrix, g: impl Fn(f64) -> f64) {
