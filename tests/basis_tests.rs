@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::fixtures;
+use common::{fixture_config, fixtures};
 use degeneracy::basis::{Basis, BasisFormula, JacobianPath, LibConfig, NodeBasis, fit_bases};
 use degeneracy::estimate::{NodeStatistics, Quadrature};
 use degeneracy::{Activation, Error, Matrix, Mlp, io};
@@ -115,28 +115,6 @@ fn compare_run(run: &Path, bases: &[NodeBasis], threshold: f64, lambda_noise_flo
                 }
             }
         }
-    }
-}
-
-fn fixture_config(run: &str) -> LibConfig {
-    let path = fixtures().join(run.split('/').next().unwrap()).join("config.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let c = &v["runs"][run.split('/').nth(1).unwrap()]["rib_build_config"];
-    LibConfig {
-        basis_formula: BasisFormula::from_name(c["basis_formula"].as_str().unwrap()).unwrap(),
-        center: c["center"].as_bool().unwrap(),
-        truncation_threshold: c["truncation_threshold"].as_f64().unwrap(),
-        rotate_final_node_layer: c["rotate_final_node_layer"].as_bool().unwrap(),
-        quadrature: Quadrature::from_name(
-            c["integration_method"].as_str().unwrap(),
-            c["n_intervals"].as_u64().unwrap() as usize,
-        )
-        .unwrap(),
-        batch_size: 1024,
-        node_layers: Some(
-            c["node_layers"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect(),
-        ),
-        jacobian_path: JacobianPath::Auto,
     }
 }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::fixtures;
+use common::{dln_model, fixtures};
 use degeneracy::llc::theory::{self, Rational};
 use degeneracy::llc::{
     BehaviouralLoss, DivergenceCause, LlcConfig, LlcEstimator, LlcReport, LossModel, MlpLoss, Sampler,
@@ -153,16 +153,6 @@ fn regular_theory_is_half_the_dimension() {
 
 // ---------------------------------------------------------------------------------------------
 // the llc_dln fixture
-
-fn dln_model() -> (MlpLoss, Vec<f64>) {
-    let dir = fixtures().join("llc_dln");
-    let mlp = io::load_mlp(dir.join("model.safetensors"), Activation::Identity).unwrap();
-    let x = io::read_matrix(dir.join("inputs.npy")).unwrap();
-    let y = io::read_matrix(dir.join("targets.npy")).unwrap();
-    let model = MlpLoss::new(&mlp, Loss::Mse, Dataset::new(x, Targets::Values(y)).unwrap()).unwrap();
-    let w = model.params();
-    (model, w)
-}
 
 /// The fixture's hyper-parameters (config.json).
 fn dln_config() -> LlcConfig {

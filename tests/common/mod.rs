@@ -1,7 +1,10 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
-use degeneracy::{Layer, Matrix};
+use degeneracy::basis::{BasisFormula, JacobianPath, LibConfig};
+use degeneracy::estimate::Quadrature;
+use degeneracy::llc::MlpLoss;
+use degeneracy::{Activation, Dataset, Layer, Loss, Matrix, Targets, io};
 use std::path::PathBuf;
 
 /// The reference fixtures: `$DEGENERACY_FIXTURES`, else `../shared/fixtures` beside the crate.
@@ -11,6 +14,40 @@ pub fn fixtures() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
     assert!(dir.is_dir(), "fixtures not found at {} (set DEGENERACY_FIXTURES)", dir.display());
     dir
+}
+
+/// The LibConfig of a fixture run (`digits_mlp/jacobian_squared`...).
+pub fn fixture_config(run: &str) -> LibConfig {
+    let path = fixtures().join(run.split('/').next().unwrap()).join("config.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let c = &v["runs"][run.split('/').nth(1).unwrap()]["rib_build_config"];
+    LibConfig {
+        basis_formula: BasisFormula::from_name(c["basis_formula"].as_str().unwrap()).unwrap(),
+        center: c["center"].as_bool().unwrap(),
+        truncation_threshold: c["truncation_threshold"].as_f64().unwrap(),
+        rotate_final_node_layer: c["rotate_final_node_layer"].as_bool().unwrap(),
+        quadrature: Quadrature::from_name(
+            c["integration_method"].as_str().unwrap(),
+            c["n_intervals"].as_u64().unwrap() as usize,
+        )
+        .unwrap(),
+        batch_size: 1024,
+        node_layers: Some(
+            c["node_layers"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect(),
+        ),
+        jacobian_path: JacobianPath::Auto,
+    }
+}
+
+/// The `llc_dln` fixture's deep linear network as an MSE loss model, and its parameters `w*`.
+pub fn dln_model() -> (MlpLoss, Vec<f64>) {
+    let dir = fixtures().join("llc_dln");
+    let mlp = io::load_mlp(dir.join("model.safetensors"), Activation::Identity).unwrap();
+    let x = io::read_matrix(dir.join("inputs.npy")).unwrap();
+    let y = io::read_matrix(dir.join("targets.npy")).unwrap();
+    let model = MlpLoss::new(&mlp, Loss::Mse, Dataset::new(x, Targets::Values(y)).unwrap()).unwrap();
+    let w = model.params();
+    (model, w)
 }
 
 /// `max |a − b| / max |b|`.

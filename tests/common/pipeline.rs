@@ -1,15 +1,16 @@
 //! The estimators on the fixtures, in one process or as one rank of a group: what the
 //! distributed tests (threads, MPI, shard files) compare against a single process.
 
-use crate::common::fixtures;
-use degeneracy::basis::{Basis, BasisFormula, JacobianPath, LibConfig, NodeBasis, build_bases};
+pub use crate::common::fixture_config;
+use crate::common::{dln_model, fixtures};
+use degeneracy::basis::{Basis, LibConfig, NodeBasis, build_bases};
 use degeneracy::data::ActivationSampler;
 use degeneracy::diagnostics::{DegeneracyStatistics, diagnose_from};
 use degeneracy::distributed::{Communicator, Shard, compute_edges_by_outputs};
-use degeneracy::estimate::{NodeStatistics, Quadrature};
+use degeneracy::estimate::NodeStatistics;
 use degeneracy::graph::{EdgeConfig, EdgeFormula, Edges, compute_edges};
 use degeneracy::llc::{LlcConfig, LlcEstimator, MlpLoss};
-use degeneracy::{Activation, Dataset, Loss, Matrix, Mlp, Targets, io};
+use degeneracy::{Activation, Matrix, Mlp, io};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -64,29 +65,6 @@ pub fn load_mlp(case: &str) -> (Mlp, Matrix) {
         io::load_mlp(dir.join("model.safetensors"), Activation::Relu).unwrap(),
         io::read_matrix(dir.join("inputs.npy")).unwrap(),
     )
-}
-
-/// The LibConfig of a fixture run (`digits_mlp/jacobian_squared`...).
-pub fn fixture_config(run: &str) -> LibConfig {
-    let path = fixtures().join(run.split('/').next().unwrap()).join("config.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let c = &v["runs"][run.split('/').nth(1).unwrap()]["rib_build_config"];
-    LibConfig {
-        basis_formula: BasisFormula::from_name(c["basis_formula"].as_str().unwrap()).unwrap(),
-        center: c["center"].as_bool().unwrap(),
-        truncation_threshold: c["truncation_threshold"].as_f64().unwrap(),
-        rotate_final_node_layer: c["rotate_final_node_layer"].as_bool().unwrap(),
-        quadrature: Quadrature::from_name(
-            c["integration_method"].as_str().unwrap(),
-            c["n_intervals"].as_u64().unwrap() as usize,
-        )
-        .unwrap(),
-        batch_size: 1024,
-        node_layers: Some(
-            c["node_layers"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect(),
-        ),
-        jacobian_path: JacobianPath::Auto,
-    }
 }
 
 pub fn edge_config(formula: &str, config: &LibConfig) -> EdgeConfig {
@@ -160,12 +138,7 @@ pub fn record_edges(r: &mut Results, prefix: &str, edges: &[Edges]) {
 
 /// A short run of the fixture's LLC (4 chains × 150 draws).
 pub fn llc_dln() -> (LlcEstimator, MlpLoss, Vec<f64>) {
-    let dir = fixtures().join("llc_dln");
-    let mlp = io::load_mlp(dir.join("model.safetensors"), Activation::Identity).unwrap();
-    let x = io::read_matrix(dir.join("inputs.npy")).unwrap();
-    let y = io::read_matrix(dir.join("targets.npy")).unwrap();
-    let model = MlpLoss::new(&mlp, Loss::Mse, Dataset::new(x, Targets::Values(y)).unwrap()).unwrap();
-    let w = model.params();
+    let (model, w) = dln_model();
     let config = LlcConfig::new(1e-4).localization(1.0).batch_size(500).num_chains(4).num_draws(150).seed(3);
     (LlcEstimator::new(config).unwrap(), model, w)
 }
