@@ -11,6 +11,12 @@ use crate::matrix::{Matrix, MatrixView};
 use crate::scratch::ScratchMatrix;
 use serde::{Deserialize, Serialize};
 
+/// Rows per chunk when a large batch is split over threads.
+const PARALLEL_CHUNK: usize = 256;
+/// Wider rows keep the one-GEMM path: its product dominates the centring, and every chunk
+/// would hold a `d × d` state.
+const PARALLEL_MAX_DIM: usize = 256;
+
 /// Accumulates the mean and the Gram (scatter) matrix of a stream of `dim`-wide rows.
 ///
 /// ```
@@ -70,6 +76,20 @@ impl GramAccumulator {
         let n = batch.nrows();
         if n == 0 {
             return Ok(());
+        }
+        if n > PARALLEL_CHUNK && d < PARALLEL_MAX_DIM && rayon::current_thread_index().is_none() {
+            // A large batch of narrow rows: 256-row chunks in parallel, each centred while it
+            // is in cache, merged in row order (the same result for any thread count).
+            use rayon::prelude::*;
+            let starts: Vec<usize> = (0..n).step_by(PARALLEL_CHUNK).collect();
+            let parts: Vec<GramAccumulator> = starts
+                .par_iter()
+                .map(|&s| {
+                    let mut part = GramAccumulator::new(d);
+                    part.update(batch.rows(s..(s + PARALLEL_CHUNK).min(n))).map(|_| part)
+                })
+                .collect::<Result<_>>()?;
+            return parts.iter().try_for_each(|part| self.merge(part));
         }
         let mut mean = vec![0.0; d];
         for i in 0..n {
@@ -179,5 +199,49 @@ impl Moments {
     /// The mean of the folded rows, `[μ, 1]`.
     pub fn folded_mean(&self) -> Vec<f64> {
         self.mean.iter().copied().chain(std::iter::once(1.0)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two-pass mean and covariance, summed plainly: the reference.
+    fn dense(x: &Matrix) -> (Vec<f64>, Matrix) {
+        let (n, d) = x.shape();
+        let mean: Vec<f64> = (0..d).map(|j| (0..n).map(|i| x[(i, j)]).sum::<f64>() / n as f64).collect();
+        let cov = Matrix::from_fn(d, d, |a, b| {
+            (0..n).map(|i| (x[(i, a)] - mean[a]) * (x[(i, b)] - mean[b])).sum::<f64>() / n as f64
+        });
+        (mean, cov)
+    }
+
+    #[test]
+    fn one_large_batch_and_many_small_ones_equal_the_two_pass_moments() {
+        // 1000 rows of width 7 take the chunked parallel path; width 300 the one-GEMM path.
+        for (n, d) in [(1000, 7), (700, 300), (3, 5)] {
+            let x = Matrix::from_fn(n, d, |i, j| ((i * 37 + j * 11) % 23) as f64 * 0.1 + 5.0 + j as f64);
+            let (mean, cov) = dense(&x);
+            let mut whole = GramAccumulator::new(d);
+            whole.update(x.view()).unwrap();
+            let mut pieces = GramAccumulator::new(d);
+            for s in (0..n).step_by(97) {
+                pieces.update(x.rows(s..(s + 97).min(n))).unwrap();
+            }
+            for acc in [&whole, &pieces] {
+                let m = acc.finish().unwrap();
+                assert_eq!(m.count, n as u64);
+                let scale = cov.max_abs();
+                for (a, b) in m.covariance.as_slice().iter().zip(cov.as_slice()) {
+                    assert!((a - b).abs() <= 1e-12 * scale, "{n}×{d}: {a} vs {b}");
+                }
+                for (a, b) in m.mean.iter().zip(&mean) {
+                    assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{n}×{d}: mean {a} vs {b}");
+                }
+            }
+        }
+        let mut acc = GramAccumulator::new(3);
+        assert!(acc.update(Matrix::zeros(4, 2).view()).is_err());
+        assert!(acc.finish().is_err());
     }
 }
