@@ -292,6 +292,13 @@ fn distributed_without_the_mpi_feature_is_an_error() {
     let (ok, stderr, dir) = run_example("lib_build", &config);
     assert!(!ok && stderr.contains("--features mpi"), "{stderr}");
     assert!(!dir.path().join("out/report.json").exists(), "no silent single-process run");
+    // Splitting the edges over outputs needs ranks; unknown splits are named.
+    for (split, message) in [("outputs", "is for \"distributed\": true"), ("columns", "unknown edge_split `columns`")] {
+        let mut config = digits_config("out");
+        config["edge_split"] = split.into();
+        let (ok, stderr, _dir) = run_example("lib_build", &config);
+        assert!(!ok && stderr.contains(message), "{split}: {stderr}");
+    }
 }
 
 #[test]
