@@ -229,7 +229,8 @@ struct EdgePlan<'a> {
     c_in_pinv: &'a Matrix,
     /// The columns of `C_out` of the output directions computed.
     c_out: Matrix,
-    /// Product form of a single layer: `B = W_f C_in⁺ᵀ` (`[d_out, dim_in]`).
+    /// Product form of a single layer: `B = W_f C_in⁺ᵀ` (`[d_out, dim_in]`), and below it the
+    /// row `C_in⁺[:, c]` if the layer carries the constant (the constant as one more unit).
     product: Option<(&'a FoldedLinear, Matrix)>,
 }
 
@@ -244,7 +245,17 @@ impl<'a> EdgePlan<'a> {
         let product = section
             .single()
             .filter(|_| config.path == JacobianPath::Auto)
-            .map(|layer| (layer, layer.folded_weight().matmul(&input.c_pinv().transpose()).expect("shapes checked")));
+            .map(|layer| {
+                let c_pinv = input.c_pinv();
+                let b = layer.folded_weight().matmul(&c_pinv.transpose()).expect("shapes checked");
+                if !layer.carries_constant() {
+                    return (layer, b);
+                }
+                let (rows, c) = (b.nrows() + 1, c_pinv.ncols() - 1);
+                let mut data = b.into_vec();
+                data.extend((0..c_pinv.nrows()).map(|j| c_pinv[(j, c)]));
+                (layer, Matrix::from_vec(rows, c_pinv.nrows(), data).expect("one row more"))
+            });
         EdgePlan {
             section,
             formula: config.formula,
@@ -340,7 +351,7 @@ impl<'a> EdgePlan<'a> {
         rebuilt: &Matrix,
         points: &[QuadraturePoint],
     ) {
-        let (n, d_out) = (rebuilt.nrows(), b.nrows());
+        let (n, d_out) = (rebuilt.nrows(), layer.folded_weight().nrows());
         let p = rebuilt.matmul(&layer.folded_weight().transpose()).expect("shapes checked");
         let act = layer.activation();
         let s = Matrix::from_fn(n, d_out, |x, o| {
@@ -350,15 +361,7 @@ impl<'a> EdgePlan<'a> {
         let (c_t, dim_out, dim_in) = (self.c_out.transpose(), self.c_out.ncols(), b.ncols());
         // The constant carrier's term `C_c[i] K(x) C⁺[j, c]` is one more hidden unit: column
         // `d_out` of L holds `K(x) C_c[i]`, row `d_out` of B holds `C⁺[:, c]`.
-        let width = d_out + usize::from(constant.is_some());
-        let b = match &constant {
-            Some((_, c_col)) => {
-                let mut data = b.as_slice().to_vec();
-                data.extend_from_slice(c_col);
-                std::borrow::Cow::Owned(Matrix::from_vec(width, dim_in, data).expect("one row more"))
-            }
-            None => std::borrow::Cow::Borrowed(b),
-        };
+        let width = b.nrows();
         // One GEMM for all output directions of a chunk of rows: row (x, i) of L is
         // `s(x) ⊙ C_h[:, i]`. Chunks keep L and the product in cache (~512 KiB each).
         let chunk = (EDGE_CHUNK_VALUES / (dim_out * dim_in.max(width)).max(1)).clamp(1, n.max(1));
@@ -372,7 +375,7 @@ impl<'a> EdgePlan<'a> {
                     for ((v, &sv), &c) in row.iter_mut().zip(s.row(x)).zip(&c_t.row(i)[..d_out]) {
                         *v = sv * c;
                     }
-                    if let Some((k, _)) = &constant {
+                    if let Some(k) = &constant {
                         row[d_out] = k[x] * c_t[(i, d_out)];
                     }
                 }
@@ -399,7 +402,7 @@ impl<'a> EdgePlan<'a> {
         rebuilt: &Matrix,
         points: &[QuadraturePoint],
     ) -> Result<()> {
-        let (n, d_out) = (rebuilt.nrows(), b.nrows());
+        let (n, d_out) = (rebuilt.nrows(), layer.folded_weight().nrows());
         let p = rebuilt.matmul(&layer.folded_weight().transpose())?;
         let act = layer.activation();
         let mut y = Matrix::default();
@@ -419,7 +422,7 @@ impl<'a> EdgePlan<'a> {
                 .iter()
                 .map(|q| (0..n).map(|x| layer.constant_carrier(q.alpha * rebuilt[(x, c)]).1).collect())
                 .collect();
-            (self.constant_column(), kappa)
+            (b.row(d_out), kappa)
         });
         let mut weighted = Matrix::zeros(n, d_out);
         for i in 0..self.c_out.ncols() {
@@ -433,7 +436,7 @@ impl<'a> EdgePlan<'a> {
                     }
                 }
             }
-            let mut a = weighted.matmul(b)?;
+            let mut a = weighted.view().matmul(b.rows(0..d_out))?;
             if let Some((c_col, kappa)) = &carrier {
                 let c_i = self.c_out[(d_out, i)];
                 for x in 0..n {
@@ -443,7 +446,7 @@ impl<'a> EdgePlan<'a> {
                         .zip(kappa)
                         .map(|((q, diff), kp)| 2.0 * q.weight * diff[(x, i)] * kp[x])
                         .sum();
-                    for (v, &cj) in a.row_mut(x).iter_mut().zip(c_col) {
+                    for (v, &cj) in a.row_mut(x).iter_mut().zip(c_col.iter()) {
                         *v += c_i * k * cj;
                     }
                 }
@@ -453,25 +456,13 @@ impl<'a> EdgePlan<'a> {
         Ok(())
     }
 
-    /// `C⁺[:, c]`: how each input direction feeds the constant coordinate.
-    fn constant_column(&self) -> Vec<f64> {
-        let c = self.c_in_pinv.ncols() - 1;
-        (0..self.c_in_pinv.nrows()).map(|j| self.c_in_pinv[(j, c)]).collect()
-    }
-
-    /// Per-row `K(x) = Σ_α w_α κ'(α c_x)` and `C⁺[:, c]`, if the layer carries the constant.
-    fn constant_terms(
-        &self,
-        layer: &FoldedLinear,
-        rebuilt: &Matrix,
-        points: &[QuadraturePoint],
-    ) -> Option<(Vec<f64>, Vec<f64>)> {
+    /// Per-row `K(x) = Σ_α w_α κ'(α c_x)`, if the layer carries the constant.
+    fn constant_terms(&self, layer: &FoldedLinear, rebuilt: &Matrix, points: &[QuadraturePoint]) -> Option<Vec<f64>> {
         let c = rebuilt.ncols() - 1;
         layer.carries_constant().then(|| {
-            let k = (0..rebuilt.nrows())
+            (0..rebuilt.nrows())
                 .map(|x| points.iter().map(|q| q.weight * layer.constant_carrier(q.alpha * rebuilt[(x, c)]).1).sum())
-                .collect();
-            (k, self.constant_column())
+                .collect()
         })
     }
 }
