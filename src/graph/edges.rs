@@ -242,20 +242,17 @@ impl<'a> EdgePlan<'a> {
         outputs: Range<usize>,
         config: &EdgeConfig,
     ) -> Self {
-        let product = section
-            .single()
-            .filter(|_| config.path == JacobianPath::Auto)
-            .map(|layer| {
-                let c_pinv = input.c_pinv();
-                let b = layer.folded_weight().matmul(&c_pinv.transpose()).expect("shapes checked");
-                if !layer.carries_constant() {
-                    return (layer, b);
-                }
-                let (rows, c) = (b.nrows() + 1, c_pinv.ncols() - 1);
-                let mut data = b.into_vec();
-                data.extend((0..c_pinv.nrows()).map(|j| c_pinv[(j, c)]));
-                (layer, Matrix::from_vec(rows, c_pinv.nrows(), data).expect("one row more"))
-            });
+        let product = section.single().filter(|_| config.path == JacobianPath::Auto).map(|layer| {
+            let c_pinv = input.c_pinv();
+            let b = layer.folded_weight().matmul(&c_pinv.transpose()).expect("shapes checked");
+            if !layer.carries_constant() {
+                return (layer, b);
+            }
+            let (rows, c) = (b.nrows() + 1, c_pinv.ncols() - 1);
+            let mut data = b.into_vec();
+            data.extend((0..c_pinv.nrows()).map(|j| c_pinv[(j, c)]));
+            (layer, Matrix::from_vec(rows, c_pinv.nrows(), data).expect("one row more"))
+        });
         EdgePlan {
             section,
             formula: config.formula,
