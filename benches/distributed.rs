@@ -89,24 +89,9 @@ fn rank() {
     }
 }
 
-/// The size of a state as the all-merge sends it (MessagePack, what `all_merge` encodes).
+/// The size of a state as the all-merge sends it (MessagePack with field names).
 fn rmp_size<S: serde::Serialize>(s: &S) -> usize {
-    let mut n = 0;
-    let mut w = Counter(&mut n);
-    s.serialize(&mut rmp_serde::Serializer::new(&mut w).with_struct_map()).unwrap();
-    n
-}
-
-struct Counter<'a>(&'a mut usize);
-
-impl std::io::Write for Counter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        *self.0 += buf.len();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    rmp_serde::to_vec_named(s).unwrap().len()
 }
 
 fn driver() {
