@@ -8,7 +8,7 @@ use criterion::Criterion;
 use degeneracy::ablation::{EdgeAblation, Eval, Midpoint, node_ablation_curve, rotation_matrix};
 use degeneracy::basis::{Basis, LibConfig, NodeBasis, fit_bases, fold};
 use degeneracy::graph::{EdgeConfig, Edges, compute_edges};
-use degeneracy::{Activation, Dataset, Layer, Matrix, Mlp, Targets, io, nn};
+use degeneracy::{Activation, Dataset, Layer, Matrix, Mlp, Network, Targets, io, nn};
 use std::hint::black_box;
 use std::path::PathBuf;
 
@@ -26,8 +26,8 @@ fn digits() -> (Mlp, Dataset, Vec<NodeBasis>, Vec<Edges>) {
 /// What a hooked forward pass per point costs: the whole network on the whole dataset, with
 /// `f ↦ f R_n` applied at the node.
 fn one_by_one(mlp: &Mlp, data: &Dataset, basis: &NodeBasis, points: &[usize]) -> Vec<f64> {
-    let k = basis.node_index;
-    let section = mlp.section_between(k, mlp.n_layers()).unwrap();
+    let k = mlp.node_index(&basis.node).unwrap();
+    let section = mlp.section(k, mlp.n_layers()).unwrap();
     points
         .iter()
         .map(|&n| {
@@ -54,7 +54,7 @@ fn main() {
     group.sample_size(10);
     for b in bases.iter().filter(|b| b.is_rotated()) {
         let points: Vec<usize> = (0..=b.dim()).collect();
-        let k = b.node_index;
+        let k = mlp.node_index(&b.node).unwrap();
         group.bench_function(format!("batched_layers.{k}"), |bench| {
             bench.iter(|| black_box(node_ablation_curve(&mlp, &data, k, b, &points, Eval::Accuracy).unwrap()))
         });
@@ -86,7 +86,7 @@ fn main() {
 
     println!("\nnode-ablation curve (every n in 0..=dim, accuracy, 1024 digits): batched vs one by one");
     for b in bases.iter().filter(|b| b.is_rotated()) {
-        let k = b.node_index;
+        let k = mlp.node_index(&b.node).unwrap();
         let (batched, single) = (format!("batched_layers.{k}"), format!("one_by_one_layers.{k}"));
         if let (Some(t), Some(t1)) =
             (common::median_ns("node_curve", &batched), common::median_ns("node_curve", &single))

@@ -5,7 +5,7 @@ mod common;
 use criterion::Criterion;
 use degeneracy::basis::{Basis, LibConfig, NodeBasis, fit_bases};
 use degeneracy::graph::{EdgeConfig, LeidenConfig, WeightedGraph, compute_edges, leiden};
-use degeneracy::{Activation, Matrix, Mlp, io};
+use degeneracy::{Activation, Matrix, Mlp, Network, io};
 use std::hint::black_box;
 use std::path::PathBuf;
 
@@ -37,7 +37,8 @@ fn product_form_gemms(case: &Case) -> Vec<(Matrix, Matrix)> {
     let widths = case.mlp.widths();
     let mut out = Vec::new();
     for pair in case.bases.windows(2) {
-        let (dim_in, dim_out, width) = (pair[0].dim(), pair[1].dim(), widths[pair[0].node_index + 1]);
+        let k = case.mlp.node_index(&pair[0].node).unwrap();
+        let (dim_in, dim_out, width) = (pair[0].dim(), pair[1].dim(), widths[k + 1]);
         for first in (0..case.x.nrows()).step_by(256) {
             let rows = (case.x.nrows() - first).min(256) * dim_out;
             let l = Matrix::from_fn(rows, width, |i, j| ((i * 31 + j * 17) % 13) as f64 - 6.0);

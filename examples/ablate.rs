@@ -29,6 +29,8 @@
 
 mod common;
 
+use degeneracy::Network as _;
+
 use common::{AnyResult, Phases, read_build_config, resolve, write_json};
 use degeneracy::ablation::{Directions, EdgeAblation, Eval, Midpoint, Schedule, evaluate, node_ablation_curve};
 use degeneracy::basis::{Basis, BasisFormula, NodeBasis, build_bases};
@@ -204,11 +206,12 @@ fn run() -> AnyResult<()> {
         let Plan::Static(schedule) = &plan else { return Err("bisect: checked above".into()) };
         for b in bases.iter().filter(|b| b.is_rotated()) {
             let points = schedule.points(b.dim())?;
+            let node = mlp.node_index(&b.node)?;
             let curve = if b.formula == Some(BasisFormula::Neuron) {
-                let d = Directions::neurons_by_power(&mlp, &data, b.node_index)?;
-                node_ablation_curve(&mlp, &data, b.node_index, &d, &points, eval)?
+                let d = Directions::neurons_by_power(&mlp, &data, node)?;
+                node_ablation_curve(&mlp, &data, node, &d, &points, eval)?
             } else {
-                node_ablation_curve(&mlp, &data, b.node_index, b as &NodeBasis, &points, eval)?
+                node_ablation_curve(&mlp, &data, node, b as &NodeBasis, &points, eval)?
             };
             results.insert(b.node.clone(), json!(curve.scores.iter().map(|&(n, s)| json!([n, s])).collect::<Vec<_>>()));
         }

@@ -67,7 +67,7 @@ fn run() -> AnyResult<()> {
                 "dim": n.dim,
                 "activation_rank": n.activation.rank,
                 "jacobian_rank": n.jacobian.rank,
-                "preactivation_jacobian_rank": n.preactivation_jacobian.rank,
+                "preactivation_jacobian_rank": n.preactivation_jacobian.as_ref().map(|r| r.rank),
                 "relu": n.relu,
                 "free_directions": n.free_directions,
                 "activation_spectrum": n.activation.spectrum,

@@ -175,6 +175,12 @@ pub enum Error {
         /// What the backend reported.
         reason: String,
     },
+
+    /// An error raised by a user's implementation of one of the crate's traits (a layer, a
+    /// network, a sampler, a loss model), passed through unchanged; [`Error::downcast_user`]
+    /// gets it back.
+    #[error("{0}")]
+    User(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 /// Why a shard file was refused (see [`Error::Shard`]).
@@ -291,14 +297,44 @@ pub enum ShardProblem {
 }
 
 impl Error {
-    /// Shorthand for [`Error::ShapeMismatch`].
-    pub(crate) fn shape(op: &'static str, expected: &[usize], found: &[usize]) -> Self {
+    /// An [`Error::ShapeMismatch`]: `op` met `found` where it needs `expected`.
+    ///
+    /// ```
+    /// let e = degeneracy::Error::shape("MyLayer::forward", &[8, 3], &[8, 4]);
+    /// assert_eq!(e.to_string(), "MyLayer::forward: expected shape [8, 3], found [8, 4]");
+    /// ```
+    pub fn shape(op: &'static str, expected: &[usize], found: &[usize]) -> Self {
         Error::ShapeMismatch { op, expected: expected.to_vec(), found: found.to_vec() }
     }
 
-    /// Shorthand for [`Error::InvalidParameter`].
-    pub(crate) fn invalid(name: impl Into<String>, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+    /// An [`Error::InvalidParameter`]: `name = value` breaks `reason`.
+    pub fn invalid(name: impl Into<String>, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
         Error::InvalidParameter { name: name.into(), value: value.to_string(), reason: reason.into() }
+    }
+
+    /// Wraps an error of a user's trait implementation ([`Error::User`]).
+    ///
+    /// ```
+    /// #[derive(Debug)]
+    /// struct Diverged(f64);
+    /// impl std::fmt::Display for Diverged {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "diverged at {}", self.0) }
+    /// }
+    /// impl std::error::Error for Diverged {}
+    ///
+    /// let e = degeneracy::Error::user(Diverged(3.5));
+    /// assert_eq!(e.downcast_user::<Diverged>().map(|d| d.0), Some(3.5));
+    /// ```
+    pub fn user(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::User(Box::new(error))
+    }
+
+    /// The user's error inside an [`Error::User`], if it is an `E`.
+    pub fn downcast_user<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Error::User(inner) => inner.downcast_ref::<E>(),
+            _ => None,
+        }
     }
 
     /// Shorthand for [`Error::Io`].

@@ -70,6 +70,6 @@ mod scratch;
 
 pub use data::{Dataset, Targets};
 pub use error::{Error, Result, ShardProblem};
-pub use llc::{BehaviouralLoss, LlcConfig, LlcEstimator, LlcReport, LossModel, MlpLoss, Sampler};
+pub use llc::{BehaviouralLoss, LayerLoss, LlcConfig, LlcEstimator, LlcReport, LossModel, MlpLoss, Sampler};
 pub use matrix::{Matrix, MatrixView};
-pub use nn::{Activation, Elementwise, Layer, Linear, Loss, Mlp};
+pub use nn::{Activation, Elementwise, Layer, Linear, Loss, Mlp, Network, Section, Sequential};

@@ -44,3 +44,34 @@ impl Drop for ScratchMatrix {
         }
     }
 }
+
+/// Several matrices from the calling thread's pool (one per node layer of a forward pass),
+/// returned to it on drop.
+pub(crate) struct ScratchMatrices(Vec<Matrix>);
+
+impl ScratchMatrices {
+    /// `n` buffers from the pool (or new, empty ones).
+    pub(crate) fn take(n: usize) -> Self {
+        ScratchMatrices((0..n).map(|_| POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default()).collect())
+    }
+}
+
+impl Deref for ScratchMatrices {
+    type Target = Vec<Matrix>;
+    fn deref(&self) -> &Vec<Matrix> {
+        &self.0
+    }
+}
+
+impl DerefMut for ScratchMatrices {
+    fn deref_mut(&mut self) -> &mut Vec<Matrix> {
+        &mut self.0
+    }
+}
+
+impl Drop for ScratchMatrices {
+    fn drop(&mut self) {
+        let buffers = std::mem::take(&mut self.0);
+        let _ = POOL.try_with(|p| p.borrow_mut().extend(buffers));
+    }
+}

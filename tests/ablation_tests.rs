@@ -7,10 +7,10 @@ use common::fixtures;
 use degeneracy::ablation::{
     Directions, EdgeAblation, Eval, Midpoint, by_layer_log_norm, evaluate, node_ablation_curve, rotation_matrix,
 };
-use degeneracy::basis::{Basis, BasisFormula, LibConfig, NodeBasis, fit_bases, fold};
+use degeneracy::basis::{Basis, BasisFormula, LibConfig, NodeBasis, fit_bases};
 use degeneracy::graph::{EdgeConfig, Edges, compute_edges};
 use degeneracy::nn::{Optimizer, TrainConfig, train};
-use degeneracy::{Activation, Dataset, Error, Layer, Linear, Loss, Matrix, Mlp, Targets, io};
+use degeneracy::{Activation, Dataset, Error, Layer, Linear, Loss, Matrix, Mlp, Network, Targets, io};
 
 fn digits() -> (Mlp, Dataset) {
     let dir = fixtures().join("digits_mlp");
@@ -74,7 +74,7 @@ fn folded_network(mlp: &Mlp, k: usize, r: &Matrix) -> Mlp {
 
 /// max over samples of |(f R)_const − 1| at node `k`.
 fn constant_drift(mlp: &Mlp, data: &Dataset, k: usize, r: &Matrix) -> f64 {
-    let f = fold(mlp.node_activations(data.inputs().view(), k).unwrap().view());
+    let f = common::node_acts(mlp, data.inputs(), k);
     let fr = f.matmul(r).unwrap();
     let c = fr.ncols() - 1;
     (0..fr.nrows()).fold(0.0, |m, i| m.max((fr[(i, c)] - 1.0).abs()))
@@ -108,7 +108,8 @@ fn keeping_every_direction_reproduces_the_unablated_score() {
             assert_eq!(base, 0.99609375, "fixture README: 99.6 % on the 1024 inputs");
         }
         for b in lib.iter().filter(|b| b.is_rotated()) {
-            let curve = node_ablation_curve(&mlp, &data, b.node_index, b, &[b.dim()], eval).unwrap();
+            let node = mlp.node_index(&b.node).unwrap();
+            let curve = node_ablation_curve(&mlp, &data, node, b, &[b.dim()], eval).unwrap();
             assert!((curve.scores[0].1 - base).abs() <= 1e-12, "{} {eval:?}: {:?} vs {base}", b.node, curve.scores);
         }
     }
@@ -254,8 +255,8 @@ fn rotated_edge_ablation_matches_a_per_direction_computation() {
     for k in [0, 2] {
         let (input, output) = (&lib[k], &lib[k + 1]);
         let abl = EdgeAblation::new(&mlp, &data, input, output, &e[k], Eval::CrossEntropy).unwrap();
-        let section = mlp.section_between(k, k + 1).unwrap();
-        let f = fold(mlp.node_activations(data.inputs().view(), k).unwrap().view());
+        let section = mlp.section(k, k + 1).unwrap();
+        let f = common::node_acts(&mlp, data.inputs(), k);
         let u = f.matmul(input.c()).unwrap();
         for kept in [0, 25, 120, 400] {
             let mask = abl.mask(kept).unwrap();
@@ -274,7 +275,7 @@ fn rotated_edge_ablation_matches_a_per_direction_computation() {
             let f_out = out_hat.matmul(output.c_pinv()).unwrap();
             let y = if k + 1 < mlp.n_layers() {
                 let mut y = Matrix::default();
-                mlp.section_between(k + 1, mlp.n_layers()).unwrap().forward(f_out.view(), &mut y).unwrap();
+                mlp.section(k + 1, mlp.n_layers()).unwrap().forward(f_out.view(), &mut y).unwrap();
                 y
             } else {
                 f_out
@@ -442,7 +443,7 @@ fn output_node_ablation_projects_the_outputs() {
     let (mlp, data) = digits();
     let config = LibConfig { basis_formula: BasisFormula::Svd, rotate_final_node_layer: true, ..LibConfig::default() };
     let out = fit_bases(&mlp, &data, &config).unwrap().pop().unwrap();
-    assert!(out.is_rotated() && !out.folded);
+    assert!(out.is_rotated() && !mlp.node_layers()[mlp.n_layers()].constant);
     let mut y = Matrix::default();
     mlp.forward(data.inputs().view(), &mut y).unwrap();
     let labels = degeneracy::nn::TargetsView::Labels(data.labels().unwrap());

@@ -6,7 +6,7 @@ mod common;
 use common::{fixture_config, fixtures};
 use degeneracy::basis::{Basis, BasisFormula, JacobianPath, LibConfig, NodeBasis, fit_bases};
 use degeneracy::estimate::{NodeStatistics, Quadrature};
-use degeneracy::{Activation, Error, Matrix, Mlp, io};
+use degeneracy::{Activation, Error, Matrix, Mlp, Network, io};
 use std::path::Path;
 
 fn load(case: &str) -> (Mlp, Matrix) {
@@ -53,6 +53,7 @@ fn compare_run(run: &Path, bases: &[NodeBasis], threshold: f64, lambda_noise_flo
 
         // Gram eigenvalues: rel 1e-9 above 1e-8·max; below, only the threshold side must agree.
         let ev_ref = read("gram_eigvals").into_vec();
+        assert_eq!(b.gram_eigenvalues.len(), ev_ref.len(), "{name}: the full Gram spectrum");
         let top = ev_ref[0];
         for (i, (&a, &r)) in b.gram_eigenvalues.iter().zip(&ev_ref).enumerate() {
             if r >= 1e-8 * top {
@@ -217,7 +218,6 @@ fn statistics_from_shards_merge_to_one_pass() {
 
 mod properties {
     use super::*;
-    use degeneracy::basis::fold;
     use degeneracy::{Layer, Linear};
     use proptest::prelude::*;
 
@@ -344,8 +344,8 @@ mod properties {
         let (mlp, x) = load("digits_mlp");
         let bases = fit_bases(&mlp, &x, &LibConfig::default()).unwrap();
         for b in bases.iter().filter(|b| b.lambda.is_some()) {
-            let h = mlp.node_activations(x.view(), b.node_index).unwrap();
-            let coords = b.transform(fold(h.view()).view()).unwrap();
+            let f = common::node_acts(&mlp, &x, mlp.node_index(&b.node).unwrap());
+            let coords = b.transform(f.view()).unwrap();
             let n = coords.nrows() as f64;
             let second = coords.transpose().matmul(&coords).unwrap();
             let lambda = b.lambda.as_ref().unwrap();
@@ -377,20 +377,21 @@ fn npy_sampler_gives_the_in_memory_bases() {
 
 #[test]
 fn jacobian_gram_accumulator_merges_shards_and_checks_shapes() {
-    use degeneracy::basis::{JacobianGramAccumulator, fold};
+    use degeneracy::basis::JacobianGramAccumulator;
     let (mlp, x) = load("digits_mlp");
     let bases = fit_bases(&mlp, &x, &LibConfig::default()).unwrap();
-    let section = mlp.section(1).unwrap();
+    let section = mlp.section(1, 2).unwrap();
+    let section = &*section;
     let c_next = bases[2].c().clone();
-    let f = fold(mlp.node_activations(x.view(), 1).unwrap().view());
+    let f = common::node_acts(&mlp, &x, 1);
     for formula in [BasisFormula::Jacobian, BasisFormula::OneMinusAlphaSquared] {
         let q = Quadrature::GaussLegendre(2);
-        let mut whole = JacobianGramAccumulator::new(formula, 41, c_next.ncols()).unwrap();
-        whole.update(&section, f.view(), &c_next, q).unwrap();
-        let mut a = JacobianGramAccumulator::new(formula, 41, c_next.ncols()).unwrap();
+        let mut whole = JacobianGramAccumulator::new(formula, section, c_next.ncols()).unwrap();
+        whole.update(section, f.view(), &c_next, q).unwrap();
+        let mut a = JacobianGramAccumulator::new(formula, section, c_next.ncols()).unwrap();
         let mut b = a.clone();
-        a.update(&section, f.rows(0..300), &c_next, q).unwrap();
-        b.update(&section, f.rows(300..1024), &c_next, q).unwrap();
+        a.update(section, f.rows(0..300), &c_next, q).unwrap();
+        b.update(section, f.rows(300..1024), &c_next, q).unwrap();
         a.merge(&b).unwrap();
         let (mw, lw) = whole.finish().unwrap();
         let (mm, lm) = a.finish().unwrap();
@@ -399,7 +400,7 @@ fn jacobian_gram_accumulator_merges_shards_and_checks_shapes() {
         if let (Some(lw), Some(lm)) = (lw, lm) {
             assert!(common::rel_max_diff(&lm, &lw) < 1e-12);
         }
-        assert!(a.update(&section, f.rows(0..3), &Matrix::zeros(3, 3), q).is_err());
+        assert!(a.update(section, f.rows(0..3), &Matrix::zeros(3, 3), q).is_err());
     }
-    assert!(JacobianGramAccumulator::new(BasisFormula::Svd, 41, 3).is_err());
+    assert!(JacobianGramAccumulator::new(BasisFormula::Svd, section, 3).is_err());
 }

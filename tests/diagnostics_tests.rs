@@ -34,7 +34,7 @@ fn inputs_in_a_subspace_have_that_rank() {
     assert_eq!(d.nodes[0].activation.rank, 4);
     assert!(d.nodes[0].activation.gap() > 1e6, "a clean cut: {}", d.nodes[0].activation.gap());
     // (a): the 5 × 7 first-layer weights have 5 · (7 − 4) free directions.
-    assert_eq!(d.nodes[0].free_directions.activation, 15);
+    assert_eq!(d.nodes[0].free_directions.as_ref().unwrap().activation, 15);
     assert_eq!(d.nodes[0].relu, None);
 }
 
@@ -73,18 +73,18 @@ fn planted_relu_units_are_found_and_counted() {
     // affine in x on every sample: [h, 1] has rank 1 (units 2–4) + 1 (unit 1, with the
     // constant it is a new direction) + 1 (unit 5) + 1 (constant) = 4 of 7.
     assert_eq!(d.nodes[1].activation.rank, 4);
-    assert_eq!(d.nodes[1].free_directions.activation, 2 * (7 - 4));
+    assert_eq!(d.nodes[1].free_directions.as_ref().unwrap().activation, 2 * (7 - 4));
     // (c): one group of 3 → 3·2 = 6; one always-on unit → 0.
-    assert_eq!(d.nodes[1].free_directions.synchronised, 6);
+    assert_eq!(d.nodes[1].free_directions.as_ref().unwrap().synchronised, 6);
     // The dead unit's pre-activation gets no gradient: the Jacobian Gram w.r.t. z_0 loses it.
-    assert!(d.nodes[0].preactivation_jacobian.rank <= 5);
+    assert!(d.nodes[0].preactivation_jacobian.as_ref().unwrap().rank <= 5);
 }
 
 #[test]
 fn shards_merge_to_the_same_diagnosis() {
     let (mlp, x) = planted_relu_net();
     let whole = DegeneracyStatistics::collect(&mlp, &x, 1024).unwrap();
-    let mut merged = DegeneracyStatistics::new(&mlp);
+    let mut merged = DegeneracyStatistics::new(&mlp).unwrap();
     for (a, b) in [(0, 70), (70, 71), (71, 300)] {
         let shard = DegeneracyStatistics::collect(&mlp, &x.rows(a..b).to_owned(), 32).unwrap();
         let json = serde_json::to_string(&shard).unwrap();
@@ -108,15 +108,17 @@ fn deep_linear_network_counts_against_aoyagi() {
     let ranks: Vec<usize> = d.nodes.iter().map(|n| n.activation.rank).collect();
     assert_eq!(ranks, [11, 5, 5]);
     // Jacobians: W2 W1 and W2 are invertible, the output is the identity → full rank.
-    assert!(d.nodes.iter().all(|n| n.preactivation_jacobian.rank == 10));
+    assert!(d.nodes.iter().all(|n| n.preactivation_jacobian.as_ref().unwrap().rank == 10));
     // (a) for W1 and W2: 10 · (10 − 4) each (no bias: the constant is not a parameter input).
-    let a: Vec<usize> = d.nodes.iter().map(|n| n.free_directions.activation).collect();
+    let a: Vec<usize> = d.nodes.iter().map(|n| n.free_directions.as_ref().unwrap().activation).collect();
     assert_eq!(a, [0, 60, 60]);
-    assert_eq!(d.free_directions_total, 120);
-    assert_eq!(d.effective_params_bound, 180);
+    assert_eq!(d.n_params, Some(300));
+    assert_eq!(d.free_directions_total, Some(120));
+    assert_eq!(d.effective_params_bound, Some(300 - 120));
     // The count misses the GL(10) reparameterisations at the hidden nodes, so it bounds the
-    // effective parameter count from above: 2λ = 88 ≤ 180.
-    assert!(88 <= d.effective_params_bound);
+    // effective parameter count from above: 2λ = 88 ≤ 180 (the bound is not clamped: an
+    // over-count would show as a value below 88, even below 0).
+    assert!(d.effective_params_bound.is_some_and(|b| 88 <= b));
 }
 
 /// Independent dense computation: activations, per-sample Jacobians by explicit products of
@@ -133,7 +135,7 @@ fn fixture_models_match_a_dense_computation() {
         mlp.trace(x.view(), &mut trace).unwrap();
         let n = x.nrows();
         for k in 0..mlp.n_layers() {
-            let h = trace.node(k);
+            let h = Matrix::from_fn(n, mlp.widths()[k], |i, j| trace.node(k)[(i, j)]);
             let f = Matrix::from_fn(n, h.ncols() + 1, |i, j| if j < h.ncols() { h[(i, j)] } else { 1.0 });
             let gram = Matrix::from_fn(f.ncols(), f.ncols(), |a, b| {
                 (0..n).map(|i| f[(i, a)] * f[(i, b)]).sum::<f64>() / n as f64

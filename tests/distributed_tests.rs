@@ -88,7 +88,7 @@ fn shard_files_give_the_single_process_results() {
         record_edges(&mut r, "digits", edges);
         let d = diagnose_from(&mlp, diag, 1e-10).unwrap();
         for n in &d.nodes {
-            r.arrays.insert(format!("{}/spectrum", n.name), n.preactivation_jacobian.spectrum.clone());
+            r.arrays.insert(format!("{}/spectrum", n.name), n.jacobian.spectrum.clone());
             r.exact.insert(format!("{}/relu", n.name), format!("{:?}", n.relu));
         }
         r.exact.insert("llc".into(), llc);

@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{finite_difference_error, fixtures, rel_max_diff};
-use degeneracy::nn::{Optimizer, TargetsView, TrainConfig, accuracy, evaluate, train};
+use common::{finite_difference_error, fixtures, rel_max_diff, section_fd_error};
+use degeneracy::nn::{Network, Optimizer, Sequential, TargetsView, TrainConfig, accuracy, evaluate, train};
 use degeneracy::{Activation, Dataset, Elementwise, Layer, Linear, Loss, Matrix, Mlp, Targets, io};
 use proptest::prelude::*;
 
@@ -46,6 +46,8 @@ fn digits_accuracy_and_cross_entropy_match_reference() {
 fn mlp_node_names_follow_rib() {
     let mlp = Mlp::init(&[3, 4, 5, 2], Activation::Tanh, true, 1).unwrap();
     assert_eq!(mlp.node_names(), ["layers.0", "layers.1", "layers.2", "output"]);
+    let widths: Vec<usize> = mlp.node_layers().iter().map(|n| n.width).collect();
+    assert_eq!(widths, [4, 5, 6, 2], "folded widths: the constant coordinate at every node but the output");
     assert_eq!(mlp.node_index("layers.2").unwrap(), 2);
     assert_eq!(mlp.node_index("output").unwrap(), 3);
     assert!(matches!(mlp.node_index("layers.3"), Err(degeneracy::Error::UnknownNode { .. })));
@@ -59,19 +61,23 @@ fn sections_compose_to_the_network() {
     let mlp = Mlp::init(&[3, 6, 5, 2], Activation::Gelu, true, 3).unwrap();
     let x = Matrix::from_fn(7, 3, |i, j| ((i * 3 + j) as f64 * 0.37).sin());
     let mut f = Matrix::from_fn(7, 4, |i, j| if j < 3 { x[(i, j)] } else { 1.0 });
-    for k in 0..mlp.n_layers() {
-        let h = mlp.node_activations(x.view(), k).unwrap();
+    let all: Vec<usize> = (0..mlp.n_nodes()).collect();
+    let mut acts = vec![Matrix::default(); all.len()];
+    mlp.forward_nodes(x.view(), &all, &mut acts).unwrap();
+    for (k, h) in acts.iter().enumerate().take(mlp.n_layers()) {
+        assert_eq!(h.shape(), (7, mlp.widths()[k] + 1), "folded: the constant coordinate last");
         for i in 0..7 {
-            assert_eq!(&f.row(i)[..h.ncols()], h.row(i));
-            assert!((f.row(i)[h.ncols()] - 1.0).abs() < 1e-15, "constant coordinate");
+            assert_eq!(f.row(i), h.row(i));
+            assert_eq!(f.row(i)[mlp.widths()[k]], 1.0, "constant coordinate");
         }
         let mut next = Matrix::default();
-        mlp.section(k).unwrap().forward(f.view(), &mut next).unwrap();
+        mlp.section(k, k + 1).unwrap().forward(f.view(), &mut next).unwrap();
         f = next;
     }
     let mut y = Matrix::default();
     mlp.forward(x.view(), &mut y).unwrap();
     assert!(rel_max_diff(&f, &y) < 1e-15);
+    assert_eq!(acts[mlp.n_layers()], y);
 }
 
 fn activation() -> impl Strategy<Value = Activation> {
@@ -137,12 +143,12 @@ proptest! {
     fn section_vjps_match_finite_differences(act in activation(), k in 0usize..3, seed: u64, x in matrix(3, 4)) {
         // Folded coordinates [h, c] with c in (0, 2): the constant carrier is differentiated too.
         let mlp = Mlp::init(&[3, 3, 3, 2], act, true, seed).unwrap();
-        let mut section = mlp.section(k).unwrap();
-        let w = section.single().unwrap().folded_weight();
+        let section = mlp.section(k, k + 1).unwrap();
+        let w = section.structure().unwrap().folded_weight();
         let z = x.matmul(&w.transpose()).unwrap();
         prop_assume!(act != Activation::Relu || z.as_slice().iter().chain(x.col(3).iter()).all(|v| v.abs() > 1e-3));
-        let gy = Matrix::from_fn(3, section.out_dim(), |i, j| 1.0 + (i * 7 + j) as f64 * 0.1);
-        let (ex, _) = finite_difference_error(&mut section, &x, &gy);
+        let gy = Matrix::from_fn(3, section.output().width, |i, j| 1.0 + (i * 7 + j) as f64 * 0.1);
+        let ex = section_fd_error(&*section, &x, &gy);
         prop_assert!(ex < 1e-6, "{act:?} section {k}: {ex:e}");
     }
 
@@ -171,17 +177,18 @@ proptest! {
 fn section_chains_match_their_composition_and_gradients() {
     let mlp = Mlp::init(&[3, 4, 4, 2], Activation::Tanh, true, 11).unwrap();
     let x = Matrix::from_fn(5, 4, |i, j| if j == 3 { 0.5 + 0.1 * i as f64 } else { ((i + j) as f64).sin() });
-    let mut chain = mlp.section_between(0, 3).unwrap();
+    let chain = mlp.section(0, 3).unwrap();
     let (mut a, mut b, mut y) = (Matrix::default(), Matrix::default(), Matrix::default());
-    mlp.section(0).unwrap().forward(x.view(), &mut a).unwrap();
-    mlp.section(1).unwrap().forward(a.view(), &mut b).unwrap();
-    mlp.section(2).unwrap().forward(b.view(), &mut a).unwrap();
+    mlp.section(0, 1).unwrap().forward(x.view(), &mut a).unwrap();
+    mlp.section(1, 2).unwrap().forward(a.view(), &mut b).unwrap();
+    mlp.section(2, 3).unwrap().forward(b.view(), &mut a).unwrap();
     chain.forward(x.view(), &mut y).unwrap();
     assert_eq!(y, a);
+    assert_eq!(chain.linearize(x.view()).unwrap().output(), a.view());
     let gy = Matrix::from_fn(5, 2, |i, j| (i as f64) - (j as f64) * 0.3);
-    let (ex, _) = finite_difference_error(&mut chain, &x, &gy);
+    let ex = section_fd_error(&*chain, &x, &gy);
     assert!(ex < 1e-6, "{ex:e}");
-    assert!(mlp.section_between(2, 2).is_err() && mlp.section_between(0, 4).is_err());
+    assert!(mlp.section(2, 2).is_err() && mlp.section(0, 4).is_err());
 }
 
 #[test]
@@ -232,4 +239,47 @@ fn accuracy_uses_first_maximum() {
     let y = Matrix::from_rows(&[[1.0, 1.0], [0.0, 2.0]]).unwrap();
     assert_eq!(accuracy(y.view(), &[0, 1]).unwrap(), 1.0);
     assert_eq!(accuracy(y.view(), &[1, 1]).unwrap(), 0.5);
+}
+
+/// The same layers as an `Mlp` and as a `Sequential` of boxed layers: same nodes, activations,
+/// sections (affine + elementwise, hence the closed forms), and gradients.
+#[test]
+fn sequential_of_mlp_layers_is_the_mlp() {
+    for act in [Activation::Relu, Activation::Gelu, Activation::Tanh] {
+        let mlp = Mlp::init(&[3, 5, 4, 2], act, true, 9).unwrap();
+        let mut layers: Vec<Box<dyn Layer>> = Vec::new();
+        for (k, lin) in mlp.linears().iter().enumerate() {
+            layers.push(Box::new(lin.clone()));
+            if k + 1 < mlp.n_layers() {
+                layers.push(Box::new(Elementwise::new(act, lin.weight().nrows())));
+            }
+        }
+        let seq = Sequential::new(layers).unwrap();
+        assert_eq!(seq.node_layers(), mlp.node_layers());
+        let x = Matrix::from_fn(6, 3, |i, j| ((i * 5 + j) as f64 * 0.41).cos());
+        let nodes = [0, 1, 2, 3];
+        let (mut a, mut b) = (vec![Matrix::default(); 4], vec![Matrix::default(); 4]);
+        mlp.forward_nodes(x.view(), &nodes, &mut a).unwrap();
+        seq.forward_nodes(x.view(), &nodes, &mut b).unwrap();
+        for (p, q) in a.iter().zip(&b) {
+            assert!(rel_max_diff(q, p) < 1e-15, "{act:?}");
+        }
+        for (from, to) in [(0, 1), (1, 2), (2, 3), (0, 3)] {
+            let (s, t) = (mlp.section(from, to).unwrap(), seq.section(from, to).unwrap());
+            assert_eq!(s.structure().is_some(), t.structure().is_some());
+            assert_eq!((s.input(), s.output()), (t.input(), t.output()));
+            let (mut y1, mut y2) = (Matrix::default(), Matrix::default());
+            s.forward(a[from].view(), &mut y1).unwrap();
+            t.forward(a[from].view(), &mut y2).unwrap();
+            assert!(rel_max_diff(&y2, &y1) < 1e-15, "{act:?} {from} → {to}");
+        }
+        let (mut g1, mut g2) = (vec![0.0; mlp.n_params()], vec![0.0; seq.n_params()]);
+        let gy = Matrix::from_fn(6, 2, |i, j| (i + j) as f64 - 2.0);
+        let (mut gx1, mut gx2) = (Matrix::default(), Matrix::default());
+        mlp.backward(x.view(), gy.view(), &mut gx1, &mut g1).unwrap();
+        seq.backward(x.view(), gy.view(), &mut gx2, &mut g2).unwrap();
+        assert!(rel_max_diff(&gx2, &gx1) < 1e-14);
+        let scale = g1.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+        assert!(g1.iter().zip(&g2).all(|(a, b)| (a - b).abs() <= 1e-14 * scale));
+    }
 }

@@ -8,7 +8,7 @@ use crate::report::Report;
 use degeneracy::ablation::{Directions, EdgeAblation, Eval, Midpoint, NodeCurve, evaluate, node_ablation_curve};
 use degeneracy::basis::{Basis, BasisFormula, NodeBasis};
 use degeneracy::plot::{Scale, Series, line_chart};
-use degeneracy::{Dataset, Mlp};
+use degeneracy::{Dataset, Mlp, Network};
 use serde_json::json;
 use std::time::Instant;
 
@@ -20,11 +20,12 @@ const DELTA: f64 = 0.001;
 /// neurons by decreasing mean square activation.
 fn node_curve(mlp: &Mlp, data: &Dataset, b: &NodeBasis) -> StageResult<NodeCurve> {
     let points: Vec<usize> = (0..=b.dim()).collect();
+    let node = mlp.node_index(&b.node)?;
     let curve = if b.formula == Some(BasisFormula::Neuron) {
-        let d = Directions::neurons_by_power(mlp, data, b.node_index)?;
-        node_ablation_curve(mlp, data, b.node_index, &d, &points, Eval::Accuracy)?
+        let d = Directions::neurons_by_power(mlp, data, node)?;
+        node_ablation_curve(mlp, data, node, &d, &points, Eval::Accuracy)?
     } else {
-        node_ablation_curve(mlp, data, b.node_index, b, &points, Eval::Accuracy)?
+        node_ablation_curve(mlp, data, node, b, &points, Eval::Accuracy)?
     };
     Ok(curve)
 }

@@ -35,15 +35,19 @@ pub fn run(mlp: &Mlp, data: &Dataset, llc: &LlcStage, report: &mut Report) -> St
             dead,
             on,
             sync,
-            n.free_directions.activation_and_jacobian,
-            n.free_directions.synchronised
+            n.free_directions.as_ref().map_or("not counted".into(), |f| f.activation_and_jacobian.to_string()),
+            n.free_directions.as_ref().map_or("not counted".into(), |f| f.synchronised.to_string())
         );
     }
     let (two_b, gap_b) = d.compare_llc(llc.behavioural.llc_draws_mean);
     let (two_t, _) = d.compare_llc(llc.training.llc_draws_mean);
     println!(
         "   {} parameters, {} free directions → effective parameter count ≤ {}; 2λ̂ = {:.0} (behavioural), {:.0} (training loss)",
-        d.n_params, d.free_directions_total, d.effective_params_bound, two_b, two_t
+        counted(d.n_params),
+        counted(d.free_directions_total),
+        counted(d.effective_params_bound),
+        two_b,
+        two_t
     );
     report.section(
         "diagnostics",
@@ -51,4 +55,9 @@ pub fn run(mlp: &Mlp, data: &Dataset, llc: &LlcStage, report: &mut Report) -> St
                "two_llc_training": two_t, "seconds": t.elapsed().as_secs_f64()}),
     );
     Ok(d)
+}
+
+/// A count, or "not counted" where a section is not affine + elementwise.
+fn counted<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "not counted".into(), |v| v.to_string())
 }

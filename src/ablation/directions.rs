@@ -1,11 +1,11 @@
 //! The ordered directions a node ablation keeps a prefix of, and the ablation's projection.
 
-use super::node_inputs;
+use super::node_activations;
 use crate::basis::{Basis, NodeBasis};
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
-use crate::nn::Mlp;
+use crate::nn::Network;
 
 /// Directions of a node layer in the order a node ablation keeps them: `C` (`[orig, dim]`,
 /// coordinates `f C`) and `C⁺` (`[dim, orig]`), like a [`Basis`].
@@ -76,18 +76,18 @@ impl Directions {
     }
 
     /// [`Directions::neurons`] with the second moments of node `node`'s activations over the
-    /// model inputs streamed by `sampler`.
-    pub fn neurons_by_power(mlp: &Mlp, sampler: &dyn ActivationSampler, node: usize) -> Result<Self> {
-        if node >= mlp.n_nodes() {
-            return Err(Error::UnknownNode { name: format!("node {node}"), available: mlp.node_names() });
-        }
-        let d = mlp.widths()[node];
+    /// network inputs streamed by `sampler` (rows = samples × positions).
+    pub fn neurons_by_power(net: &dyn Network, sampler: &dyn ActivationSampler, node: usize) -> Result<Self> {
+        let Some(layer) = net.node_layers().get(node) else {
+            return Err(Error::UnknownNode { name: format!("node {node}"), available: net.node_names() });
+        };
+        let d = layer.units();
         let (sums, n) = map_batches(
             sampler,
             1024,
             || (vec![0.0; d], 0_usize),
-            |(sums, n), _, x| {
-                let f = node_inputs(mlp, x, node)?;
+            |(sums, n), first, x| {
+                let f = node_activations(net, x, node, first)?;
                 for i in 0..f.nrows() {
                     for (s, v) in sums.iter_mut().zip(f.row(i)) {
                         *s += v * v;
@@ -103,7 +103,7 @@ impl Directions {
             },
         )?;
         let moments: Vec<f64> = sums.iter().map(|s| s / n as f64).collect();
-        Self::neurons(&moments, node < mlp.n_layers())
+        Self::neurons(&moments, layer.constant)
     }
 }
 

@@ -6,14 +6,14 @@ use super::downstream::Downstream;
 use super::eval::{Eval, ScoreSum, check_data, evaluate, score_rows, total};
 use super::mask::EdgeMask;
 use super::schedule::{Midpoint, bisect_smallest};
-use super::{node_inputs, par_units};
+use super::{node_activations, par_units};
 use crate::basis::{Basis, NodeBasis};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::graph::{EdgeNorm, Edges};
 use crate::linalg::gemm;
 use crate::matrix::Matrix;
-use crate::nn::{Layer, Mlp, Section};
+use crate::nn::{Network, Section, checked_section};
 use crate::scratch::ScratchMatrix;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -32,25 +32,28 @@ pub struct EdgeAblation<'a> {
     edges: &'a Edges,
     eval: Eval,
     base: f64,
-    pair: Downstream,
-    tail: Option<Section>,
+    pair: Downstream<'a>,
+    tail: Option<Box<dyn Section + 'a>>,
+    /// `u = f C_in` of every row (sample × input position).
     coords: Matrix,
+    /// Input positions per sample.
+    positions: usize,
 }
 
 impl<'a> EdgeAblation<'a> {
     /// Prepares the ablation of `edges` between the bases `input` and `output` (consecutive
-    /// selected node layers of `mlp`), scored by `eval` on `data`.
+    /// selected node layers of `net`), scored by `eval` on `data`.
     pub fn new(
-        mlp: &'a Mlp,
+        net: &'a dyn Network,
         data: &'a Dataset,
         input: &'a NodeBasis,
         output: &'a NodeBasis,
         edges: &'a Edges,
         eval: Eval,
     ) -> Result<Self> {
-        check_data(mlp, data, eval)?;
-        let (k, l) = (input.node_index, output.node_index);
-        if k >= l || l > mlp.n_layers() {
+        check_data(net, data, eval)?;
+        let (k, l) = (net.node_index(&input.node)?, net.node_index(&output.node)?);
+        if k >= l {
             return Err(Error::invalid(
                 "edge ablation layers",
                 format!("{} → {}", input.node, output.node),
@@ -71,9 +74,9 @@ impl<'a> EdgeAblation<'a> {
                 &[edges.e_hat.nrows(), edges.e_hat.ncols()],
             ));
         }
-        let widths = mlp.widths();
+        let layers = net.node_layers();
         for (b, node) in [(input, k), (output, l)] {
-            let orig = widths[node] + usize::from(node < mlp.n_layers());
+            let orig = layers[node].width;
             if b.orig_dim() != orig {
                 return Err(Error::shape(
                     "edge ablation: basis C [orig, dim] at the node",
@@ -82,16 +85,20 @@ impl<'a> EdgeAblation<'a> {
                 ));
             }
         }
-        let pair = Downstream::new(input.c_pinv(), Some(&mlp.section_between(k, l)?))?;
-        let tail = if l < mlp.n_layers() { Some(mlp.section_between(l, mlp.n_layers())?) } else { None };
-        let blocks = par_units(data.len(), |rows| node_inputs(mlp, data.slice(rows).0, k)?.matmul(input.c()))?;
-        let mut coords = Vec::with_capacity(data.len() * input.dim());
+        let last = layers.len() - 1;
+        let pair = Downstream::new(input.c_pinv(), Some(checked_section(net, k, l)?))?;
+        let tail = if l < last { Some(checked_section(net, l, last)?) } else { None };
+        let blocks = par_units(data.len(), |rows| {
+            node_activations(net, data.slice(rows.clone()).0, k, rows.start)?.matmul(input.c())
+        })?;
+        let positions = layers[k].positions.max(1);
+        let mut coords = Vec::with_capacity(data.len() * positions * input.dim());
         for b in blocks {
             coords.extend_from_slice(b.as_slice());
         }
-        let coords = Matrix::from_vec(data.len(), input.dim(), coords)?;
-        let base = evaluate(mlp, data, eval)?;
-        Ok(EdgeAblation { data, input, output, edges, eval, base, pair, tail, coords })
+        let coords = Matrix::from_vec(data.len() * positions, input.dim(), coords)?;
+        let base = evaluate(net, data, eval)?;
+        Ok(EdgeAblation { data, input, output, edges, eval, base, pair, tail, coords, positions })
     }
 
     /// The unablated score.
@@ -165,10 +172,10 @@ impl<'a> EdgeAblation<'a> {
 
     fn unit_score(&self, groups: &[Group], rows: std::ops::Range<usize>) -> Result<ScoreSum> {
         let first = rows.start;
-        let u = self.coords.rows(rows);
+        let u = self.coords.rows(rows.start * self.positions..rows.end * self.positions);
         let r = u.nrows();
         let w = self.pair.width();
-        let mut out_hat = Matrix::zeros(r, self.output.dim());
+        let mut out_hat = Matrix::default();
         let per_stack = (STACK_ROWS / r.max(1)).max(1);
         let (mut gathered, mut stack) = (ScratchMatrix::take(), ScratchMatrix::take());
         for chunk in groups.chunks(per_stack) {
@@ -189,10 +196,14 @@ impl<'a> EdgeAblation<'a> {
                 let block = &mut stack.as_mut_slice()[s * r * w..(s + 1) * r * w];
                 gemm(block, gathered.view(), false, g.map_rows.view(), false, 1.0, false);
             }
-            self.pair.finish(&mut stack);
+            self.pair.finish(&mut stack)?;
+            let r_out = stack.nrows() / chunk.len();
+            if out_hat.nrows() == 0 {
+                out_hat = Matrix::zeros(r_out, self.output.dim());
+            }
             for (s, g) in chunk.iter().enumerate() {
-                let part = stack.rows(s * r..(s + 1) * r).matmul(g.c_out.view())?;
-                for x in 0..r {
+                let part = stack.rows(s * r_out..(s + 1) * r_out).matmul(g.c_out.view())?;
+                for x in 0..r_out {
                     let dst = out_hat.row_mut(x);
                     for (t, &i) in g.outputs.iter().enumerate() {
                         dst[i] = part[(x, t)];

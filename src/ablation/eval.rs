@@ -3,8 +3,8 @@
 use super::par_units;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{Layer, Mlp, TargetsView, argmax};
+use crate::matrix::MatrixView;
+use crate::nn::{Network, TargetsView, argmax};
 use serde::{Deserialize, Serialize};
 
 /// The score of a (possibly ablated) network on a dataset.
@@ -129,28 +129,39 @@ pub(crate) fn score_rows(eval: Eval, y: MatrixView<'_>, data: &Dataset, first: u
     Ok(ScoreSum { sum, count: n as f64 })
 }
 
-/// The unablated score of `mlp` on `data` (the reference's `no_ablation_result`).
-pub fn evaluate(mlp: &Mlp, data: &Dataset, eval: Eval) -> Result<f64> {
-    check_data(mlp, data, eval)?;
+/// The unablated score of `net` on `data` (the reference's `no_ablation_result`).
+pub fn evaluate(net: &dyn Network, data: &Dataset, eval: Eval) -> Result<f64> {
+    check_data(net, data, eval)?;
+    let last = net.node_layers().len() - 1;
     let parts = par_units(data.len(), |rows| {
         let (x, _) = data.slice(rows.clone());
-        let mut y = Matrix::default();
-        mlp.forward(x, &mut y)?;
+        let y = super::node_activations(net, x, last, rows.start)?;
         score_rows(eval, y.view(), data, rows.start)
     })?;
     Ok(total(parts))
 }
 
-/// Checks the data's width and targets against the model and score.
-pub(crate) fn check_data(mlp: &Mlp, data: &Dataset, eval: Eval) -> Result<()> {
-    if data.input_dim() != mlp.in_dim() {
+/// Checks the data's width and targets against the network and score: one output row per
+/// sample (the output node keeps one position).
+pub(crate) fn check_data(net: &dyn Network, data: &Dataset, eval: Eval) -> Result<()> {
+    if data.input_dim() != net.input_dim() {
         return Err(Error::shape(
             "ablation dataset inputs",
-            &[data.len(), mlp.in_dim()],
+            &[data.len(), net.input_dim()],
             &[data.len(), data.input_dim()],
         ));
     }
-    eval.check(data, mlp.out_dim())
+    let Some(output) = net.node_layers().last() else {
+        return Err(Error::Empty { what: "network: no node layers".into() });
+    };
+    if output.positions != 1 || output.constant {
+        return Err(Error::invalid(
+            format!("output node layer {}", output.name),
+            format!("{} positions, constant {}", output.positions, output.constant),
+            "scores need one output row per sample without a constant coordinate",
+        ));
+    }
+    eval.check(data, output.width)
 }
 
 /// Sums the blocks' sums in order and returns the mean.

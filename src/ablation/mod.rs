@@ -32,31 +32,23 @@ pub use schedule::{Midpoint, Schedule, bisect_smallest};
 
 use crate::error::Result;
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{Layer, Mlp};
+use crate::nn::Network;
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// Rows per unit of parallel work (fixed, so results do not depend on the thread count).
-const UNIT_ROWS: usize = 256;
-
-/// Maps every unit of at most [`UNIT_ROWS`] consecutive rows of `0..n` with `f`, in parallel,
-/// returning the results in row order.
+/// Maps every unit of at most [`crate::data::ROW_GRID`] consecutive rows of `0..n` with `f`, in
+/// parallel, returning the results in row order (fixed units: results do not depend on the
+/// thread count).
 fn par_units<S: Send>(n: usize, f: impl Fn(Range<usize>) -> Result<S> + Sync) -> Result<Vec<S>> {
-    let starts: Vec<usize> = (0..n).step_by(UNIT_ROWS).collect();
-    starts.par_iter().map(|&s| f(s..(s + UNIT_ROWS).min(n))).collect()
+    let unit = crate::data::ROW_GRID;
+    let starts: Vec<usize> = (0..n).step_by(unit).collect();
+    starts.par_iter().map(|&s| f(s..(s + unit).min(n))).collect()
 }
 
-/// The activations at node `k` of a batch of inputs, folded (`[h, 1]`) at hidden nodes: the
-/// same values [`Mlp::trace`] computes, without the layers after `k`.
-fn node_inputs(mlp: &Mlp, x: MatrixView<'_>, k: usize) -> Result<Matrix> {
-    let mut h = x.to_owned();
-    let mut z = Matrix::default();
-    for (lin, &act) in mlp.linears().iter().zip(mlp.activations()).take(k) {
-        lin.forward(h.view(), &mut z)?;
-        for v in z.as_mut_slice() {
-            *v = act.value(*v);
-        }
-        std::mem::swap(&mut h, &mut z);
-    }
-    Ok(if k < mlp.n_layers() { crate::basis::fold(h.view()) } else { h })
+/// The folded activations at node `k` of a batch of inputs whose first row is sample `first`.
+fn node_activations(net: &dyn Network, x: MatrixView<'_>, k: usize, first: usize) -> Result<Matrix> {
+    let mut acts = vec![Matrix::default()];
+    net.forward_nodes(x, &[k], &mut acts)?;
+    crate::estimate::check_node_rows(net, k, &acts[0], first)?;
+    Ok(acts.pop().expect("one node"))
 }

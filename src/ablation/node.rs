@@ -3,12 +3,12 @@
 
 use super::downstream::Downstream;
 use super::eval::{Eval, ScoreSum, check_data, score_rows};
-use super::{node_inputs, par_units};
+use super::{node_activations, par_units};
 use crate::basis::Basis;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
-use crate::nn::Mlp;
+use crate::nn::{Network, checked_section};
 use crate::scratch::ScratchMatrix;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -36,16 +36,17 @@ impl NodeCurve {
     }
 }
 
-/// Scores `mlp` on `data` with node `node`'s activations `f` (folded, `[h, 1]`, at hidden nodes)
-/// replaced by `f C_n C⁺_n`, for every `n` in `n_kept` (see [`super::rotation_matrix`]: `n = dim`
-/// is the identity, `n = 0` zeroes the activations, constant coordinate included, so the biases
-/// downstream are switched off too, as in the reference).
+/// Scores `net` on `data` with node `node`'s folded activations `f` replaced by `f C_n C⁺_n`,
+/// for every `n` in `n_kept` (see [`super::rotation_matrix`]: `n = dim` is the identity, `n = 0`
+/// zeroes the activations, constant coordinate included, so the biases downstream are switched
+/// off too, as in the reference).
 ///
-/// One pass: the layers before the node run once per row, the first layer after it is a running
-/// sum over the kept coordinates (`z_n = z_{n−1} + u_n (C⁺ W_fᵀ)[n]`, in the same order for every
-/// schedule), and the rest of the network runs on all points' activations stacked. Rows are
-/// processed in parallel in fixed units and merged in order, so the scores do not depend on the
-/// thread count.
+/// One pass: the layers before the node run once per row; when the section after the node
+/// starts with an affine + elementwise layer, that layer's pre-activations are a running sum over
+/// the kept coordinates (`z_n = z_{n−1} + u_n (C⁺ W_fᵀ)[n]`, in the same order for every
+/// schedule; otherwise the running sum is over the activations themselves), and the rest of the
+/// network runs on all points' activations stacked. Rows are processed in parallel in fixed
+/// units and merged in order, so the scores do not depend on the thread count.
 ///
 /// ```
 /// use degeneracy::ablation::{Eval, evaluate, node_ablation_curve};
@@ -61,19 +62,20 @@ impl NodeCurve {
 /// # Ok::<(), degeneracy::Error>(())
 /// ```
 pub fn node_ablation_curve(
-    mlp: &Mlp,
+    net: &dyn Network,
     data: &Dataset,
     node: usize,
     directions: &dyn Basis,
     n_kept: &[usize],
     eval: Eval,
 ) -> Result<NodeCurve> {
-    check_data(mlp, data, eval)?;
-    if node >= mlp.n_nodes() {
-        return Err(Error::UnknownNode { name: format!("node {node}"), available: mlp.node_names() });
-    }
-    let last = mlp.n_layers();
-    let orig = mlp.widths()[node] + usize::from(node < last);
+    check_data(net, data, eval)?;
+    let layers = net.node_layers();
+    let Some(at) = layers.get(node) else {
+        return Err(Error::UnknownNode { name: format!("node {node}"), available: net.node_names() });
+    };
+    let last = layers.len() - 1;
+    let orig = at.width;
     if directions.orig_dim() != orig || directions.c_pinv().shape() != (directions.dim(), orig) {
         return Err(Error::shape(
             "node_ablation_curve: basis C [orig, dim] at the node",
@@ -88,14 +90,17 @@ pub fn node_ablation_curve(
     if let Some(&bad) = points.iter().find(|&&n| n > dim) {
         return Err(Error::invalid("kept directions", bad, format!("the basis has {dim} directions")));
     }
-    let section = if node < last { Some(mlp.section_between(node, last)?) } else { None };
-    let down = Downstream::new(directions.c_pinv(), section.as_ref())?;
+    if points.is_empty() {
+        return Err(Error::invalid("kept directions", "[]", "no point to evaluate"));
+    }
+    let section = if node < last { Some(checked_section(net, node, last)?) } else { None };
+    let down = Downstream::new(directions.c_pinv(), section)?;
 
     let c = directions.c();
     let parts = par_units(data.len(), |rows| {
         let first = rows.start;
         let (x, _) = data.slice(rows);
-        let f = node_inputs(mlp, x, node)?;
+        let f = node_activations(net, x, node, first)?;
         let u = f.matmul(c)?;
         unit_scores(&down, &f, &u, &points, dim, |y| score_rows(eval, y, data, first))
     })?;
@@ -106,7 +111,7 @@ pub fn node_ablation_curve(
         }
     }
     let scores = points.iter().zip(&sums).map(|(&n, s)| (n, s.value())).collect();
-    Ok(NodeCurve { node: mlp.node_name(node), dim, scores })
+    Ok(NodeCurve { node: at.name.clone(), dim, scores })
 }
 
 /// The score sums of every point on one unit of rows with activations `f` and coordinates `u`.
@@ -156,8 +161,9 @@ fn unit_scores(
         let scored: Vec<Vec<ScoreSum>> = stacks
             .into_par_iter()
             .map(|(len, mut stack)| {
-                down.finish(&mut stack);
-                (0..len).map(|s| score(stack.rows(s * r..(s + 1) * r))).collect()
+                down.finish(&mut stack)?;
+                let r_out = stack.nrows() / len;
+                (0..len).map(|s| score(stack.rows(s * r_out..(s + 1) * r_out))).collect()
             })
             .collect::<Result<_>>()?;
         out.extend(scored.into_iter().flatten());

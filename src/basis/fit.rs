@@ -2,14 +2,15 @@
 
 use super::frame::{Frame, frame, sorted_abs_eigen};
 use super::jacobian_gram::{self, JacobianGram, JacobianGramAccumulator};
-use super::{BasisFormula, LibConfig, NodeBasis, fold};
+use super::{BasisFormula, LibConfig, NodeBasis};
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
-use crate::estimate::{NodeStatistics, Quadrature};
+use crate::estimate::{Moments, NodeStatistics, Quadrature, check_node_rows, check_sampler};
 use crate::matrix::Matrix;
-use crate::nn::{ForwardTrace, Mlp, Section};
+use crate::nn::{Network, Section, checked_section};
+use crate::scratch::ScratchMatrices;
 
-/// Fits the bases of the configured node layers of `mlp` on the inputs streamed by `sampler`:
+/// Fits the bases of the configured node layers of `net` on the inputs streamed by `sampler`:
 /// one pass for the moments ([`NodeStatistics::collect`]), then [`build_bases`].
 ///
 /// ```
@@ -22,24 +23,24 @@ use crate::nn::{ForwardTrace, Mlp, Section};
 /// assert!(bases[1].dim() <= 9); // at most the 8 units + the constant
 /// # Ok::<(), degeneracy::Error>(())
 /// ```
-pub fn fit_bases(mlp: &Mlp, sampler: &dyn ActivationSampler, config: &LibConfig) -> Result<Vec<NodeBasis>> {
+pub fn fit_bases(net: &dyn Network, sampler: &dyn ActivationSampler, config: &LibConfig) -> Result<Vec<NodeBasis>> {
     config.validate()?;
-    let nodes = config.node_indices(mlp)?;
-    let stats = NodeStatistics::collect(mlp, sampler, &nodes, config.statistics_quadrature(), config.batch_size)?;
-    build_bases(mlp, sampler, &stats, config)
+    let nodes = config.node_indices(net)?;
+    let stats = NodeStatistics::collect(net, sampler, &nodes, config.statistics_quadrature(), config.batch_size)?;
+    build_bases(net, sampler, &stats, config)
 }
 
 /// Builds the bases from collected statistics; `sampler` is streamed again only where `M'`
-/// has no closed form (the `(1-alpha)^2` formula, multi-layer sections, `JacobianPath::Generic`).
-/// Returned in node order.
+/// has no closed form (the `(1-alpha)^2` formula, sections that are not one affine +
+/// elementwise layer, `JacobianPath::Generic`). Returned in node order.
 pub fn build_bases(
-    mlp: &Mlp,
+    net: &dyn Network,
     sampler: &dyn ActivationSampler,
     stats: &NodeStatistics,
     config: &LibConfig,
 ) -> Result<Vec<NodeBasis>> {
     config.validate()?;
-    let nodes = config.node_indices(mlp)?;
+    let nodes = config.node_indices(net)?;
     if stats.nodes() != nodes {
         return Err(Error::invalid(
             "statistics nodes",
@@ -50,35 +51,27 @@ pub fn build_bases(
     let points = config.quadrature.points();
     let mut bases: Vec<NodeBasis> = Vec::with_capacity(nodes.len());
     let last = *nodes.last().expect("validated non-empty");
-    bases.push(final_basis(mlp, stats, last, config)?);
+    bases.push(final_basis(net, stats, last, config)?);
     for pair in nodes.windows(2).rev() {
         let (k, next) = (pair[0], pair[1]);
         let c_next = bases.last().expect("pushed above").c.clone();
         let basis = match config.basis_formula {
-            BasisFormula::Neuron => neuron_basis(mlp, stats, k, config)?,
-            BasisFormula::Svd => pca_basis(mlp, stats, k, config)?,
+            BasisFormula::Neuron => neuron_basis(net, stats, k, config)?,
+            BasisFormula::Svd => pca_basis(net, stats, k, config)?,
             formula => {
-                let f = node_frame(mlp, stats, k, config)?;
-                let section = mlp.section_between(k, next)?;
-                let closed = stats.derivatives(k).zip(section.single()).filter(|_| formula == BasisFormula::Jacobian);
+                let f = node_frame(net, stats, k, config)?;
+                let section = checked_section(net, k, next)?;
+                let closed =
+                    stats.derivatives(k).zip(section.structure()).filter(|_| formula == BasisFormula::Jacobian);
                 let (m_dash, lambda_dash) = match closed {
                     Some((s, layer)) => (jacobian_gram::closed_form(layer, &s.finish()?, &c_next, &points), None),
                     None => {
-                        let (m, l) = generic_m_dash(
-                            mlp,
-                            sampler,
-                            k,
-                            &section,
-                            &c_next,
-                            config.quadrature,
-                            formula,
-                            config.batch_size,
-                        )?;
+                        let (m, l) = generic_m_dash(net, sampler, k, &*section, &c_next, config, formula)?;
                         (JacobianGram::Dense(m), l)
                     }
                 };
-                let mean = folded_mean(mlp, stats, k)?;
-                interaction_basis(mlp, k, f, mean, &m_dash, lambda_dash.as_ref(), config)?
+                let mean = activation_moments(net, stats, k)?.mean;
+                interaction_basis(net, k, f, mean, &m_dash, lambda_dash.as_ref(), config)?
             }
         };
         bases.push(basis);
@@ -87,24 +80,27 @@ pub fn build_bases(
     Ok(bases)
 }
 
-fn activation_moments(mlp: &Mlp, stats: &NodeStatistics, k: usize) -> Result<crate::estimate::Moments> {
+fn activation_moments(net: &dyn Network, stats: &NodeStatistics, k: usize) -> Result<Moments> {
     stats
         .activations(k)
-        .ok_or_else(|| Error::UnknownNode { name: mlp.node_name(k), available: mlp.node_names() })?
+        .ok_or_else(|| Error::UnknownNode { name: node_name(net, k), available: net.node_names() })?
         .finish()
 }
 
-fn node_frame(mlp: &Mlp, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<Frame> {
-    let folded = k < mlp.n_layers();
-    frame(&activation_moments(mlp, stats, k)?, folded, config.center, config.truncation_threshold, &mlp.node_name(k))
+fn node_name(net: &dyn Network, k: usize) -> String {
+    net.node_layers().get(k).map_or_else(|| format!("node {k}"), |n| n.name.clone())
 }
 
-fn node_basis(mlp: &Mlp, k: usize, formula: Option<BasisFormula>, c: Matrix, c_pinv: Matrix) -> NodeBasis {
+fn node_frame(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<Frame> {
+    let folded = net.node_layers()[k].constant;
+    let moments = activation_moments(net, stats, k)?;
+    frame(&moments, folded, config.center, config.truncation_threshold, &node_name(net, k))
+}
+
+fn node_basis(net: &dyn Network, k: usize, formula: Option<BasisFormula>, c: Matrix, c_pinv: Matrix) -> NodeBasis {
     NodeBasis {
-        node: mlp.node_name(k),
-        node_index: k,
+        node: node_name(net, k),
         formula,
-        folded: k < mlp.n_layers(),
         has_constant_direction: false,
         c,
         c_pinv,
@@ -117,12 +113,12 @@ fn node_basis(mlp: &Mlp, k: usize, formula: Option<BasisFormula>, c: Matrix, c_p
 }
 
 /// The last node layer: PCA if `rotate_final_node_layer`, else the identity.
-fn final_basis(mlp: &Mlp, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
+fn final_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
     if config.rotate_final_node_layer {
-        return pca_basis(mlp, stats, k, config);
+        return pca_basis(net, stats, k, config);
     }
-    let orig = mlp.widths()[k] + usize::from(k < mlp.n_layers());
-    Ok(node_basis(mlp, k, None, Matrix::identity(orig), Matrix::identity(orig)))
+    let orig = net.node_layers()[k].width;
+    Ok(node_basis(net, k, None, Matrix::identity(orig), Matrix::identity(orig)))
 }
 
 fn with_frame(mut b: NodeBasis, f: &Frame, mean: Vec<f64>) -> NodeBasis {
@@ -134,54 +130,47 @@ fn with_frame(mut b: NodeBasis, f: &Frame, mean: Vec<f64>) -> NodeBasis {
     b
 }
 
-fn folded_mean(mlp: &Mlp, stats: &NodeStatistics, k: usize) -> Result<Vec<f64>> {
-    let m = activation_moments(mlp, stats, k)?;
-    Ok(if k < mlp.n_layers() { m.folded_mean() } else { m.mean })
+fn pca_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
+    let f = node_frame(net, stats, k, config)?;
+    let b = node_basis(net, k, Some(BasisFormula::Svd), f.w.clone(), f.w_pinv.clone());
+    Ok(with_frame(b, &f, activation_moments(net, stats, k)?.mean))
 }
 
-fn pca_basis(mlp: &Mlp, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
-    let f = node_frame(mlp, stats, k, config)?;
-    let b = node_basis(mlp, k, Some(BasisFormula::Svd), f.w.clone(), f.w_pinv.clone());
-    Ok(with_frame(b, &f, folded_mean(mlp, stats, k)?))
-}
-
-fn neuron_basis(mlp: &Mlp, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
+fn neuron_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
     // C = I; the (uncentred) Gram spectrum is still reported.
-    let folded = k < mlp.n_layers();
-    let moments = activation_moments(mlp, stats, k)?;
-    let gram = if folded { moments.folded_gram(false) } else { moments.second_moment() };
-    let (eigenvalues, _) = sorted_abs_eigen(&gram)?;
-    let orig = gram.nrows();
-    let mut b = node_basis(mlp, k, Some(BasisFormula::Neuron), Matrix::identity(orig), Matrix::identity(orig));
+    let moments = activation_moments(net, stats, k)?;
+    let (eigenvalues, _) = sorted_abs_eigen(&moments.second_moment())?;
+    let orig = moments.mean.len();
+    let mut b = node_basis(net, k, Some(BasisFormula::Neuron), Matrix::identity(orig), Matrix::identity(orig));
     b.gram_kept = eigenvalues.iter().copied().filter(|&v| v > config.truncation_threshold).collect();
     b.gram_eigenvalues = eigenvalues;
-    b.mean = folded_mean(mlp, stats, k)?;
+    b.mean = moments.mean;
     Ok(b)
 }
 
 /// `M'` (and `Λ'` for `(1-alpha)^2`) through the section's vector–Jacobian products: one pass
 /// over the data.
-#[allow(clippy::too_many_arguments)]
 fn generic_m_dash(
-    mlp: &Mlp,
+    net: &dyn Network,
     sampler: &dyn ActivationSampler,
     k: usize,
-    section: &Section,
+    section: &dyn Section,
     c_next: &Matrix,
-    quadrature: Quadrature,
+    config: &LibConfig,
     formula: BasisFormula,
-    batch_size: usize,
 ) -> Result<(Matrix, Option<Matrix>)> {
-    let empty = JacobianGramAccumulator::new(formula, mlp.widths()[k] + 1, c_next.ncols())?;
+    check_sampler(net, sampler)?;
+    let empty = JacobianGramAccumulator::new(formula, section, c_next.ncols())?;
+    let quadrature: Quadrature = config.quadrature;
     let acc = map_batches(
         sampler,
-        batch_size,
+        config.batch_size,
         || empty.clone(),
         |acc, first, x| {
-            let mut trace = ForwardTrace::default();
-            mlp.trace(x, &mut trace)?;
-            crate::estimate::check_finite_rows(trace.node(k), first, &mlp.node_name(k))?;
-            acc.update(section, fold(trace.node(k).view()).view(), c_next, quadrature)
+            let mut acts = ScratchMatrices::take(1);
+            net.forward_nodes(x, &[k], &mut acts)?;
+            check_node_rows(net, k, &acts[0], first)?;
+            acc.update(section, acts[0].view(), c_next, quadrature)
         },
         |a, b| a.merge(&b),
     )?;
@@ -191,7 +180,7 @@ fn generic_m_dash(
 /// Steps 4–5: `M = R⁺ M' R⁺ᵀ`, its eigenvectors `V` (the constant direction held fixed),
 /// Λ, truncation, and `C = R V L`, `C⁺ = L⁻¹ Vᵀ R⁺`.
 fn interaction_basis(
-    mlp: &Mlp,
+    net: &dyn Network,
     k: usize,
     f: Frame,
     mean: Vec<f64>,
@@ -226,7 +215,7 @@ fn interaction_basis(
     let kept = &order[..n - n_small];
     if kept.is_empty() {
         return Err(Error::RankZero {
-            node: mlp.node_name(k),
+            node: node_name(net, k),
             matrix: "interaction matrix (Λ)",
             threshold: config.truncation_threshold,
         });
@@ -238,7 +227,7 @@ fn interaction_basis(
     let vt_rp = v_kept.transpose().matmul(&r_pinv)?;
     let c = Matrix::from_fn(rv.nrows(), kept.len(), |i, j| rv[(i, j)] * lambda[j].sqrt());
     let c_pinv = Matrix::from_fn(kept.len(), vt_rp.ncols(), |i, j| vt_rp[(i, j)] / lambda[i].sqrt());
-    let mut b = node_basis(mlp, k, Some(config.basis_formula), c, c_pinv);
+    let mut b = node_basis(net, k, Some(config.basis_formula), c, c_pinv);
     b.lambda = Some(lambda);
     Ok(with_frame(b, &f, mean))
 }

@@ -33,14 +33,17 @@ impl Frame {
     }
 }
 
-/// Builds the frame from a node's activation moments.
+/// Builds the frame from the moments of a node's activations (folded: the constant coordinate
+/// last, exactly 1).
 ///
 /// `folded`: the node's activations carry the constant coordinate (last). With `center` and a
 /// folded node, the Gram is `blockdiag(Cov, 1)`: its constant direction is known exactly, so it
 /// is placed first without searching for it (the reference searches the eigenvectors for it,
 /// which is ambiguous when a covariance eigenvalue equals 1). Without a constant coordinate,
 /// centring uses the covariance and no shift (`Y = I`).
-pub(crate) fn frame(moments: &Moments, folded: bool, center: bool, threshold: f64, node: &str) -> Result<Frame> {
+pub(crate) fn frame(folded_moments: &Moments, folded: bool, center: bool, threshold: f64, node: &str) -> Result<Frame> {
+    let hidden = if folded { folded_moments.without_constant() } else { folded_moments.clone() };
+    let moments = &hidden;
     let d = moments.mean.len();
     let has_constant = folded && center;
     let (values, vectors) = if has_constant {
@@ -53,7 +56,7 @@ pub(crate) fn frame(moments: &Moments, folded: bool, center: bool, threshold: f6
         });
         (std::iter::once(1.0).chain(vals).collect::<Vec<_>>(), u)
     } else if folded {
-        sorted_abs_eigen(&moments.folded_gram(false))?
+        sorted_abs_eigen(&folded_moments.second_moment())?
     } else if center {
         sorted_abs_eigen(&moments.covariance)?
     } else {

@@ -10,11 +10,20 @@ use super::BasisFormula;
 use crate::error::{Error, Result};
 use crate::estimate::{GramAccumulator, Moments, Quadrature, QuadraturePoint};
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{FoldedLinear, Layer, Section};
+use crate::nn::{FoldedLinear, Linearized, Section};
+use crate::scratch::ScratchMatrix;
 use serde::{Deserialize, Serialize};
+
+/// Values of the vector–Jacobian products held at once per work unit (cotangents are applied in
+/// groups of this size).
+pub(crate) const VJP_CHUNK_VALUES: usize = 1 << 21;
 
 /// Streaming, mergeable estimate of the `M'` of a section (and `Λ'` for `(1-alpha)^2`), through
 /// its vector–Jacobian products: the generic path of step 4, for any section.
+///
+/// With `P_in` input and `P_out` output positions per sample, `M' = 1/(N P_in) Σ_x Σ_{t,i}
+/// Σ_s g_{t,i}(x)[s] g_{t,i}(x)[s]ᵀ` (rib's normalisation, `docs/math.md` §3): the rows of the
+/// accumulator are one per sample, cotangent `(t, i)` and input position `s`.
 ///
 /// The state is one [`GramAccumulator`] (serde), so shards merge exactly; the section, the next
 /// basis `C_next` and the quadrature are inputs of every update and must be the same for all
@@ -24,55 +33,72 @@ pub struct JacobianGramAccumulator {
     formula: BasisFormula,
     /// Width of the section's (folded) input.
     in_dim: usize,
-    /// Columns of `C_next` (the rows per sample of the `jacobian` formula).
+    /// Columns of `C_next`.
     directions: usize,
+    /// Output positions per sample.
+    out_positions: usize,
     acc: GramAccumulator,
 }
 
 impl JacobianGramAccumulator {
-    /// An empty estimate for a section with `in_dim` inputs, the next basis having `directions`
-    /// columns; `formula` is `Jacobian` or `OneMinusAlphaSquared`.
-    pub fn new(formula: BasisFormula, in_dim: usize, directions: usize) -> Result<Self> {
+    /// An empty estimate for `section`, the next basis having `directions` columns; `formula` is
+    /// `Jacobian` or `OneMinusAlphaSquared`.
+    pub fn new(formula: BasisFormula, section: &dyn Section, directions: usize) -> Result<Self> {
+        let in_dim = section.input().width;
         let width = match formula {
             BasisFormula::Jacobian => in_dim,
             BasisFormula::OneMinusAlphaSquared => 2 * in_dim,
             other => return Err(Error::invalid("basis_formula", other.name(), "has no Jacobian Gram")),
         };
-        Ok(JacobianGramAccumulator { formula, in_dim, directions, acc: GramAccumulator::new(width) })
+        Ok(JacobianGramAccumulator {
+            formula,
+            in_dim,
+            directions,
+            out_positions: section.output().positions,
+            acc: GramAccumulator::new(width),
+        })
     }
 
     /// Adds a batch of folded activations `f` of the section's input node.
     pub fn update(
         &mut self,
-        section: &Section,
+        section: &dyn Section,
         f: MatrixView<'_>,
         c_next: &Matrix,
         quadrature: Quadrature,
     ) -> Result<()> {
-        if f.ncols() != self.in_dim || section.in_dim() != self.in_dim {
+        let (input, output) = (section.input(), section.output());
+        if f.ncols() != self.in_dim || input.width != self.in_dim || f.nrows() % input.positions.max(1) != 0 {
             return Err(Error::shape(
                 "JacobianGramAccumulator::update",
-                &[f.nrows(), self.in_dim],
+                &[input.positions, self.in_dim],
                 &[f.nrows(), f.ncols()],
             ));
         }
-        if c_next.ncols() != self.directions || c_next.nrows() != section.out_dim() {
+        if c_next.ncols() != self.directions || c_next.nrows() != output.width {
             return Err(Error::shape(
                 "JacobianGramAccumulator::update C_next",
-                &[section.out_dim(), self.directions],
+                &[output.width, self.directions],
                 &[c_next.nrows(), c_next.ncols()],
             ));
         }
         let points = quadrature.points();
+        let scaled: Vec<Matrix> = points.iter().map(|p| f.scaled(p.alpha)).collect();
+        let lins = scaled.iter().map(|x| section.linearize(x.view())).collect::<Result<Vec<_>>>()?;
         match self.formula {
-            BasisFormula::Jacobian => update_jacobian(&mut self.acc, section, f, c_next, &points),
-            _ => update_one_minus_alpha_squared(&mut self.acc, section, f, c_next, &points),
+            BasisFormula::Jacobian => {
+                let n = f.nrows() / input.positions.max(1);
+                update_jacobian(&mut self.acc, &lins, &points, f.nrows(), (n, output.positions), c_next)
+            }
+            _ => update_one_minus_alpha_squared(&mut self.acc, section, &lins, &points, f, c_next),
         }
     }
 
     /// Adds another shard's estimate.
     pub fn merge(&mut self, other: &JacobianGramAccumulator) -> Result<()> {
-        if (other.formula, other.in_dim, other.directions) != (self.formula, self.in_dim, self.directions) {
+        if (other.formula, other.in_dim, other.directions, other.out_positions)
+            != (self.formula, self.in_dim, self.directions, self.out_positions)
+        {
             return Err(Error::invalid(
                 "JacobianGramAccumulator::merge",
                 "other shard",
@@ -87,8 +113,9 @@ impl JacobianGramAccumulator {
         let second = self.acc.finish()?.second_moment();
         let d = self.in_dim;
         Ok(match self.formula {
-            // The rows were one per sample and direction: E over N·directions rows.
-            BasisFormula::Jacobian => (second.scaled_by(self.directions as f64), None),
+            // One row per sample, input position and cotangent: E over N·P_in·K rows, M' needs
+            // the sum over the K = P_out · directions cotangents.
+            BasisFormula::Jacobian => (second.scaled_by((self.directions * self.out_positions) as f64), None),
             _ => (Matrix::from_fn(d, d, |i, j| second[(i, j)]), Some(Matrix::from_fn(d, d, |i, j| second[(i, j + d)]))),
         })
     }
@@ -156,29 +183,58 @@ pub(crate) fn closed_form(
     JacobianGram::Factored { g, core }
 }
 
-/// Adds a batch to the generic `M'` accumulator of the `jacobian` formula: for every output
-/// direction `i`, the rows `g_i(x) = Σ_α w_α VJP(αf(x), C_next[:, i])`. The accumulator's second
-/// moment times `C_next.ncols()` is `M'`.
-fn update_jacobian(
-    acc: &mut GramAccumulator,
-    section: &Section,
-    f: MatrixView<'_>,
-    c_next: &Matrix,
-    points: &[QuadraturePoint],
-) -> Result<()> {
-    let n = f.nrows();
-    let (mut grad_out, mut g, mut gx) =
-        (Matrix::zeros(n, c_next.nrows()), Matrix::zeros(n, f.ncols()), Matrix::default());
-    for i in 0..c_next.ncols() {
-        for r in 0..n {
-            for (o, row) in grad_out.row_mut(r).iter_mut().enumerate() {
-                *row = c_next[(o, i)];
+/// The cotangents `(t, i)` for `t` in output positions and `i` in `directions` of `c_out`:
+/// block `b` of `out` (one per pair, `b = t · dirs + i` over the pairs in `pairs`) holds
+/// `C_out[:, i]` at position `t` of every sample and zero elsewhere.
+pub(crate) fn basis_cotangents(
+    c_out: &Matrix,
+    positions: usize,
+    n: usize,
+    pairs: std::ops::Range<usize>,
+    out: &mut Matrix,
+) {
+    let (width, dirs) = (c_out.nrows(), c_out.ncols());
+    let rows = n * positions;
+    out.resize(pairs.len() * rows, width);
+    out.fill(0.0);
+    for (b, pair) in pairs.enumerate() {
+        let (t, i) = (pair / dirs, pair % dirs);
+        for x in 0..n {
+            let row = out.row_mut(b * rows + x * positions + t);
+            for (o, v) in row.iter_mut().enumerate() {
+                *v = c_out[(o, i)];
             }
         }
+    }
+}
+
+/// How many cotangents to apply together so that the products stay near [`VJP_CHUNK_VALUES`].
+pub(crate) fn cotangent_group(rows_in: usize, width_in: usize, rows_out: usize, width_out: usize) -> usize {
+    let per = (rows_in * width_in).max(rows_out * width_out).max(1);
+    (VJP_CHUNK_VALUES / per).max(1)
+}
+
+/// Adds a batch to the generic `M'` accumulator of the `jacobian` formula: for every cotangent
+/// `(t, i)`, the rows `g(x)[s] = Σ_α w_α VJP(αf(x), e_t ⊗ C_next[:, i])[s]`.
+fn update_jacobian(
+    acc: &mut GramAccumulator,
+    lins: &[Box<dyn Linearized + '_>],
+    points: &[QuadraturePoint],
+    rows_in: usize,
+    (n, p_out): (usize, usize),
+    c_next: &Matrix,
+) -> Result<()> {
+    let (width_in, rows_out, width_out) = (acc.dim(), n * p_out, c_next.nrows());
+    let n_pairs = p_out * c_next.ncols();
+    let group = cotangent_group(rows_in, width_in, rows_out, width_out);
+    let (mut cot, mut g, mut gx) = (ScratchMatrix::take(), ScratchMatrix::take(), ScratchMatrix::take());
+    for start in (0..n_pairs).step_by(group) {
+        let pairs = start..(start + group).min(n_pairs);
+        basis_cotangents(c_next, p_out, n, pairs.clone(), &mut cot);
+        g.resize(pairs.len() * rows_in, width_in);
         g.fill(0.0);
-        for p in points {
-            let scaled = f.scaled(p.alpha);
-            section.backward(scaled.view(), grad_out.view(), &mut gx, &mut [])?;
+        for (p, lin) in points.iter().zip(lins) {
+            lin.vjp(cot.view(), &mut gx)?;
             g.add_scaled(p.weight, &gx);
         }
         acc.update(g.view())?;
@@ -191,24 +247,22 @@ fn update_jacobian(
 /// Its second moment holds `M' = E[ggᵀ]` (top-left block) and `Λ' = E[gfᵀ]` (top-right).
 fn update_one_minus_alpha_squared(
     acc: &mut GramAccumulator,
-    section: &Section,
+    section: &dyn Section,
+    lins: &[Box<dyn Linearized + '_>],
+    points: &[QuadraturePoint],
     f: MatrixView<'_>,
     c_next: &Matrix,
-    points: &[QuadraturePoint],
 ) -> Result<()> {
     let (n, d) = f.shape();
     let q = c_next.matmul(&c_next.transpose())?;
-    let (mut full, mut y, mut gx) = (Matrix::default(), Matrix::default(), Matrix::default());
+    let (mut full, mut gx) = (Matrix::default(), Matrix::default());
     section.forward(f, &mut full)?;
     let mut g = Matrix::zeros(n, d);
-    for p in points {
-        let scaled = f.scaled(p.alpha);
-        section.forward(scaled.view(), &mut y)?;
-        for (yv, &fv) in y.as_mut_slice().iter_mut().zip(full.as_slice()) {
-            *yv = 2.0 * (fv - *yv);
-        }
-        let grad_out = y.matmul(&q)?;
-        section.backward(scaled.view(), grad_out.view(), &mut gx, &mut [])?;
+    for (p, lin) in points.iter().zip(lins) {
+        let y = lin.output();
+        let diff = Matrix::from_fn(y.nrows(), y.ncols(), |r, c| 2.0 * (full[(r, c)] - y[(r, c)]));
+        let grad_out = diff.matmul(&q)?;
+        lin.vjp(grad_out.view(), &mut gx)?;
         g.add_scaled(p.weight, &gx);
     }
     let rows = Matrix::from_fn(n, 2 * d, |r, j| if j < d { g[(r, j)] } else { f[(r, j - d)] });

@@ -14,11 +14,12 @@ mod jacobian_gram;
 
 pub use fit::{build_bases, fit_bases};
 pub use jacobian_gram::JacobianGramAccumulator;
+pub(crate) use jacobian_gram::{basis_cotangents, cotangent_group};
 
 use crate::error::{Error, Result};
 use crate::estimate::Quadrature;
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::Mlp;
+use crate::nn::Network;
 use serde::{Deserialize, Serialize};
 
 /// A linear change of coordinates at a node layer.
@@ -183,6 +184,7 @@ impl LibConfig {
         if self.batch_size == 0 {
             return Err(Error::invalid("batch_size", 0, "must be at least 1"));
         }
+        self.quadrature.validate()?;
         if self.center && self.basis_formula == BasisFormula::Neuron {
             return Err(Error::invalid("center", true, "centring is not defined for the neuron basis"));
         }
@@ -197,29 +199,27 @@ impl LibConfig {
     }
 
     /// How many passes over the data [`build_bases`] makes after the statistics pass: one per
-    /// node layer whose `M'` has no closed form (the `(1-alpha)^2` formula, sections of more
-    /// than one layer, [`JacobianPath::Generic`]); 0 for PCA, neurons, and the `jacobian` LIB
-    /// of consecutive node layers.
-    pub fn extra_passes(&self, mlp: &Mlp) -> Result<usize> {
+    /// node layer whose `M'` has no closed form (the `(1-alpha)^2` formula, sections that are not
+    /// one affine + elementwise layer, [`JacobianPath::Generic`]); 0 for PCA, neurons, and the
+    /// `jacobian` LIB of an MLP's consecutive node layers.
+    pub fn extra_passes(&self, net: &dyn Network) -> Result<usize> {
         if !self.basis_formula.is_interaction() {
             return Ok(0);
         }
-        let nodes = self.node_indices(mlp)?;
+        let nodes = self.node_indices(net)?;
         let mut passes = 0;
         for pair in nodes.windows(2) {
-            let closed = self.basis_formula == BasisFormula::Jacobian
-                && self.jacobian_path == JacobianPath::Auto
-                && mlp.section_between(pair[0], pair[1])?.single().is_some();
+            let closed = self.statistics_quadrature().is_some() && net.section(pair[0], pair[1])?.structure().is_some();
             passes += usize::from(!closed);
         }
         Ok(passes)
     }
 
-    /// The model's node indices this config selects.
-    pub fn node_indices(&self, mlp: &Mlp) -> Result<Vec<usize>> {
+    /// The network's node indices this config selects.
+    pub fn node_indices(&self, net: &dyn Network) -> Result<Vec<usize>> {
         let nodes: Vec<usize> = match &self.node_layers {
-            None => (0..mlp.n_nodes()).collect(),
-            Some(names) => names.iter().map(|n| mlp.node_index(n)).collect::<Result<_>>()?,
+            None => (0..net.node_layers().len()).collect(),
+            Some(names) => names.iter().map(|n| net.node_index(n)).collect::<Result<_>>()?,
         };
         if nodes.is_empty() || nodes.windows(2).any(|w| w[0] >= w[1]) {
             return Err(Error::invalid(
@@ -233,25 +233,26 @@ impl LibConfig {
 }
 
 /// The basis of one node layer, with what it was built from.
+///
+/// [`fit_bases`] builds them; [`NodeBasis::new`] wraps a basis computed elsewhere (a sparse
+/// dictionary, a rotation, …) so that it flows through the edges, the interaction graph, the
+/// modules and the ablations like the crate's own.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeBasis {
-    /// Node layer name (`layers.k`, `output`).
+    /// Node layer name (`layers.k`, `output`, …).
     pub node: String,
-    /// Node index in the model.
-    pub node_index: usize,
-    /// The formula; `None` for an unrotated final node layer (identity).
+    /// The formula; `None` for a basis not built here (an unrotated final node layer, a user's).
     pub formula: Option<BasisFormula>,
-    /// Whether the activations carry the constant coordinate (last).
-    pub folded: bool,
-    /// Whether column 0 of `C` is the constant direction (centred, folded).
+    /// Whether column 0 of `C` is the constant direction (its edges are not counted in the
+    /// graph and are always kept by edge masks).
     pub has_constant_direction: bool,
     c: Matrix,
     c_pinv: Matrix,
     /// The orthogonal frame `W = Y U` and `W⁺` (PCA and LIB), for ablations in that basis.
     pub w: Option<(Matrix, Matrix)>,
-    /// Λ in `C` column order (LIB only).
+    /// Λ in `C` column order (LIB only, or given).
     pub lambda: Option<Vec<f64>>,
-    /// The full Gram spectrum, descending (empty for an unrotated final node layer).
+    /// The full Gram spectrum, descending (empty for a basis not built here).
     pub gram_eigenvalues: Vec<f64>,
     /// The mean of the (folded) activations, empty if not computed.
     pub mean: Vec<f64>,
@@ -261,9 +262,67 @@ pub struct NodeBasis {
 }
 
 impl NodeBasis {
-    /// Whether the basis rotates (false only for an unrotated final node layer).
+    /// A basis of node layer `node` given by `C` (`[width, dim]`: coordinates `f̂ = f C` of the
+    /// folded activations `f`) and `C⁺` (`[dim, width]`: `f ≈ f̂ C⁺`); both finite.
+    ///
+    /// ```
+    /// use degeneracy::Matrix;
+    /// use degeneracy::basis::{Basis, NodeBasis};
+    /// // A rotation of a 2-unit node's units, the constant coordinate (last) kept apart.
+    /// let (c, s) = (0.6, 0.8);
+    /// let r = Matrix::from_rows(&[[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])?;
+    /// let basis = NodeBasis::new("layers.1", r.clone(), r.transpose())?;
+    /// assert_eq!(basis.dim(), 3);
+    /// # Ok::<(), degeneracy::Error>(())
+    /// ```
+    pub fn new(node: impl Into<String>, c: Matrix, c_pinv: Matrix) -> Result<Self> {
+        if c_pinv.shape() != (c.ncols(), c.nrows()) {
+            return Err(Error::shape(
+                "NodeBasis: C⁺ must be [dim, width]",
+                &[c.ncols(), c.nrows()],
+                &[c_pinv.nrows(), c_pinv.ncols()],
+            ));
+        }
+        if c.ncols() == 0 || c.nrows() == 0 {
+            return Err(Error::Empty { what: "NodeBasis: C has no direction".into() });
+        }
+        c.check_finite("NodeBasis C")?;
+        c_pinv.check_finite("NodeBasis C⁺")?;
+        Ok(NodeBasis {
+            node: node.into(),
+            formula: None,
+            has_constant_direction: false,
+            c,
+            c_pinv,
+            w: None,
+            lambda: None,
+            gram_eigenvalues: Vec::new(),
+            mean: Vec::new(),
+            gram_kept: Vec::new(),
+        })
+    }
+
+    /// With Λ (one finite value per direction), e.g. a dictionary's importances.
+    pub fn with_lambda(mut self, lambda: Vec<f64>) -> Result<Self> {
+        if lambda.len() != self.c.ncols() {
+            return Err(Error::shape("NodeBasis::with_lambda", &[self.c.ncols()], &[lambda.len()]));
+        }
+        if let Some(k) = lambda.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite { what: "NodeBasis Λ".into(), row: 0, col: k, value: lambda[k] });
+        }
+        self.lambda = Some(lambda);
+        Ok(self)
+    }
+
+    /// Marks column 0 as the constant direction (see [`NodeBasis::has_constant_direction`]).
+    pub fn with_constant_direction(mut self, constant: bool) -> Self {
+        self.has_constant_direction = constant;
+        self
+    }
+
+    /// Whether the basis rotates (false for the identity of an unrotated final node layer).
     pub fn is_rotated(&self) -> bool {
-        self.formula.is_some()
+        self.formula.is_some() || self.c != Matrix::identity(self.c.nrows()) || self.c_pinv != self.c
     }
 }
 

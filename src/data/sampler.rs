@@ -171,9 +171,8 @@ impl ActivationSampler for NpySampler {
 }
 
 /// Rows per unit of parallel work: small enough that a 1024-row batch keeps two cores busy,
-/// large enough for efficient GEMMs. Shards split rows on the same grid
-/// ([`crate::distributed::ROW_GRID`]).
-const WORK_UNIT_ROWS: usize = crate::distributed::ROW_GRID;
+/// large enough for efficient GEMMs.
+const WORK_UNIT_ROWS: usize = super::ROW_GRID;
 
 /// Maps every unit of at most `min(batch_size, 256)` consecutive rows to a state with
 /// `map(state, first_row, rows)` and merges the states **in row order**, so the result does not
@@ -211,6 +210,10 @@ fn local_pass<S: Send>(
     merge: &mut impl FnMut(&mut S, S) -> Result<()>,
 ) -> Result<S> {
     let batch_size = batch_size.min(WORK_UNIT_ROWS);
+    // Units run in waves of a few per thread and are folded into the total in row order after
+    // each wave: at most `wave` states are alive, whatever the number of rows, and the merge
+    // order (hence every bit of the result) does not depend on the thread count.
+    let wave = 2 * rayon::current_num_threads().max(1);
     let mut total = new_state();
     sampler.for_each_chunk(&mut |first, chunk| {
         let starts: Vec<usize> = (0..chunk.nrows()).step_by(batch_size).collect();
@@ -219,10 +222,12 @@ fn local_pass<S: Send>(
             map(&mut state, first + s, chunk.rows(s..(s + batch_size).min(chunk.nrows())))?;
             Ok(state)
         };
-        let states: Vec<Result<S>> =
-            if starts.len() == 1 { vec![run(&starts[0])] } else { starts.par_iter().map(run).collect() };
-        for state in states {
-            merge(&mut total, state?)?;
+        for group in starts.chunks(wave) {
+            let states: Vec<Result<S>> =
+                if group.len() == 1 { vec![run(&group[0])] } else { group.par_iter().map(run).collect() };
+            for state in states {
+                merge(&mut total, state?)?;
+            }
         }
         Ok(())
     })?;

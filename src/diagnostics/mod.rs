@@ -3,20 +3,25 @@
 //! measured on data, with the free parameter directions they imply.
 //!
 //! One streaming pass collects, per node layer, the moments of the activations, the Gram of the
-//! output's Jacobian with respect to each layer's pre-activations, and the firing partition of
-//! each ReLU layer; the state merges exactly across shards. The counting rules and their
-//! derivations are in `docs/math.md` §5.
+//! output's Jacobian with respect to the node (every output coordinate back-propagated through
+//! the sections' linearisations) and, where a section is affine + elementwise, the Gram of the
+//! Jacobian with respect to its pre-activations and the firing partition of its ReLUs; the state
+//! merges exactly across shards. Free directions are counted where the section after a node is
+//! affine + elementwise; elsewhere the report says "not counted" (`None`). The counting rules
+//! and their derivations are in `docs/math.md` §5.
 
 mod firing;
 
 pub use firing::{FiringPartition, ReluGroups};
 
+use crate::basis::basis_cotangents;
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
-use crate::estimate::{GramAccumulator, check_finite_rows};
+use crate::estimate::{GramAccumulator, check_node_rows, check_sampler};
 use crate::linalg::symmetric_eigen;
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{Activation, ForwardTrace, Layer, Mlp};
+use crate::nn::{Activation, FoldedLinear, Network, Section, checked_section};
+use crate::scratch::{ScratchMatrices, ScratchMatrix};
 use serde::{Deserialize, Serialize};
 
 /// Settings of a diagnosis.
@@ -34,81 +39,160 @@ impl Default for DiagnosticsConfig {
     }
 }
 
+impl DiagnosticsConfig {
+    /// Checks the settings; errors name the offending field.
+    pub fn validate(&self) -> Result<()> {
+        check_rank_tol(self.rank_tol)?;
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size", 0, "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn check_rank_tol(rank_tol: f64) -> Result<()> {
+    if (0.0..1.0).contains(&rank_tol) {
+        Ok(())
+    } else {
+        Err(Error::invalid("rank_tol", rank_tol, "must lie in [0, 1)"))
+    }
+}
+
 /// Mergeable one-pass statistics behind a diagnosis.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DegeneracyStatistics {
-    /// Moments of the activations at nodes `0..n_layers` (the inputs of the linear layers).
+    /// Moments of the folded activations at every node but the output.
     activations: Vec<GramAccumulator>,
-    /// Per linear layer `k ≤ n − 3`: rows `∂y_o/∂z_k` (one row per sample and output `o`). The
-    /// last two layers have closed forms (`docs/math.md` §5) and need no rows.
+    /// Per node: rows `∂y/∂h` (units only), one per sample, output coordinate and position.
+    jacobians: Vec<GramAccumulator>,
+    /// Per node whose next section is affine + elementwise: rows `∂y/∂z` of its pre-activations.
     preactivation_jacobians: Vec<Option<GramAccumulator>>,
-    /// Moments of `s = σ'(z)` of layer `n − 2` (the closed form of its Jacobian Gram).
-    derivatives: Option<GramAccumulator>,
-    /// Per linear layer `k` followed by ReLU: the firing partition of its units.
+    /// Per node whose next section is affine + ReLU: the firing partition of the units it writes.
     firing: Vec<Option<FiringPartition>>,
 }
 
+/// The sections after every node but the output.
+fn sections(net: &dyn Network) -> Result<Vec<Box<dyn Section + '_>>> {
+    let n = net.node_layers().len();
+    if n < 2 {
+        return Err(Error::invalid("node layers", n, "a diagnosis needs an input and an output node layer"));
+    }
+    (0..n - 1).map(|k| checked_section(net, k, k + 1)).collect()
+}
+
 impl DegeneracyStatistics {
-    /// Empty statistics for `mlp`.
-    pub fn new(mlp: &Mlp) -> Self {
-        let widths = mlp.widths();
-        let n = mlp.n_layers();
+    /// Empty statistics for `net`.
+    pub fn new(net: &dyn Network) -> Result<Self> {
+        Ok(Self::for_sections(net, &sections(net)?))
+    }
+
+    fn for_sections(net: &dyn Network, sections: &[Box<dyn Section + '_>]) -> Self {
+        let layers = net.node_layers();
+        let structured = |k: usize| sections[k].structure();
         DegeneracyStatistics {
-            activations: (0..n).map(|k| GramAccumulator::new(widths[k])).collect(),
-            preactivation_jacobians: (0..n).map(|k| (k + 2 < n).then(|| GramAccumulator::new(widths[k + 1]))).collect(),
-            derivatives: (n >= 2).then(|| GramAccumulator::new(widths[n - 1])),
-            firing: (0..n)
-                .map(|k| (mlp.activations()[k] == Activation::Relu).then(|| FiringPartition::new(widths[k + 1])))
+            activations: sections.iter().enumerate().map(|(k, _)| GramAccumulator::new(layers[k].width)).collect(),
+            jacobians: sections.iter().enumerate().map(|(k, _)| GramAccumulator::new(layers[k].units())).collect(),
+            preactivation_jacobians: (0..sections.len())
+                .map(|k| structured(k).map(|f| GramAccumulator::new(f.units())))
+                .collect(),
+            firing: (0..sections.len())
+                .map(|k| {
+                    structured(k)
+                        .filter(|f| f.activation() == Activation::Relu)
+                        .map(|f| FiringPartition::new(f.units()))
+                })
                 .collect(),
         }
     }
 
-    /// Streams `sampler` (model inputs) once.
-    pub fn collect(mlp: &Mlp, sampler: &dyn ActivationSampler, batch_size: usize) -> Result<Self> {
-        if sampler.dim() != mlp.in_dim() {
-            return Err(Error::shape("sampler rows vs model input", &[mlp.in_dim()], &[sampler.dim()]));
-        }
-        let empty = Self::new(mlp);
-        map_batches(sampler, batch_size, || empty.clone(), |s, first, x| s.update(mlp, x, first), |a, b| a.merge(&b))
+    /// Streams `sampler` (network inputs) once.
+    pub fn collect(net: &dyn Network, sampler: &dyn ActivationSampler, batch_size: usize) -> Result<Self> {
+        check_sampler(net, sampler)?;
+        let sections = sections(net)?;
+        let empty = Self::for_sections(net, &sections);
+        map_batches(
+            sampler,
+            batch_size,
+            || empty.clone(),
+            |s, first, x| s.update_with(net, &sections, x, first),
+            |a, b| a.merge(&b),
+        )
     }
 
-    /// Adds a batch of model inputs whose first row is sample `first_row`.
-    pub fn update(&mut self, mlp: &Mlp, inputs: MatrixView<'_>, first_row: usize) -> Result<()> {
-        let mut trace = ForwardTrace::default();
-        mlp.trace(inputs, &mut trace)?;
-        let (n, d_out) = (inputs.nrows(), mlp.out_dim());
-        for k in 0..mlp.n_layers() {
-            check_finite_rows(trace.node(k), first_row, &mlp.node_name(k))?;
-            self.activations[k].update(trace.node(k).view())?;
-            if let Some(f) = &mut self.firing[k] {
-                f.update(trace.preactivation(k))?;
-            }
+    /// Adds a batch of network inputs whose first row is sample `first_row`.
+    pub fn update(&mut self, net: &dyn Network, inputs: MatrixView<'_>, first_row: usize) -> Result<()> {
+        let sections = sections(net)?;
+        if sections.len() != self.activations.len() {
+            return Err(Error::shape(
+                "DegeneracyStatistics::update nodes",
+                &[self.activations.len()],
+                &[sections.len()],
+            ));
         }
-        let n_layers = mlp.n_layers();
-        if n_layers < 2 {
-            return Ok(());
-        }
-        // Layer n − 2: ∂y_o/∂z = W_{n−1}[o, :] ⊙ σ'(z); its Gram needs only E[σ'σ'ᵀ].
-        let (k2, act2) = (n_layers - 2, mlp.activations()[n_layers - 2]);
-        let z2 = trace.preactivation(k2);
-        let s = Matrix::from_fn(n, z2.ncols(), |i, j| act2.derivative(z2[(i, j)]));
-        self.derivatives.as_mut().expect("present for ≥ 2 layers").update(s.view())?;
-        if n_layers < 3 {
-            return Ok(());
-        }
-        // Deeper layers: every sample and output as a row (x, o), back-propagated.
-        let w_last = mlp.linears()[n_layers - 1].weight();
-        let mut rows = Matrix::from_fn(n * d_out, s.ncols(), |r, j| w_last[(r % d_out, j)] * s[(r / d_out, j)]);
-        for k in (0..k2).rev() {
-            rows = rows.matmul(mlp.linears()[k + 1].weight())?;
-            let act = mlp.activations()[k];
-            let z = trace.preactivation(k);
-            for r in 0..rows.nrows() {
-                for (g, &zv) in rows.row_mut(r).iter_mut().zip(z.row(r / d_out)) {
-                    *g *= act.derivative(zv);
+        self.update_with(net, &sections, inputs, first_row)
+    }
+
+    fn update_with(
+        &mut self,
+        net: &dyn Network,
+        sections: &[Box<dyn Section + '_>],
+        inputs: MatrixView<'_>,
+        first_row: usize,
+    ) -> Result<()> {
+        let layers = net.node_layers();
+        let last = sections.len();
+        let nodes: Vec<usize> = (0..=last).collect();
+        let mut acts = ScratchMatrices::take(nodes.len());
+        net.forward_nodes(inputs, &nodes, &mut acts)?;
+        let n = inputs.nrows();
+        let mut lins = Vec::with_capacity(last);
+        let mut derivatives: Vec<Option<Matrix>> = Vec::with_capacity(last);
+        for k in 0..last {
+            check_node_rows(net, k, &acts[k], first_row)?;
+            self.activations[k].update(acts[k].view())?;
+            lins.push(sections[k].linearize(acts[k].view())?);
+            derivatives.push(match sections[k].structure() {
+                Some(layer) => {
+                    let mut z = Matrix::default();
+                    layer.preactivations(acts[k].view(), &mut z);
+                    if let Some(f) = &mut self.firing[k] {
+                        f.update(&z)?;
+                    }
+                    let act = layer.activation();
+                    z.as_mut_slice().iter_mut().for_each(|v| *v = act.derivative(*v));
+                    Some(z)
                 }
+                None => None,
+            });
+        }
+        check_node_rows(net, last, &acts[last], first_row)?;
+        // Every output coordinate (and position) as a cotangent, back through the sections, in
+        // groups that keep the products near the crate's VJP chunk size.
+        let out = &layers[last];
+        let identity = Matrix::identity(out.width);
+        let widest = layers.iter().map(|l| l.positions * l.width).max().unwrap_or(1);
+        let n_pairs = out.positions * out.width;
+        let group = crate::basis::cotangent_group(n, widest, n, widest);
+        let (mut cot, mut grad, mut units) = (ScratchMatrix::take(), ScratchMatrix::take(), ScratchMatrix::take());
+        for start in (0..n_pairs).step_by(group) {
+            let pairs = start..(start + group).min(n_pairs);
+            basis_cotangents(&identity, out.positions, n, pairs.clone(), &mut cot);
+            for k in (0..last).rev() {
+                if let (Some(acc), Some(s), Some(layer)) =
+                    (&mut self.preactivation_jacobians[k], &derivatives[k], sections[k].structure())
+                {
+                    preactivation_rows(layer, &cot, s, &mut units);
+                    acc.update(units.view())?;
+                }
+                lins[k].vjp(cot.view(), &mut grad)?;
+                let d = layers[k].units();
+                units.resize(grad.nrows(), d);
+                for r in 0..grad.nrows() {
+                    units.row_mut(r).copy_from_slice(&grad.row(r)[..d]);
+                }
+                self.jacobians[k].update(units.view())?;
+                std::mem::swap(&mut *cot, &mut *grad);
             }
-            self.preactivation_jacobians[k].as_mut().expect("present below n − 2").update(rows.view())?;
         }
         Ok(())
     }
@@ -125,13 +209,13 @@ impl DegeneracyStatistics {
         for (a, b) in self.activations.iter_mut().zip(&other.activations) {
             a.merge(b)?;
         }
+        for (a, b) in self.jacobians.iter_mut().zip(&other.jacobians) {
+            a.merge(b)?;
+        }
         for (a, b) in self.preactivation_jacobians.iter_mut().zip(&other.preactivation_jacobians) {
             if let (Some(a), Some(b)) = (a, b) {
                 a.merge(b)?;
             }
-        }
-        if let (Some(a), Some(b)) = (&mut self.derivatives, &other.derivatives) {
-            a.merge(b)?;
         }
         for (a, b) in self.firing.iter_mut().zip(&other.firing) {
             if let (Some(a), Some(b)) = (a, b) {
@@ -139,6 +223,18 @@ impl DegeneracyStatistics {
             }
         }
         Ok(())
+    }
+}
+
+/// Rows `∂y/∂z = cot[:, :units] ⊙ σ'(z)` (the cotangent at the section's output units, tiled
+/// over the cotangent blocks).
+fn preactivation_rows(layer: &FoldedLinear, cot: &Matrix, derivatives: &Matrix, out: &mut Matrix) {
+    let (n, d) = derivatives.shape();
+    out.resize(cot.nrows(), d);
+    for r in 0..cot.nrows() {
+        for ((o, &c), &s) in out.row_mut(r).iter_mut().zip(&cot.row(r)[..layer.units()]).zip(derivatives.row(r % n)) {
+            *o = c * s;
+        }
     }
 }
 
@@ -202,49 +298,53 @@ impl FreeDirections {
     }
 }
 
-/// The diagnosis of one node layer (the input of linear layer `k`).
+/// The diagnosis of one node layer (all but the output).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeDiagnostics {
-    /// `layers.k`.
+    /// The node layer's name.
     pub name: String,
-    /// Number of units.
+    /// Number of units (the constant coordinate not counted).
     pub dim: usize,
-    /// Rank of the uncentred Gram `E[f̃ f̃ᵀ]`, `f̃ = [h, 1]`.
+    /// Rank of the uncentred Gram of the folded activations `E[f fᵀ]`, `f = [h, 1]`.
     pub activation: Rank,
-    /// Rank of `E_x[J(x)ᵀ J(x)]`, `J = ∂(network output)/∂h` (no constant).
+    /// Rank of `E_x[J(x)ᵀ J(x)]`, `J = ∂(network output)/∂h` (units only, positions pooled).
     pub jacobian: Rank,
-    /// Rank of `E_x[Σ_o (∂y_o/∂z)ᵀ(∂y_o/∂z)]` for the pre-activations `z` of linear layer `k`.
-    pub preactivation_jacobian: Rank,
-    /// Dead, always-on and synchronised units, if this node is written by a ReLU layer.
+    /// Rank of `E_x[Σ_o (∂y_o/∂z)ᵀ(∂y_o/∂z)]` for the pre-activations `z` of the affine layer
+    /// after the node; `None` where that section is not affine + elementwise.
+    pub preactivation_jacobian: Option<Rank>,
+    /// Dead, always-on and synchronised units, if this node is written by an affine + ReLU layer.
     pub relu: Option<ReluGroups>,
-    /// The free directions this node implies.
-    pub free_directions: FreeDirections,
+    /// The free directions of the affine layer after the node; `None` ("not counted") where the
+    /// section after it is not affine + elementwise.
+    pub free_directions: Option<FreeDirections>,
 }
 
 /// The diagnosis of a network on a dataset.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Diagnostics {
-    /// Node layers `layers.0 … layers.{n−1}` (the inputs of the linear layers).
+    /// Every node layer but the output.
     pub nodes: Vec<NodeDiagnostics>,
-    /// Trainable parameters.
-    pub n_params: usize,
-    /// Σ over nodes of [`FreeDirections::total`].
-    pub free_directions_total: usize,
-    /// `n_params − free_directions_total`, saturating at 0 (see `docs/math.md` §5 for what it
-    /// bounds and when the counts overlap).
-    pub effective_params_bound: usize,
+    /// Parameters of the affine layers between node layers; `None` if a section is not affine +
+    /// elementwise (its parameters are not known here).
+    pub n_params: Option<usize>,
+    /// Σ over nodes of [`FreeDirections::total`], if every node's were counted.
+    pub free_directions_total: Option<usize>,
+    /// `n_params − free_directions_total` (negative when the counts overlap more than the
+    /// parameters, see `docs/math.md` §5), if both are known.
+    pub effective_params_bound: Option<i64>,
     /// The relative tolerance of the ranks.
     pub rank_tol: f64,
 }
 
 impl Diagnostics {
-    /// `(2λ̂, effective_params_bound − 2λ̂)`: the LLC's effective parameter count next to the bound.
-    pub fn compare_llc(&self, llc: f64) -> (f64, f64) {
-        (2.0 * llc, self.effective_params_bound as f64 - 2.0 * llc)
+    /// `(2λ̂, effective_params_bound − 2λ̂)`: the LLC's effective parameter count next to the
+    /// bound (`None` where the bound is not counted).
+    pub fn compare_llc(&self, llc: f64) -> (f64, Option<f64>) {
+        (2.0 * llc, self.effective_params_bound.map(|b| b as f64 - 2.0 * llc))
     }
 }
 
-/// Collects the statistics in one pass over `sampler` and diagnoses `mlp`.
+/// Collects the statistics in one pass over `sampler` and diagnoses `net`.
 ///
 /// ```
 /// use degeneracy::diagnostics::{DiagnosticsConfig, diagnose};
@@ -256,47 +356,60 @@ impl Diagnostics {
 /// assert_eq!(d.nodes[0].activation.rank, 9);
 /// # Ok::<(), degeneracy::Error>(())
 /// ```
-pub fn diagnose(mlp: &Mlp, sampler: &dyn ActivationSampler, config: &DiagnosticsConfig) -> Result<Diagnostics> {
-    if !(config.rank_tol >= 0.0 && config.rank_tol < 1.0) {
-        return Err(Error::invalid("rank_tol", config.rank_tol, "must lie in [0, 1)"));
-    }
-    let stats = DegeneracyStatistics::collect(mlp, sampler, config.batch_size)?;
-    diagnose_from(mlp, &stats, config.rank_tol)
+pub fn diagnose(net: &dyn Network, sampler: &dyn ActivationSampler, config: &DiagnosticsConfig) -> Result<Diagnostics> {
+    config.validate()?;
+    let stats = DegeneracyStatistics::collect(net, sampler, config.batch_size)?;
+    diagnose_from(net, &stats, config.rank_tol)
 }
 
-/// Diagnoses `mlp` from collected (possibly merged) statistics.
-pub fn diagnose_from(mlp: &Mlp, stats: &DegeneracyStatistics, rank_tol: f64) -> Result<Diagnostics> {
-    let widths = mlp.widths();
-    let d_out = mlp.out_dim() as f64;
-    let mut nodes = Vec::with_capacity(mlp.n_layers());
-    for k in 0..mlp.n_layers() {
+/// Diagnoses `net` from collected (possibly merged) statistics.
+pub fn diagnose_from(net: &dyn Network, stats: &DegeneracyStatistics, rank_tol: f64) -> Result<Diagnostics> {
+    check_rank_tol(rank_tol)?;
+    let sections = sections(net)?;
+    if sections.len() != stats.activations.len() {
+        return Err(Error::shape("diagnose_from: statistics nodes", &[sections.len()], &[stats.activations.len()]));
+    }
+    let layers = net.node_layers();
+    // The rows were one per sample, output coordinate (and position): the Grams sum over the
+    // output coordinates, E_x Σ_o.
+    let outputs = layers.last().map_or(1, |o| o.positions * o.width) as f64;
+    let gram = |acc: &GramAccumulator| -> Result<Matrix> { Ok(acc.finish()?.second_moment().scaled_by(outputs)) };
+    let mut nodes = Vec::with_capacity(sections.len());
+    for (k, section) in sections.iter().enumerate() {
         let moments = stats.activations[k].finish()?;
-        let activation = Rank::of(&moments.folded_gram(false), rank_tol)?;
-        let k_pre = preactivation_jacobian_gram(mlp, stats, k, d_out)?;
-        let preactivation_jacobian = Rank::of(&k_pre, rank_tol)?;
-        let w = mlp.linears()[k].weight();
-        let jacobian = Rank::of(&w.transpose().matmul(&k_pre)?.matmul(w)?, rank_tol)?;
-        let relu = (k > 0).then(|| stats.firing[k - 1].as_ref().map(FiringPartition::groups)).flatten();
-
-        let has_bias = mlp.linears()[k].bias().is_some();
-        let (in_k, out_k) = (widths[k] + usize::from(has_bias), widths[k + 1]);
-        // Without a bias the constant coordinate is not a parameter's input: rank of E[hhᵀ].
-        let r_a = if has_bias { activation.rank } else { Rank::of(&moments.second_moment(), rank_tol)?.rank };
-        let r_b = preactivation_jacobian.rank;
-        let synchronised = relu.as_ref().map_or(0, |g| {
-            let always_on = g.always_on.len();
-            g.sync_groups.iter().map(|s| s.len() * (s.len() - 1)).sum::<usize>()
-                + always_on * always_on.saturating_sub(1)
-        });
-        let free_directions = FreeDirections {
-            activation: out_k * (in_k - r_a.min(in_k)),
-            jacobian: in_k * (out_k - r_b.min(out_k)),
-            activation_and_jacobian: in_k * out_k - r_a.min(in_k) * r_b.min(out_k),
-            synchronised,
+        let activation = Rank::of(&moments.second_moment(), rank_tol)?;
+        let jacobian = Rank::of(&gram(&stats.jacobians[k])?, rank_tol)?;
+        let preactivation_jacobian =
+            stats.preactivation_jacobians[k].as_ref().map(|a| Rank::of(&gram(a)?, rank_tol)).transpose()?;
+        let relu = k.checked_sub(1).and_then(|w| stats.firing[w].as_ref()).map(FiringPartition::groups);
+        let free_directions = match (section.structure(), &preactivation_jacobian) {
+            (Some(layer), Some(r_b)) => {
+                let node = &layers[k];
+                let (in_k, out_k) = (node.units() + usize::from(layer.has_bias() && node.constant), layer.units());
+                // Without a bias the constant coordinate is not a parameter's input: rank of E[hhᵀ].
+                let r_a = if in_k == node.width {
+                    activation.rank
+                } else {
+                    Rank::of(&moments.without_constant().second_moment(), rank_tol)?.rank
+                };
+                let (r_a, r_b) = (r_a.min(in_k), r_b.rank.min(out_k));
+                let synchronised = relu.as_ref().map_or(0, |g| {
+                    let always_on = g.always_on.len();
+                    g.sync_groups.iter().map(|s| s.len() * (s.len() - 1)).sum::<usize>()
+                        + always_on * always_on.saturating_sub(1)
+                });
+                Some(FreeDirections {
+                    activation: out_k * (in_k - r_a),
+                    jacobian: in_k * (out_k - r_b),
+                    activation_and_jacobian: in_k * out_k - r_a * r_b,
+                    synchronised,
+                })
+            }
+            _ => None,
         };
         nodes.push(NodeDiagnostics {
-            name: mlp.node_name(k),
-            dim: widths[k],
+            name: layers[k].name.clone(),
+            dim: layers[k].units(),
             activation,
             jacobian,
             preactivation_jacobian,
@@ -304,31 +417,12 @@ pub fn diagnose_from(mlp: &Mlp, stats: &DegeneracyStatistics, rank_tol: f64) -> 
             free_directions,
         });
     }
-    let n_params = mlp.n_params();
-    let free_directions_total = nodes.iter().map(|n| n.free_directions.total()).sum();
-    Ok(Diagnostics {
-        nodes,
-        n_params,
-        free_directions_total,
-        effective_params_bound: n_params.saturating_sub(free_directions_total),
-        rank_tol,
-    })
-}
-
-/// `K_k = E_x Σ_o (∂y_o/∂z_k)ᵀ(∂y_o/∂z_k)`: the identity for the last layer, the closed form
-/// `(W_{n−1}ᵀ W_{n−1}) ⊙ E[σ'σ'ᵀ]` for the one before, the row Gram (averaged over `N·d_out`
-/// rows, hence `· d_out`) below.
-fn preactivation_jacobian_gram(mlp: &Mlp, stats: &DegeneracyStatistics, k: usize, d_out: f64) -> Result<Matrix> {
-    let n_layers = mlp.n_layers();
-    if k + 1 == n_layers {
-        return Ok(Matrix::identity(mlp.out_dim()));
-    }
-    if k + 2 == n_layers {
-        let w = mlp.linears()[n_layers - 1].weight();
-        let wtw = w.transpose().matmul(w)?;
-        let ss = stats.derivatives.as_ref().expect("present for ≥ 2 layers").finish()?.second_moment();
-        return Ok(Matrix::from_fn(wtw.nrows(), wtw.ncols(), |i, j| wtw[(i, j)] * ss[(i, j)]));
-    }
-    let m = stats.preactivation_jacobians[k].as_ref().expect("present below n − 2").finish()?.second_moment();
-    Ok(Matrix::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] * d_out))
+    let n_params: Option<usize> = sections
+        .iter()
+        .map(|s| s.structure().map(|f| f.units() * (f.folded_weight().ncols() - usize::from(!f.has_bias()))))
+        .sum();
+    let free_directions_total: Option<usize> =
+        nodes.iter().map(|n| n.free_directions.as_ref().map(FreeDirections::total)).sum();
+    let effective_params_bound = n_params.zip(free_directions_total).map(|(p, f)| p as i64 - f as i64);
+    Ok(Diagnostics { nodes, n_params, free_directions_total, effective_params_bound, rank_tol })
 }

@@ -8,7 +8,7 @@ use crate::data::ActivationSampler;
 use crate::error::{Error, Result};
 use crate::graph::{EdgeConfig, Edges, accumulate_edge_outputs};
 use crate::matrix::Matrix;
-use crate::nn::Mlp;
+use crate::nn::Network;
 
 /// The edges between consecutive bases (as [`crate::graph::compute_edges`]) with the work split
 /// over **output directions**: rank `r` computes rows `shard_range(dim_out, r, size, 1)` of
@@ -35,7 +35,7 @@ use crate::nn::Mlp;
 /// ```
 pub fn compute_edges_by_outputs(
     comm: &dyn Communicator,
-    mlp: &Mlp,
+    net: &dyn Network,
     sampler: &dyn ActivationSampler,
     bases: &[NodeBasis],
     config: &EdgeConfig,
@@ -49,7 +49,7 @@ pub fn compute_edges_by_outputs(
                 let e_hat = if outputs.is_empty() {
                     Matrix::zeros(0, input.dim())
                 } else {
-                    accumulate_edge_outputs(mlp, sampler, input, output, outputs, config)?.finish()?
+                    accumulate_edge_outputs(net, sampler, input, output, outputs, config)?.finish()?
                 };
                 Ok(Edges { in_node: input.node.clone(), out_node: output.node.clone(), e_hat })
             })

@@ -6,11 +6,7 @@ use crate::error::{Error, Result};
 use crate::matrix::MatrixView;
 use std::ops::Range;
 
-/// Rows are split on this grid: the largest unit of parallel work of a pass. With a batch size
-/// of at least 256 rows (or a divisor of 256), every shard processes exactly the work units a
-/// single process would, so shards differ from a single process only in the order the units'
-/// states are merged.
-pub const ROW_GRID: usize = 256;
+pub use crate::data::ROW_GRID;
 
 /// The items (rows, chains) of shard `index` of `count`: contiguous, in order, the shards'
 /// sizes differing by at most one `grid` block (`grid` = [`ROW_GRID`] for rows, 1 for chains).

@@ -11,8 +11,8 @@ use crate::matrix::{Matrix, MatrixView};
 use crate::scratch::ScratchMatrix;
 use serde::{Deserialize, Serialize};
 
-/// Rows per chunk when a large batch is split over threads.
-const PARALLEL_CHUNK: usize = 256;
+/// Rows per chunk when a large batch is split over threads (the determinism grid).
+const PARALLEL_CHUNK: usize = crate::data::ROW_GRID;
 /// Wider rows keep the one-GEMM path: its product dominates the centring, and every chunk
 /// would hold a `d × d` state.
 const PARALLEL_MAX_DIM: usize = 256;
@@ -181,24 +181,15 @@ impl Moments {
         m
     }
 
-    /// The Gram of the folded rows `[x, 1]` (constant coordinate **last**, as rib folds
-    /// biases): with `center`, `E[[x − μ, 1][x − μ, 1]ᵀ] = [[Cov, 0], [0, 1]]`, otherwise the
-    /// uncentred `E[[x, 1][x, 1]ᵀ]`.
-    pub fn folded_gram(&self, center: bool) -> Matrix {
-        let d = self.mean.len();
-        let inner = if center { self.covariance.clone() } else { self.second_moment() };
-        Matrix::from_fn(d + 1, d + 1, |i, j| match (i < d, j < d) {
-            (true, true) => inner[(i, j)],
-            (false, false) => 1.0,
-            (true, false) if !center => self.mean[i],
-            (false, true) if !center => self.mean[j],
-            _ => 0.0,
-        })
-    }
-
-    /// The mean of the folded rows, `[μ, 1]`.
-    pub fn folded_mean(&self) -> Vec<f64> {
-        self.mean.iter().copied().chain(std::iter::once(1.0)).collect()
+    /// The moments of the first `dim − 1` coordinates: the units of a folded node, its constant
+    /// coordinate (last, exactly 1 on the data: zero variance) left out.
+    pub fn without_constant(&self) -> Moments {
+        let d = self.mean.len().saturating_sub(1);
+        Moments {
+            count: self.count,
+            mean: self.mean[..d].to_vec(),
+            covariance: Matrix::from_fn(d, d, |i, j| self.covariance[(i, j)]),
+        }
     }
 }
 

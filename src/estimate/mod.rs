@@ -7,5 +7,5 @@ mod quadrature;
 
 pub use gram::{GramAccumulator, Moments};
 pub use node_stats::NodeStatistics;
-pub(crate) use node_stats::check_finite_rows;
+pub(crate) use node_stats::{check_node_rows, check_sampler};
 pub use quadrature::{Quadrature, QuadraturePoint};

@@ -1,100 +1,114 @@
-//! One streaming pass over a dataset that collects, for chosen node layers of an MLP, the
-//! moments of the activations and of the quadrature-weighted activation derivatives.
+//! One streaming pass over a dataset that collects, for chosen node layers of a network, the
+//! moments of the activations and, where the section to the next chosen node is affine +
+//! elementwise, of the quadrature-weighted activation derivatives.
 //!
-//! The derivative moments make the Jacobian Gram of a `Linear → σ` section a closed form
-//! (see `docs/math.md`, "Jacobian Gram of a single layer"), so the whole interaction basis of
-//! an MLP needs this one pass instead of one pass per node layer.
+//! The derivative moments make the Jacobian Gram of such a section a closed form (see
+//! `docs/math.md` §3.1), so the whole interaction basis of an MLP needs this one pass instead of
+//! one pass per node layer.
 
 use super::gram::GramAccumulator;
-use super::quadrature::{Quadrature, QuadraturePoint};
+use super::quadrature::Quadrature;
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{ForwardTrace, Mlp};
-use crate::scratch::ScratchMatrix;
+use crate::nn::{Network, Section, check_nodes};
+use crate::scratch::{ScratchMatrices, ScratchMatrix};
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
 
-thread_local! {
-    /// The forward pass's buffers, kept warm across batches (see `crate::scratch`).
-    static TRACE: RefCell<ForwardTrace> = RefCell::new(ForwardTrace::default());
-}
-
-/// Mergeable per-node statistics of one model over (part of) a dataset.
+/// Mergeable per-node statistics of one network over (part of) a dataset.
 ///
 /// The state is plain data (serde), so shards computed on other threads, processes or
 /// machines combine with [`NodeStatistics::merge`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatistics {
-    /// Node indices (`0..=n_layers`), increasing.
+    /// Node indices, increasing.
     nodes: Vec<usize>,
     /// The rule behind the derivative moments, if collected.
     quadrature: Option<Quadrature>,
-    /// Moments of the (unfolded) activations at each node.
+    /// Moments of the folded activations (rows = samples × positions) at each node.
     activations: Vec<GramAccumulator>,
-    /// For each node `k` followed by a selected node `k + 1`: moments of
-    /// `s(x) = Σ_α w_α σ'(α z(x))`, `z` the pre-activations of linear layer `k`.
+    /// For each node whose section to the next selected node is a [`FoldedLinear`]: moments of
+    /// `s(x) = Σ_α w_α σ'(α z(x))`, `z` its pre-activations.
     derivatives: Vec<Option<GramAccumulator>>,
 }
 
+/// The sections whose derivative moments are collected, one per selected node.
+type Structured<'a> = Vec<Option<Box<dyn Section + 'a>>>;
+
 impl NodeStatistics {
-    /// Empty statistics for `nodes` of `mlp`; derivative moments only if `quadrature` is given.
-    pub fn new(mlp: &Mlp, nodes: &[usize], quadrature: Option<Quadrature>) -> Result<Self> {
-        if nodes.is_empty() || nodes.windows(2).any(|w| w[0] >= w[1]) || nodes[nodes.len() - 1] > mlp.n_layers() {
-            return Err(Error::invalid(
-                "node layers",
-                format!("{nodes:?}"),
-                format!("need increasing node indices in 0..={}", mlp.n_layers()),
-            ));
-        }
-        let widths = mlp.widths();
-        let activations = nodes.iter().map(|&k| GramAccumulator::new(widths[k])).collect();
-        let derivatives = nodes
-            .iter()
-            .map(|&k| {
-                let adjacent = nodes.contains(&(k + 1));
-                (quadrature.is_some() && adjacent).then(|| GramAccumulator::new(widths[k + 1]))
-            })
-            .collect();
-        Ok(NodeStatistics { nodes: nodes.to_vec(), quadrature, activations, derivatives })
+    /// Empty statistics for `nodes` of `net`; derivative moments only if `quadrature` is given.
+    pub fn new(net: &dyn Network, nodes: &[usize], quadrature: Option<Quadrature>) -> Result<Self> {
+        Ok(Self::with_sections(net, nodes, quadrature)?.0)
     }
 
-    /// Streams `sampler` (model inputs) in batches of `batch_size`, in parallel over batches.
+    fn with_sections<'a>(
+        net: &'a dyn Network,
+        nodes: &[usize],
+        quadrature: Option<Quadrature>,
+    ) -> Result<(Self, Structured<'a>)> {
+        check_nodes(net, nodes, "node layers")?;
+        let layers = net.node_layers();
+        let activations = nodes.iter().map(|&k| GramAccumulator::new(layers[k].width)).collect();
+        let mut sections = Vec::with_capacity(nodes.len());
+        for (slot, &k) in nodes.iter().enumerate() {
+            let section = match (quadrature, nodes.get(slot + 1)) {
+                (Some(_), Some(&next)) => Some(crate::nn::checked_section(net, k, next)?),
+                _ => None,
+            };
+            sections.push(section.filter(|s| s.structure().is_some()));
+        }
+        let derivatives = sections
+            .iter()
+            .map(|s| s.as_ref().and_then(|s| s.structure()).map(|f| GramAccumulator::new(f.units())))
+            .collect();
+        Ok((NodeStatistics { nodes: nodes.to_vec(), quadrature, activations, derivatives }, sections))
+    }
+
+    /// Streams `sampler` (network inputs) in batches of `batch_size`, in parallel over batches.
     pub fn collect(
-        mlp: &Mlp,
+        net: &dyn Network,
         sampler: &dyn ActivationSampler,
         nodes: &[usize],
         quadrature: Option<Quadrature>,
         batch_size: usize,
     ) -> Result<Self> {
-        let empty = Self::new(mlp, nodes, quadrature)?;
-        if sampler.dim() != mlp.widths()[0] {
-            return Err(Error::shape("sampler rows vs model input", &[mlp.widths()[0]], &[sampler.dim()]));
-        }
-        map_batches(sampler, batch_size, || empty.clone(), |s, first, x| s.update(mlp, x, first), |a, b| a.merge(&b))
+        let (empty, sections) = Self::with_sections(net, nodes, quadrature)?;
+        check_sampler(net, sampler)?;
+        map_batches(
+            sampler,
+            batch_size,
+            || empty.clone(),
+            |s, first, x| s.update_with(net, &sections, x, first),
+            |a, b| a.merge(&b),
+        )
     }
 
-    /// Adds a batch of model inputs whose first row is sample `first_row` of the dataset.
-    pub fn update(&mut self, mlp: &Mlp, inputs: MatrixView<'_>, first_row: usize) -> Result<()> {
-        TRACE.with(|trace| self.update_with(mlp, inputs, first_row, &mut trace.borrow_mut()))
+    /// Adds a batch of network inputs whose first row is sample `first_row` of the dataset.
+    pub fn update(&mut self, net: &dyn Network, inputs: MatrixView<'_>, first_row: usize) -> Result<()> {
+        let (_, sections) = Self::with_sections(net, &self.nodes, self.quadrature)?;
+        self.update_with(net, &sections, inputs, first_row)
     }
 
     fn update_with(
         &mut self,
-        mlp: &Mlp,
+        net: &dyn Network,
+        sections: &Structured<'_>,
         inputs: MatrixView<'_>,
         first_row: usize,
-        trace: &mut ForwardTrace,
     ) -> Result<()> {
-        mlp.trace(inputs, trace)?;
+        let mut acts = ScratchMatrices::take(self.nodes.len());
+        net.forward_nodes(inputs, &self.nodes, &mut acts)?;
         let points = self.quadrature.map(Quadrature::points).unwrap_or_default();
-        let mut s = ScratchMatrix::take();
+        let (mut z, mut s) = (ScratchMatrix::take(), ScratchMatrix::take());
         for (slot, &k) in self.nodes.iter().enumerate() {
-            let h = trace.node(k);
-            check_finite_rows(h, first_row, &mlp.node_name(k))?;
-            self.activations[slot].update(h.view())?;
-            if let Some(acc) = &mut self.derivatives[slot] {
-                derivative_vectors(trace.preactivation(k), mlp.activations()[k], &points, &mut s);
+            let f = &acts[slot];
+            check_node_rows(net, k, f, first_row)?;
+            self.activations[slot].update(f.view())?;
+            if let (Some(acc), Some(layer)) =
+                (&mut self.derivatives[slot], sections[slot].as_ref().and_then(|s| s.structure()))
+            {
+                layer.preactivations(f.view(), &mut z);
+                layer.derivative_vectors(&z, &points, &mut s);
                 acc.update(s.view())?;
             }
         }
@@ -126,12 +140,12 @@ impl NodeStatistics {
         &self.nodes
     }
 
-    /// Activation moments of node `node` (a model node index), if collected.
+    /// Moments of node `node`'s folded activations (a node index), if collected.
     pub fn activations(&self, node: usize) -> Option<&GramAccumulator> {
         self.slot(node).map(|s| &self.activations[s])
     }
 
-    /// Derivative-vector moments of the layer after `node`, if collected.
+    /// Derivative-vector moments of the affine + elementwise section after `node`, if collected.
     pub fn derivatives(&self, node: usize) -> Option<&GramAccumulator> {
         self.slot(node).and_then(|s| self.derivatives[s].as_ref())
     }
@@ -146,18 +160,42 @@ impl NodeStatistics {
     }
 }
 
-/// `s = Σ_α w_α σ'(α z)` row by row.
-fn derivative_vectors(z: &Matrix, act: crate::nn::Activation, points: &[QuadraturePoint], s: &mut Matrix) {
-    s.resize(z.nrows(), z.ncols());
-    for (o, &v) in s.as_mut_slice().iter_mut().zip(z.as_slice()) {
-        *o = points.iter().map(|p| p.weight * act.derivative(p.alpha * v)).sum();
+/// Errors unless the sampler's rows are the network's inputs.
+pub(crate) fn check_sampler(net: &dyn Network, sampler: &dyn ActivationSampler) -> Result<()> {
+    if sampler.dim() != net.input_dim() {
+        return Err(Error::shape("sampler rows vs network input", &[net.input_dim()], &[sampler.dim()]));
     }
+    Ok(())
 }
 
-/// Errors with the dataset-wide row of the first NaN or infinity in a node's activations.
-pub(crate) fn check_finite_rows(m: &Matrix, first_row: usize, node: &str) -> Result<()> {
-    m.check_finite(&format!("activations at node {node}")).map_err(|e| match e {
-        Error::NonFinite { what, row, col, value } => Error::NonFinite { what, row: row + first_row, col, value },
+/// Checks a batch of node `k`'s folded activations from samples `first_sample..`: the node's
+/// width, whole samples, finite values (errors name the dataset row) and, where the node carries
+/// it, the constant coordinate exactly 1.
+pub(crate) fn check_node_rows(net: &dyn Network, k: usize, f: &Matrix, first_sample: usize) -> Result<()> {
+    let node = &net.node_layers()[k];
+    let positions = node.positions.max(1);
+    if f.ncols() != node.width || f.nrows() % positions != 0 {
+        return Err(Error::shape(
+            "Network::forward_nodes activations [rows, width]",
+            &[positions, node.width],
+            &[f.nrows(), f.ncols()],
+        ));
+    }
+    f.check_finite(&format!("activations at node {}", node.name)).map_err(|e| match e {
+        Error::NonFinite { what, row, col, value } => {
+            Error::NonFinite { what, row: first_sample + row / positions, col, value }
+        }
         other => other,
-    })
+    })?;
+    if node.constant {
+        let c = node.width - 1;
+        if let Some(i) = (0..f.nrows()).find(|&i| f[(i, c)] != 1.0) {
+            return Err(Error::invalid(
+                format!("constant coordinate of node {}", node.name),
+                f[(i, c)],
+                format!("must be exactly 1 on the data (sample {})", first_sample + i / positions),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -26,8 +26,28 @@ pub struct QuadraturePoint {
 }
 
 impl Quadrature {
+    /// The largest `n_intervals` accepted: every quadrature point costs a linearisation per
+    /// batch, and rib's configs use at most a few dozen.
+    pub const MAX_INTERVALS: usize = 10_000;
+
+    /// Checks `n_intervals ≤` [`Quadrature::MAX_INTERVALS`]; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Quadrature::GaussLegendre(k) | Quadrature::Trapezoidal(k) if k > Self::MAX_INTERVALS => {
+                Err(Error::invalid("n_intervals", k, format!("must be at most {}", Self::MAX_INTERVALS)))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Parses rib's `integration_method` + `n_intervals` (`gradient` requires 0 intervals).
     pub fn from_name(method: &str, n_intervals: usize) -> Result<Self> {
+        let quadrature = Self::parse(method, n_intervals)?;
+        quadrature.validate()?;
+        Ok(quadrature)
+    }
+
+    fn parse(method: &str, n_intervals: usize) -> Result<Self> {
         match method {
             "gradient" if n_intervals == 0 => Ok(Quadrature::Gradient),
             "gradient" => Err(Error::invalid("n_intervals", n_intervals, "must be 0 for integration_method gradient")),

@@ -10,13 +10,13 @@
 //! vector–Jacobian products (`docs/math.md` §4); the generic path through the section's VJPs
 //! works for any section and is the reference in tests.
 
-use crate::basis::{Basis, JacobianPath, NodeBasis, fold};
+use crate::basis::{Basis, JacobianPath, NodeBasis, basis_cotangents, cotangent_group};
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
-use crate::estimate::{Quadrature, QuadraturePoint, check_finite_rows};
+use crate::estimate::{Quadrature, QuadraturePoint, check_node_rows, check_sampler};
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{FoldedLinear, ForwardTrace, Layer, Mlp, Section};
-use crate::scratch::ScratchMatrix;
+use crate::nn::{FoldedLinear, Linearized, Network, Section, checked_section};
+use crate::scratch::{ScratchMatrices, ScratchMatrix};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -114,6 +114,16 @@ pub struct EdgeConfig {
     pub path: JacobianPath,
 }
 
+impl EdgeConfig {
+    /// Checks the settings; errors name the offending field.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size", 0, "must be at least 1"));
+        }
+        self.quadrature.validate()
+    }
+}
+
 impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig {
@@ -128,48 +138,47 @@ impl Default for EdgeConfig {
 /// The edges between every pair of consecutive bases (`bases` in node order, as
 /// `fit_bases` returns them).
 pub fn compute_edges(
-    mlp: &Mlp,
+    net: &dyn Network,
     sampler: &dyn ActivationSampler,
     bases: &[NodeBasis],
     config: &EdgeConfig,
 ) -> Result<Vec<Edges>> {
-    bases.windows(2).map(|pair| compute_edge(mlp, sampler, &pair[0], &pair[1], config)).collect()
+    bases.windows(2).map(|pair| compute_edge(net, sampler, &pair[0], &pair[1], config)).collect()
 }
 
-/// The edges from `input`'s directions to `output`'s (node layers `input.node_index <
-/// output.node_index`).
+/// The edges from `input`'s directions to `output`'s (node layers in this order in `net`).
 pub fn compute_edge(
-    mlp: &Mlp,
+    net: &dyn Network,
     sampler: &dyn ActivationSampler,
     input: &NodeBasis,
     output: &NodeBasis,
     config: &EdgeConfig,
 ) -> Result<Edges> {
-    let acc = accumulate_edge(mlp, sampler, input, output, config)?;
+    let acc = accumulate_edge(net, sampler, input, output, config)?;
     Ok(Edges { in_node: input.node.clone(), out_node: output.node.clone(), e_hat: acc.finish()? })
 }
 
 /// The mergeable sums behind [`compute_edges`], one per pair of consecutive bases: what a
 /// worker of a file-based run writes for its shard of the rows.
 pub fn accumulate_edges(
-    mlp: &Mlp,
+    net: &dyn Network,
     sampler: &dyn ActivationSampler,
     bases: &[NodeBasis],
     config: &EdgeConfig,
 ) -> Result<Vec<EdgeAccumulator>> {
-    bases.windows(2).map(|pair| accumulate_edge(mlp, sampler, &pair[0], &pair[1], config)).collect()
+    bases.windows(2).map(|pair| accumulate_edge(net, sampler, &pair[0], &pair[1], config)).collect()
 }
 
 /// The mergeable sums behind [`compute_edge`] over the rows of `sampler`;
 /// [`EdgeAccumulator::finish`] turns (merged) sums into `E_hat`.
 pub fn accumulate_edge(
-    mlp: &Mlp,
+    net: &dyn Network,
     sampler: &dyn ActivationSampler,
     input: &NodeBasis,
     output: &NodeBasis,
     config: &EdgeConfig,
 ) -> Result<EdgeAccumulator> {
-    accumulate_edge_outputs(mlp, sampler, input, output, 0..output.dim(), config)
+    accumulate_edge_outputs(net, sampler, input, output, 0..output.dim(), config)
 }
 
 /// Rows `outputs` of [`accumulate_edge`]'s sums: the edges into output directions `outputs`
@@ -178,16 +187,14 @@ pub fn accumulate_edge(
 /// forward pass is not split): how [`crate::distributed::compute_edges_by_outputs`] splits the
 /// edges of wide layers over ranks.
 pub fn accumulate_edge_outputs(
-    mlp: &Mlp,
+    net: &dyn Network,
     sampler: &dyn ActivationSampler,
     input: &NodeBasis,
     output: &NodeBasis,
     outputs: Range<usize>,
     config: &EdgeConfig,
 ) -> Result<EdgeAccumulator> {
-    if config.batch_size == 0 {
-        return Err(Error::invalid("batch_size", 0, "must be at least 1"));
-    }
+    config.validate()?;
     if outputs.start > outputs.end || outputs.end > output.dim() {
         return Err(Error::invalid(
             "outputs",
@@ -195,27 +202,27 @@ pub fn accumulate_edge_outputs(
             format!("need a range within the {} directions of {}", output.dim(), output.node),
         ));
     }
-    let section = mlp.section_between(input.node_index, output.node_index)?;
-    if section.in_dim() != input.orig_dim() || section.out_dim() != output.orig_dim() {
+    check_sampler(net, sampler)?;
+    let (k, l) = (net.node_index(&input.node)?, net.node_index(&output.node)?);
+    let section = checked_section(net, k, l)?;
+    if section.input().width != input.orig_dim() || section.output().width != output.orig_dim() {
         return Err(Error::shape(
-            "compute_edge: bases vs section",
-            &[section.in_dim(), section.out_dim()],
+            "compute_edge: bases C [width, dim] vs the node layers' widths (in, out)",
+            &[section.input().width, section.output().width],
             &[input.orig_dim(), output.orig_dim()],
         ));
     }
     let points = config.quadrature.points();
-    let plan = EdgePlan::new(&section, input, output, outputs.clone(), config);
-    let k = input.node_index;
+    let plan = EdgePlan::new(&*section, input, output, outputs.clone(), config);
     map_batches(
         sampler,
         config.batch_size,
         || EdgeAccumulator::new(outputs.len(), input.dim()),
         |acc, first, x| {
-            let mut trace = ForwardTrace::default();
-            mlp.trace(x, &mut trace)?;
-            check_finite_rows(trace.node(k), first, &mlp.node_name(k))?;
-            let f = if input.folded { fold(trace.node(k).view()) } else { trace.node(k).clone() };
-            plan.update(acc, f.view(), &points)
+            let mut acts = ScratchMatrices::take(1);
+            net.forward_nodes(x, &[k], &mut acts)?;
+            check_node_rows(net, k, &acts[0], first)?;
+            plan.update(acc, acts[0].view(), &points)
         },
         |a, b| a.merge(&b),
     )
@@ -223,7 +230,7 @@ pub fn accumulate_edge_outputs(
 
 /// What a batch update needs, prepared once per edge matrix.
 struct EdgePlan<'a> {
-    section: &'a Section,
+    section: &'a dyn Section,
     formula: EdgeFormula,
     c_in: &'a Matrix,
     c_in_pinv: &'a Matrix,
@@ -236,13 +243,13 @@ struct EdgePlan<'a> {
 
 impl<'a> EdgePlan<'a> {
     fn new(
-        section: &'a Section,
+        section: &'a dyn Section,
         input: &'a NodeBasis,
         output: &NodeBasis,
         outputs: Range<usize>,
         config: &EdgeConfig,
     ) -> Self {
-        let product = section.single().filter(|_| config.path == JacobianPath::Auto).map(|layer| {
+        let product = section.structure().filter(|_| config.path == JacobianPath::Auto).map(|layer| {
             let c_pinv = input.c_pinv();
             let b = layer.folded_weight().matmul(&c_pinv.transpose()).expect("shapes checked");
             if !layer.carries_constant() {
@@ -278,17 +285,83 @@ impl<'a> EdgePlan<'a> {
         Ok(())
     }
 
-    /// `∂F̂_i/∂u` at `z` for all rows: the VJP of `C_out[:, i]`, mapped to coordinates by `C⁺ᵀ`.
-    fn coordinate_gradient(&self, z: &Matrix, i: usize, grad_out: &mut Matrix, gz: &mut Matrix) -> Result<Matrix> {
-        let n = z.nrows();
-        grad_out.resize(n, self.c_out.nrows());
-        for r in 0..n {
-            for (o, g) in grad_out.row_mut(r).iter_mut().enumerate() {
-                *g = self.c_out[(o, i)];
+    /// `Σ_α w_α (∂F̂/∂u)(α û)` for a group of cotangents `(t, i)` (output position, output
+    /// direction), each weighted per sample and α by `weight(α index, block, row)` when given:
+    /// `[group · rows_in, dim_in]`, block by block as the cotangents.
+    fn coordinate_gradients(
+        &self,
+        lins: &[Box<dyn Linearized + '_>],
+        points: &[QuadraturePoint],
+        (n, p_out): (usize, usize),
+        pairs: Range<usize>,
+        weight: Option<&dyn Fn(usize, usize, usize) -> f64>,
+    ) -> Result<Matrix> {
+        let (mut cot, mut gx) = (ScratchMatrix::take(), ScratchMatrix::take());
+        basis_cotangents(&self.c_out, p_out, n, pairs.clone(), &mut cot);
+        let rows_out = n * p_out;
+        let mut sum = Matrix::default();
+        for (q, (p, lin)) in points.iter().zip(lins).enumerate() {
+            if let Some(w) = weight {
+                for b in 0..pairs.len() {
+                    for r in 0..rows_out {
+                        let factor = w(q, pairs.start + b, r);
+                        cot.row_mut(b * rows_out + r).iter_mut().for_each(|v| *v *= factor);
+                    }
+                }
+            }
+            lin.vjp(cot.view(), &mut gx)?;
+            let coords = gx.matmul(&self.c_in_pinv.transpose())?;
+            if sum.nrows() == 0 {
+                sum = coords.scaled_by(p.weight);
+            } else {
+                sum.add_scaled(p.weight, &coords);
+            }
+            if weight.is_some() {
+                basis_cotangents(&self.c_out, p_out, n, pairs.clone(), &mut cot);
             }
         }
-        self.section.backward(z.view(), grad_out.view(), gz, &mut [])?;
-        gz.matmul(&self.c_in_pinv.transpose())
+        Ok(sum)
+    }
+
+    /// The linearisations at `α · rebuilt` for every quadrature point.
+    fn linearize_all<'b>(
+        &'b self,
+        rebuilt: &Matrix,
+        points: &[QuadraturePoint],
+    ) -> Result<Vec<Box<dyn Linearized + 'b>>> {
+        points.iter().map(|p| self.section.linearize(rebuilt.view().scaled(p.alpha).view())).collect()
+    }
+
+    /// `J_hat[x, t, i, j] = Σ_s a[(t,i), x, s, j] f̂[x, s, j]` per sample and output position,
+    /// then `g(J_hat)` summed into row `i` of the sums.
+    fn add_position_sums(
+        &self,
+        acc: &mut EdgeAccumulator,
+        a: &Matrix,
+        f_hat: &Matrix,
+        (n, p_in): (usize, usize),
+        pairs: Range<usize>,
+        g: impl Fn(f64) -> f64,
+    ) {
+        let dims = self.c_out.ncols();
+        let rows_in = n * p_in;
+        let mut j_hat = vec![0.0; f_hat.ncols()];
+        for (b, pair) in pairs.enumerate() {
+            // Output positions are summed outside the square: only the direction picks the row.
+            let i = pair % dims;
+            for x in 0..n {
+                j_hat.fill(0.0);
+                for s in 0..p_in {
+                    let (row, f) = (a.row(b * rows_in + x * p_in + s), f_hat.row(x * p_in + s));
+                    for ((h, &v), &fv) in j_hat.iter_mut().zip(row).zip(f) {
+                        *h += v * fv;
+                    }
+                }
+                for (e, &h) in acc.sum.row_mut(i).iter_mut().zip(&j_hat) {
+                    *e += g(h);
+                }
+            }
+        }
     }
 
     fn squared_generic(
@@ -298,15 +371,15 @@ impl<'a> EdgePlan<'a> {
         rebuilt: &Matrix,
         points: &[QuadraturePoint],
     ) -> Result<()> {
-        let (mut grad_out, mut gz) = (Matrix::default(), Matrix::default());
-        let scaled: Vec<Matrix> = points.iter().map(|p| rebuilt.view().scaled(p.alpha)).collect();
-        for i in 0..self.c_out.ncols() {
-            let mut a = Matrix::zeros(f_hat.nrows(), f_hat.ncols());
-            for (p, z) in points.iter().zip(&scaled) {
-                let d = self.coordinate_gradient(z, i, &mut grad_out, &mut gz)?;
-                a.add_scaled(p.weight, &d);
-            }
-            add_column_sums(acc.sum.row_mut(i), &a, f_hat, |v| v * v);
+        let (p_in, p_out) = (self.section.input().positions.max(1), self.section.output().positions.max(1));
+        let n = f_hat.nrows() / p_in;
+        let lins = self.linearize_all(rebuilt, points)?;
+        let n_pairs = p_out * self.c_out.ncols();
+        let group = cotangent_group(n * p_in, self.section.input().width, n * p_out, self.c_out.nrows());
+        for start in (0..n_pairs).step_by(group) {
+            let pairs = start..(start + group).min(n_pairs);
+            let a = self.coordinate_gradients(&lins, points, (n, p_out), pairs.clone(), None)?;
+            self.add_position_sums(acc, &a, f_hat, (n, p_in), pairs, |v| v * v);
         }
         Ok(())
     }
@@ -318,21 +391,31 @@ impl<'a> EdgePlan<'a> {
         rebuilt: &Matrix,
         points: &[QuadraturePoint],
     ) -> Result<()> {
-        let (mut grad_out, mut gz, mut y) = (Matrix::default(), Matrix::default(), Matrix::default());
+        let (p_in, p_out) = (self.section.input().positions.max(1), self.section.output().positions.max(1));
+        let n = f_hat.nrows() / p_in;
+        let mut y = Matrix::default();
         self.section.forward(rebuilt.view(), &mut y)?;
         let full = y.matmul(&self.c_out)?;
-        for p in points {
-            let z = rebuilt.view().scaled(p.alpha);
-            self.section.forward(z.view(), &mut y)?;
-            let at_alpha = y.matmul(&self.c_out)?;
-            for i in 0..self.c_out.ncols() {
-                let mut d = self.coordinate_gradient(&z, i, &mut grad_out, &mut gz)?;
-                for r in 0..d.nrows() {
-                    let factor = 2.0 * p.weight * (full[(r, i)] - at_alpha[(r, i)]);
-                    d.row_mut(r).iter_mut().for_each(|v| *v *= factor);
-                }
-                add_column_sums(acc.sum.row_mut(i), &d, f_hat, |v| v);
-            }
+        let lins = self.linearize_all(rebuilt, points)?;
+        // ΔF̂_{t,i}(x, α) = F̂_i(f̂) − F̂_i(α f̂) at output row (x, t), per quadrature point.
+        let diffs: Vec<Matrix> = lins
+            .iter()
+            .map(|lin| {
+                let at = lin.output().matmul(self.c_out.view())?;
+                Ok(Matrix::from_fn(at.nrows(), at.ncols(), |r, i| full[(r, i)] - at[(r, i)]))
+            })
+            .collect::<Result<_>>()?;
+        let dims = self.c_out.ncols();
+        let weight = |q: usize, pair: usize, r: usize| {
+            let (t, i) = (pair / dims, pair % dims);
+            if r % p_out == t { 2.0 * diffs[q][(r, i)] } else { 0.0 }
+        };
+        let n_pairs = p_out * dims;
+        let group = cotangent_group(n * p_in, self.section.input().width, n * p_out, self.c_out.nrows());
+        for start in (0..n_pairs).step_by(group) {
+            let pairs = start..(start + group).min(n_pairs);
+            let a = self.coordinate_gradients(&lins, points, (n, p_out), pairs.clone(), Some(&weight))?;
+            self.add_position_sums(acc, &a, f_hat, (n, p_in), pairs, |v| v);
         }
         Ok(())
     }

@@ -1,12 +1,13 @@
 //! The behavioural loss L_B(w) = mean_x ‖f(x, w) − f(x, w*)‖².
 
-use super::loss_model::{LossModel, MlpLoss};
+use super::loss_model::{LayerLoss, LossModel};
 use crate::data::{Dataset, Targets};
 use crate::error::Result;
 use crate::matrix::Matrix;
 use crate::nn::{Layer, Loss, Mlp};
 
-/// The behavioural loss of an [`Mlp`] around its current parameters w*:
+/// The behavioural loss of a model (any [`Layer`] with parameters; an [`Mlp`] by default)
+/// around its current parameters w*:
 /// L_B(w) = (1/n) Σ_x ‖f(x, w) − f(x, w*)‖², summed over outputs and averaged over samples
 /// ([`Loss::SumSquaredError`] against the cached outputs f(x, w*), computed once at
 /// construction).
@@ -32,22 +33,23 @@ use crate::nn::{Layer, Loss, Mlp};
 /// # Ok::<(), degeneracy::Error>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct BehaviouralLoss {
-    inner: MlpLoss,
+pub struct BehaviouralLoss<L = Mlp> {
+    inner: LayerLoss<L>,
 }
 
-impl BehaviouralLoss {
-    /// The behavioural loss of `mlp` (at its current parameters w*) on `inputs` (rows = samples).
-    pub fn new(mlp: &Mlp, inputs: Matrix) -> Result<Self> {
+impl<L: Layer + Clone> BehaviouralLoss<L> {
+    /// The behavioural loss of `model` (at its current parameters w*) on `inputs` (rows =
+    /// samples).
+    pub fn new(model: &L, inputs: Matrix) -> Result<Self> {
         let mut reference = Matrix::default();
-        mlp.forward(inputs.view(), &mut reference)?;
+        model.forward(inputs.view(), &mut reference)?;
         let data = Dataset::new(inputs, Targets::Values(reference))?;
-        Ok(BehaviouralLoss { inner: MlpLoss::new(mlp, Loss::SumSquaredError, data)? })
+        Ok(BehaviouralLoss { inner: LayerLoss::new(model, Loss::SumSquaredError, data)? })
     }
 
     /// The behavioural loss on the inputs of `data` (its targets are ignored).
-    pub fn from_dataset(mlp: &Mlp, data: &Dataset) -> Result<Self> {
-        Self::new(mlp, data.inputs().clone())
+    pub fn from_dataset(model: &L, data: &Dataset) -> Result<Self> {
+        Self::new(model, data.inputs().clone())
     }
 
     /// w*, the parameters the reference outputs were computed at.
@@ -69,7 +71,7 @@ impl BehaviouralLoss {
     }
 }
 
-impl LossModel for BehaviouralLoss {
+impl<L: Layer + Clone> LossModel for BehaviouralLoss<L> {
     fn n_params(&self) -> usize {
         self.inner.n_params()
     }

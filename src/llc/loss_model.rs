@@ -1,10 +1,10 @@
 //! The [`LossModel`] trait (parameters ↦ minibatch loss and gradient) and its implementation
-//! for an [`Mlp`] with a [`Loss`] on a [`Dataset`].
+//! for any [`Layer`] with a [`Loss`] on a [`Dataset`].
 
 use crate::data::{Batch, Dataset};
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
-use crate::nn::{ForwardTrace, Layer, Loss, Mlp};
+use crate::nn::{Layer, Loss, Mlp};
 use std::sync::Arc;
 
 /// A differentiable empirical loss `L(w) = mean_{i ∈ batch} ℓ(x_i, y_i; w)` over a fixed data
@@ -61,11 +61,12 @@ pub trait LossModel: Send {
     }
 }
 
-/// An [`Mlp`] with a [`Loss`] on a [`Dataset`]: the training loss as a [`LossModel`].
+/// A model (any [`Layer`] with parameters: an [`Mlp`], a [`crate::nn::Sequential`], a user's
+/// block) with a [`Loss`] on a [`Dataset`]: the training loss as a [`LossModel`].
 ///
-/// The data sit behind an [`Arc`], so cloning one per chain copies the network and scratch
-/// buffers only. After the first call with a given batch size, [`LossModel::loss_and_grad`]
-/// does not allocate.
+/// The data sit behind an [`Arc`], so cloning one per chain copies the model and scratch
+/// buffers only. For an [`Mlp`], [`LossModel::loss_and_grad`] does not allocate after the first
+/// call with a given batch size (it runs [`Layer::value_and_grad`] on kept buffers).
 ///
 /// ```
 /// use degeneracy::llc::{LossModel, MlpLoss};
@@ -80,52 +81,49 @@ pub trait LossModel: Send {
 /// # Ok::<(), degeneracy::Error>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct MlpLoss {
-    mlp: Mlp,
+pub struct LayerLoss<L> {
+    model: L,
     loss: Loss,
     data: Arc<Dataset>,
-    trace: ForwardTrace,
     batch: Batch,
-    grad_out: Matrix,
+    outputs: Matrix,
 }
 
-impl MlpLoss {
-    /// The loss `loss` of `mlp` on `data`. Checks once, on the full data, that inputs match the
-    /// network, that the targets suit the loss (values for MSE, labels for cross-entropy) and
+/// The training loss of an [`Mlp`].
+pub type MlpLoss = LayerLoss<Mlp>;
+
+impl<L: Layer + Clone> LayerLoss<L> {
+    /// The loss `loss` of `model` on `data`. Checks once, on the full data, that inputs match
+    /// the model, that the targets suit the loss (values for MSE, labels for cross-entropy) and
     /// that every label is in range, so sampling cannot fail on a bad sample later.
-    pub fn new(mlp: &Mlp, loss: Loss, data: impl Into<Arc<Dataset>>) -> Result<Self> {
+    pub fn new(model: &L, loss: Loss, data: impl Into<Arc<Dataset>>) -> Result<Self> {
         let data = data.into();
-        if data.input_dim() != mlp.in_dim() {
+        if data.input_dim() != model.in_dim() {
             return Err(Error::shape(
-                "MlpLoss: dataset inputs vs network input",
-                &[data.len(), mlp.in_dim()],
+                "LayerLoss: dataset inputs vs model input",
+                &[data.len(), model.in_dim()],
                 &[data.len(), data.input_dim()],
             ));
         }
         let (x, t) = data.slice(0..data.len());
         let t =
             t.ok_or_else(|| Error::invalid("dataset", "unlabelled", "the training loss needs targets or labels"))?;
-        let mut trace = ForwardTrace::default();
-        mlp.trace(x, &mut trace)?;
-        loss.value_and_grad(trace.output().view(), t, None)?;
-        Ok(MlpLoss {
-            mlp: mlp.clone(),
-            loss,
-            data,
-            trace: ForwardTrace::default(),
-            batch: Batch::default(),
-            grad_out: Matrix::default(),
-        })
+        let mut y = Matrix::default();
+        model.forward(x, &mut y)?;
+        loss.value_and_grad(y.view(), t, None)?;
+        Ok(LayerLoss { model: model.clone(), loss, data, batch: Batch::default(), outputs: Matrix::default() })
     }
 
-    /// The network's current parameters (the usual `w*`).
+    /// The model's current parameters (the usual `w*`).
     pub fn params(&self) -> Vec<f64> {
-        self.mlp.params()
+        let mut p = vec![0.0; self.model.n_params()];
+        self.model.copy_params(&mut p).expect("sized above");
+        p
     }
 
-    /// The network (with the parameters of the last evaluation).
-    pub fn mlp(&self) -> &Mlp {
-        &self.mlp
+    /// The model (with the parameters of the last evaluation).
+    pub fn model(&self) -> &L {
+        &self.model
     }
 
     /// The loss.
@@ -140,28 +138,31 @@ impl MlpLoss {
 
     /// The loss over the whole data set at `w` (forward only, one pass).
     pub fn full_loss(&mut self, w: &[f64]) -> Result<f64> {
-        self.mlp.set_params(w)?;
+        self.model.set_params(w)?;
         let (x, t) = self.data.slice(0..self.data.len());
-        self.mlp.trace(x, &mut self.trace)?;
-        self.loss.value_and_grad(self.trace.output().view(), t.expect("checked in new"), None)
+        self.model.forward(x, &mut self.outputs)?;
+        self.loss.value_and_grad(self.outputs.view(), t.expect("checked in new"), None)
     }
 
-    fn forward(&mut self, w: &[f64], batch_indices: &[usize], with_grad: bool) -> Result<f64> {
-        self.mlp.set_params(w)?;
+    fn gather(&mut self, w: &[f64], batch_indices: &[usize]) -> Result<()> {
+        self.model.set_params(w)?;
         if batch_indices.is_empty() {
-            return Err(Error::Empty { what: "MlpLoss batch".into() });
+            return Err(Error::Empty { what: "LayerLoss batch".into() });
         }
-        self.data.gather(batch_indices, &mut self.batch)?;
-        self.mlp.trace(self.batch.inputs(), &mut self.trace)?;
-        let targets = self.batch.targets().expect("checked in new");
-        let grad_out = if with_grad { Some(&mut self.grad_out) } else { None };
-        self.loss.value_and_grad(self.trace.output().view(), targets, grad_out)
+        self.data.gather(batch_indices, &mut self.batch)
     }
 }
 
-impl LossModel for MlpLoss {
+impl MlpLoss {
+    /// The network (with the parameters of the last evaluation).
+    pub fn mlp(&self) -> &Mlp {
+        &self.model
+    }
+}
+
+impl<L: Layer + Clone> LossModel for LayerLoss<L> {
     fn n_params(&self) -> usize {
-        self.mlp.n_params()
+        self.model.n_params()
     }
 
     fn n_samples(&self) -> usize {
@@ -169,16 +170,23 @@ impl LossModel for MlpLoss {
     }
 
     fn loss_and_grad(&mut self, w: &[f64], batch_indices: &[usize], grad: &mut [f64]) -> Result<f64> {
-        if grad.len() != self.mlp.n_params() {
-            return Err(Error::shape("MlpLoss::loss_and_grad grad", &[self.mlp.n_params()], &[grad.len()]));
+        if grad.len() != self.model.n_params() {
+            return Err(Error::shape("LayerLoss::loss_and_grad grad", &[self.model.n_params()], &[grad.len()]));
         }
-        let loss = self.forward(w, batch_indices, true)?;
+        self.gather(w, batch_indices)?;
+        let targets = self.batch.targets().expect("checked in new");
+        let loss = self.loss;
         grad.fill(0.0);
-        self.mlp.backward_trace(&mut self.trace, self.grad_out.view(), grad, None)?;
-        Ok(loss)
+        self.model.value_and_grad(
+            self.batch.inputs(),
+            &mut |y, grad_y| loss.value_and_grad(y, targets, Some(grad_y)),
+            grad,
+        )
     }
 
     fn loss(&mut self, w: &[f64], batch_indices: &[usize]) -> Result<f64> {
-        self.forward(w, batch_indices, false)
+        self.gather(w, batch_indices)?;
+        self.model.forward(self.batch.inputs(), &mut self.outputs)?;
+        self.loss.value_and_grad(self.outputs.view(), self.batch.targets().expect("checked in new"), None)
     }
 }

@@ -29,5 +29,5 @@ pub use chain::{Chain, Divergence, DivergenceCause, StepRecord};
 pub use config::{LlcConfig, Sampler, SgldConfig, SgldParams, default_nbeta};
 pub use convergence::{effective_sample_size, split_rhat};
 pub use estimator::{ChainRuns, LlcEstimator};
-pub use loss_model::{LossModel, MlpLoss};
+pub use loss_model::{LayerLoss, LossModel, MlpLoss};
 pub use report::{ChainSummary, DiagnosticTraces, Diagnostics, LlcReport};

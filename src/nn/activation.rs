@@ -1,6 +1,6 @@
 //! Elementwise activations. Each is also a parameter-free [`Layer`].
 
-use super::layer::{Layer, check_backward_shapes, check_cols};
+use super::layer::{Layer, LayerKind, Linearized, blocks, check_backward_shapes, check_cols};
 use crate::error::{Error, Result};
 use crate::matrix::{Matrix, MatrixView};
 use serde::{Deserialize, Serialize};
@@ -201,6 +201,41 @@ impl Layer for Elementwise {
         let act = self.activation;
         for ((g, &z), &gy) in grad_x.as_mut_slice().iter_mut().zip(x.as_slice()).zip(grad_y.as_slice()) {
             *g = gy * act.derivative(z);
+        }
+        Ok(())
+    }
+
+    fn linearize<'a>(&'a self, x: MatrixView<'_>) -> Result<Box<dyn Linearized + 'a>> {
+        let mut y = Matrix::default();
+        self.forward(x, &mut y)?;
+        let act = self.activation;
+        let derivatives =
+            Matrix::from_vec(x.nrows(), x.ncols(), x.as_slice().iter().map(|&z| act.derivative(z)).collect())?;
+        Ok(Box::new(ElementwiseAt { derivatives, y }))
+    }
+
+    fn kind(&self) -> LayerKind<'_> {
+        LayerKind::Elementwise(self.activation)
+    }
+}
+
+/// σ'(x) kept from the forward pass.
+struct ElementwiseAt {
+    derivatives: Matrix,
+    y: Matrix,
+}
+
+impl Linearized for ElementwiseAt {
+    fn output(&self) -> MatrixView<'_> {
+        self.y.view()
+    }
+
+    fn vjp(&self, cotangents: MatrixView<'_>, grad_x: &mut Matrix) -> Result<()> {
+        blocks("Elementwise vjp", cotangents, self.y.view())?;
+        let per_block = self.derivatives.as_slice().len();
+        grad_x.resize(cotangents.nrows(), cotangents.ncols());
+        for (k, (g, &c)) in grad_x.as_mut_slice().iter_mut().zip(cotangents.as_slice()).enumerate() {
+            *g = c * self.derivatives.as_slice()[k % per_block];
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Affine layer in PyTorch's `nn.Linear` layout.
 
-use super::layer::{Layer, check_backward_shapes, check_cols, check_len};
+use super::layer::{Layer, LayerKind, Linearized, blocks, check_backward_shapes, check_cols, check_len};
 use crate::error::{Error, Result};
 use crate::linalg;
 use crate::matrix::{Matrix, MatrixView};
@@ -124,6 +124,16 @@ impl Layer for Linear {
         self.weight.nrows() * self.weight.ncols() + self.bias.as_ref().map_or(0, Vec::len)
     }
 
+    fn linearize<'a>(&'a self, x: MatrixView<'_>) -> Result<Box<dyn Linearized + 'a>> {
+        let mut y = Matrix::default();
+        self.forward(x, &mut y)?;
+        Ok(Box::new(LinearAt { weight: &self.weight, y }))
+    }
+
+    fn kind(&self) -> LayerKind<'_> {
+        LayerKind::Affine(self)
+    }
+
     fn copy_params(&self, out: &mut [f64]) -> Result<()> {
         check_len("Linear::copy_params", self.n_params(), out.len())?;
         let (w, b) = out.split_at_mut(self.weight.as_slice().len());
@@ -141,6 +151,25 @@ impl Layer for Linear {
         if let Some(bias) = &mut self.bias {
             bias.copy_from_slice(b);
         }
+        Ok(())
+    }
+}
+
+/// A linear map's Jacobian is its weight, wherever it is linearised.
+struct LinearAt<'a> {
+    weight: &'a Matrix,
+    y: Matrix,
+}
+
+impl Linearized for LinearAt<'_> {
+    fn output(&self) -> MatrixView<'_> {
+        self.y.view()
+    }
+
+    fn vjp(&self, cotangents: MatrixView<'_>, grad_x: &mut Matrix) -> Result<()> {
+        blocks("Linear vjp", cotangents, self.y.view())?;
+        grad_x.resize(cotangents.nrows(), self.weight.ncols());
+        linalg::gemm(grad_x.as_mut_slice(), cotangents, false, self.weight.view(), false, 1.0, false);
         Ok(())
     }
 }

@@ -1,16 +1,21 @@
-//! Multi-layer perceptrons with named node layers, and the sections between them.
+//! Multi-layer perceptrons with named node layers.
 //!
 //! Node-layer names follow rib: node `layers.k` is the input of linear layer `k`, `output` is
-//! the network output. An activation follows every linear layer but the last.
+//! the network output. An activation follows every linear layer but the last. Every forward
+//! pass, the training one included, runs on folded rows `[h, 1]` through [`FoldedLinear`], the
+//! same kernel the sections use.
 
 use super::activation::Activation;
 use super::layer::{Layer, check_backward_shapes, check_cols, check_len};
 use super::linear::Linear;
-use super::section::{FoldedLinear, Section};
+use super::network::{Network, NodeLayer};
+use super::section::{Chain, FoldedLinear, Section};
 use crate::error::{Error, Result};
 use crate::linalg;
 use crate::matrix::{Matrix, MatrixView};
+use crate::scratch::ScratchMatrix;
 use rand::SeedableRng;
+use std::cell::RefCell;
 
 /// The name of the output node layer.
 pub const OUTPUT_NODE: &str = "output";
@@ -21,22 +26,26 @@ pub struct Mlp {
     linears: Vec<Linear>,
     /// `activations[k]` follows `linears[k]`; the last one is always `Identity`.
     activations: Vec<Activation>,
+    /// The same layers on folded rows (kept in sync with `linears`).
+    folded: Vec<FoldedLinear>,
+    nodes: Vec<NodeLayer>,
 }
 
 /// Everything a forward pass computed, kept for the backward pass and for reading node
 /// activations; reuse one trace across batches to avoid allocation.
 #[derive(Clone, Debug, Default)]
 pub struct ForwardTrace {
-    /// `nodes[k]` = input of linear layer `k`; the last entry is the output.
+    /// `nodes[k]` = folded input `[h, 1]` of linear layer `k`; the last entry is the output.
     nodes: Vec<Matrix>,
     /// `preacts[k]` = output of linear layer `k` before its activation.
     preacts: Vec<Matrix>,
     grad: Matrix,
     grad_next: Matrix,
+    grad_params: Matrix,
 }
 
 impl ForwardTrace {
-    /// Activations at node `k` (unfolded: no constant coordinate).
+    /// Folded activations `[h, 1]` at node `k` (the output has no constant coordinate).
     pub fn node(&self, k: usize) -> &Matrix {
         &self.nodes[k]
     }
@@ -50,6 +59,11 @@ impl ForwardTrace {
     pub fn output(&self) -> &Matrix {
         self.nodes.last().expect("a trace of a forward pass has an output")
     }
+}
+
+thread_local! {
+    /// The buffers of [`Layer::value_and_grad`], kept warm across calls (see `crate::scratch`).
+    static TRACE: RefCell<ForwardTrace> = RefCell::new(ForwardTrace::default());
 }
 
 impl Mlp {
@@ -81,7 +95,20 @@ impl Mlp {
                 });
             }
         }
-        Ok(Mlp { linears, activations })
+        let n = linears.len();
+        let folded = linears
+            .iter()
+            .zip(&activations)
+            .enumerate()
+            .map(|(k, (l, &a))| FoldedLinear::new(l, a, k + 1 < n))
+            .collect();
+        let mut nodes: Vec<NodeLayer> = linears
+            .iter()
+            .enumerate()
+            .map(|(k, l)| NodeLayer::new(format!("layers.{k}"), l.in_dim() + 1, true, 1))
+            .collect();
+        nodes.push(NodeLayer::new(OUTPUT_NODE, linears[n - 1].out_dim(), false, 1));
+        Ok(Mlp { linears, activations, folded, nodes })
     }
 
     /// A freshly initialised MLP with node widths `sizes` (input, hidden…, output), PyTorch's
@@ -105,6 +132,11 @@ impl Mlp {
         &self.activations
     }
 
+    /// Linear layer `k` with its activation on folded rows: the section from node `k` to `k + 1`.
+    pub fn folded(&self, k: usize) -> &FoldedLinear {
+        &self.folded[k]
+    }
+
     /// Number of linear layers.
     pub fn n_layers(&self) -> usize {
         self.linears.len()
@@ -122,85 +154,23 @@ impl Mlp {
 
     /// The name of node `k`: `layers.k`, or `output` for the last.
     pub fn node_name(&self, k: usize) -> String {
-        if k == self.n_layers() { OUTPUT_NODE.to_string() } else { format!("layers.{k}") }
+        self.nodes.get(k).map_or_else(|| format!("node {k}"), |n| n.name.clone())
     }
 
-    /// All node names in order.
-    pub fn node_names(&self) -> Vec<String> {
-        (0..self.n_nodes()).map(|k| self.node_name(k)).collect()
-    }
-
-    /// The index of a node named `layers.k` or `output`.
-    pub fn node_index(&self, name: &str) -> Result<usize> {
-        let k = if name == OUTPUT_NODE {
-            Some(self.n_layers())
-        } else {
-            name.strip_prefix("layers.").and_then(|s| s.parse::<usize>().ok()).filter(|&k| k < self.n_layers())
-        };
-        k.ok_or_else(|| Error::UnknownNode { name: name.to_string(), available: self.node_names() })
-    }
-
-    /// The map from node `k` to node `k + 1` on **folded** coordinates `[h, c]` (the constant
-    /// coordinate `c` multiplies the bias), as the basis and edge estimators need it.
-    pub fn section(&self, k: usize) -> Result<Section> {
-        self.section_between(k, k + 1)
-    }
-
-    /// The map from node `from` to node `to > from` on folded coordinates: the chain of the
-    /// single-layer sections between them.
-    pub fn section_between(&self, from: usize, to: usize) -> Result<Section> {
-        if from >= to || to > self.n_layers() {
-            return Err(Error::invalid(
-                "section",
-                format!("{from} → {to}"),
-                format!("need 0 ≤ from < to ≤ {} (node indices)", self.n_layers()),
-            ));
-        }
-        let layers = (from..to)
-            .map(|k| {
-                let lin = &self.linears[k];
-                let (out, inp) = lin.weight().shape();
-                let bias = lin.bias();
-                let weight = Matrix::from_fn(out, inp + 1, |i, j| {
-                    if j < inp { lin.weight()[(i, j)] } else { bias.map_or(0.0, |b| b[i]) }
-                });
-                FoldedLinear::new(weight, self.activations[k], k + 1 < self.n_layers())
-            })
-            .collect();
-        Ok(Section::new(layers))
-    }
-
-    /// Forward pass of a batch keeping every node's activations and pre-activations.
+    /// Forward pass of a batch keeping every node's folded activations and pre-activations.
     pub fn trace(&self, x: MatrixView<'_>, trace: &mut ForwardTrace) -> Result<()> {
         check_cols("Mlp::trace", x, self.linears[0].in_dim())?;
         let n = self.n_layers();
         trace.nodes.resize_with(n + 1, Matrix::default);
         trace.preacts.resize_with(n, Matrix::default);
-        let first = &mut trace.nodes[0];
-        first.resize(x.nrows(), x.ncols());
-        first.as_mut_slice().copy_from_slice(x.as_slice());
+        fold_into(x, &mut trace.nodes[0]);
         for k in 0..n {
             let (done, rest) = trace.nodes.split_at_mut(k + 1);
             let z = &mut trace.preacts[k];
-            self.linears[k].affine(done[k].view(), None, z);
-            let h = &mut rest[0];
-            h.resize(z.nrows(), z.ncols());
-            let act = self.activations[k];
-            for (o, &v) in h.as_mut_slice().iter_mut().zip(z.as_slice()) {
-                *o = act.value(v);
-            }
+            self.folded[k].preactivations(done[k].view(), z);
+            self.folded[k].activate(z.view(), None, &mut rest[0]);
         }
         Ok(())
-    }
-
-    /// Activations at node `k` for a batch (unfolded).
-    pub fn node_activations(&self, x: MatrixView<'_>, k: usize) -> Result<Matrix> {
-        if k >= self.n_nodes() {
-            return Err(Error::UnknownNode { name: format!("node {k}"), available: self.node_names() });
-        }
-        let mut trace = ForwardTrace::default();
-        self.trace(x, &mut trace)?;
-        Ok(std::mem::take(&mut trace.nodes[k]))
     }
 
     /// Backward pass through a trace: accumulates `∂(Σ grad_output · y)/∂θ` into
@@ -221,28 +191,42 @@ impl Mlp {
             ));
         }
         check_len("Mlp::backward_trace grad_params", self.n_params(), grad_params.len())?;
-        let ForwardTrace { nodes, preacts, grad, grad_next } = trace;
+        let ForwardTrace { nodes, preacts, grad, grad_next, grad_params: g } = trace;
         grad.resize(grad_output.nrows(), grad_output.ncols());
         grad.as_mut_slice().copy_from_slice(grad_output.as_slice());
         let mut offset = grad_params.len();
         let want_input = grad_input.is_some();
         for k in (0..self.n_layers()).rev() {
+            // `grad` holds ∂/∂(the layer's unit outputs); make it ∂/∂z.
             let act = self.activations[k];
             if act != Activation::Identity {
-                for (g, &z) in grad.as_mut_slice().iter_mut().zip(preacts[k].as_slice()) {
-                    *g *= act.derivative(z);
+                for (gv, &z) in grad.as_mut_slice().iter_mut().zip(preacts[k].as_slice()) {
+                    *gv *= act.derivative(z);
                 }
             }
-            let np = self.linears[k].n_params();
-            offset -= np;
-            let gp = &mut grad_params[offset..offset + np];
-            if k == 0 && !want_input {
-                // The input gradient is not needed: skip its GEMM.
-                accumulate_param_grads(&self.linears[k], nodes[k].view(), grad.view(), gp);
-            } else {
-                self.linears[k].affine_backward(nodes[k].view(), None, grad.view(), grad_next, Some(gp));
-                std::mem::swap(grad, grad_next);
+            // [∂W | ∂b] = grad_zᵀ [h, 1] in one product, then into the flat [W, b] order.
+            let lin = &self.linears[k];
+            let (out, inp) = lin.weight().shape();
+            g.resize(out, inp + 1);
+            linalg::gemm(g.as_mut_slice(), grad.view(), true, nodes[k].view(), false, 1.0, false);
+            offset -= lin.n_params();
+            let (gw, gb) = grad_params[offset..offset + lin.n_params()].split_at_mut(out * inp);
+            for o in 0..out {
+                let row = g.row(o);
+                for (d, &v) in gw[o * inp..(o + 1) * inp].iter_mut().zip(&row[..inp]) {
+                    *d += v;
+                }
+                if let Some(b) = gb.get_mut(o) {
+                    *b += row[inp];
+                }
             }
+            if k == 0 && !want_input {
+                break;
+            }
+            // ∂/∂h_k: the product with W (the bias column's gradient is not needed).
+            grad_next.resize(grad.nrows(), inp);
+            linalg::gemm(grad_next.as_mut_slice(), grad.view(), false, lin.weight().view(), false, 1.0, false);
+            std::mem::swap(grad, grad_next);
         }
         if let Some(gi) = grad_input {
             gi.resize(grad.nrows(), grad.ncols());
@@ -259,15 +243,14 @@ impl Mlp {
     }
 }
 
-fn accumulate_param_grads(lin: &Linear, x: MatrixView<'_>, grad_z: MatrixView<'_>, gp: &mut [f64]) {
-    let (gw, gb) = gp.split_at_mut(lin.weight().as_slice().len());
-    linalg::gemm(gw, grad_z, true, x, false, 1.0, true);
-    if lin.bias().is_some() {
-        for i in 0..grad_z.nrows() {
-            for (g, &v) in gb.iter_mut().zip(grad_z.row(i)) {
-                *g += v;
-            }
-        }
+/// `dst ← [x, 1]`.
+fn fold_into(x: MatrixView<'_>, dst: &mut Matrix) {
+    let d = x.ncols();
+    dst.resize(x.nrows(), d + 1);
+    for i in 0..x.nrows() {
+        let row = dst.row_mut(i);
+        row[..d].copy_from_slice(x.row(i));
+        row[d] = 1.0;
     }
 }
 
@@ -300,6 +283,22 @@ impl Layer for Mlp {
         self.backward_trace(&mut trace, grad_y, grad_params, Some(grad_x))
     }
 
+    fn value_and_grad(
+        &self,
+        x: MatrixView<'_>,
+        loss: &mut dyn FnMut(MatrixView<'_>, &mut Matrix) -> Result<f64>,
+        grad_params: &mut [f64],
+    ) -> Result<f64> {
+        TRACE.with(|trace| {
+            let trace = &mut *trace.borrow_mut();
+            self.trace(x, trace)?;
+            let mut grad_y = ScratchMatrix::take();
+            let value = loss(trace.output().view(), &mut grad_y)?;
+            self.backward_trace(trace, grad_y.view(), grad_params, None)?;
+            Ok(value)
+        })
+    }
+
     fn n_params(&self) -> usize {
         self.linears.iter().map(Layer::n_params).sum()
     }
@@ -321,11 +320,58 @@ impl Layer for Mlp {
             return Err(Error::NonFinite { what: "Mlp::set_params".into(), row: 0, col: k, value: params[k] });
         }
         let mut rest = params;
-        for lin in &mut self.linears {
+        for (lin, folded) in self.linears.iter_mut().zip(&mut self.folded) {
             let (head, tail) = rest.split_at(lin.n_params());
             lin.set_params(head)?;
+            folded.set_linear(lin);
             rest = tail;
         }
         Ok(())
+    }
+}
+
+impl Network for Mlp {
+    fn node_layers(&self) -> &[NodeLayer] {
+        &self.nodes
+    }
+
+    fn input_dim(&self) -> usize {
+        self.linears[0].in_dim()
+    }
+
+    fn forward_nodes(&self, inputs: MatrixView<'_>, nodes: &[usize], acts: &mut [Matrix]) -> Result<()> {
+        super::network::check_nodes(self, nodes, "Mlp::forward_nodes nodes")?;
+        check_len("Mlp::forward_nodes buffers", nodes.len(), acts.len())?;
+        check_cols("Mlp::forward_nodes", inputs, self.input_dim())?;
+        let (mut current, mut z) = (ScratchMatrix::take(), ScratchMatrix::take());
+        fold_into(inputs, &mut current);
+        let last = nodes[nodes.len() - 1];
+        for k in 0..=last {
+            if let Some(slot) = nodes.iter().position(|&n| n == k) {
+                acts[slot].clone_from(&current);
+            }
+            if k < last {
+                self.folded[k].preactivations(current.view(), &mut z);
+                let mut next = ScratchMatrix::take();
+                self.folded[k].activate(z.view(), None, &mut next);
+                std::mem::swap(&mut *current, &mut *next);
+            }
+        }
+        Ok(())
+    }
+
+    fn section(&self, from: usize, to: usize) -> Result<Box<dyn Section + '_>> {
+        if from >= to || to > self.n_layers() {
+            return Err(Error::invalid(
+                "section",
+                format!("{from} → {to}"),
+                format!("need 0 ≤ from < to ≤ {} (node indices)", self.n_layers()),
+            ));
+        }
+        if to == from + 1 {
+            return Ok(Box::new(&self.folded[from]));
+        }
+        let steps = self.folded[from..to].iter().map(|f| Box::new(f) as Box<dyn Section + '_>).collect();
+        Ok(Box::new(Chain::new(steps)?))
     }
 }

@@ -3,7 +3,6 @@
 
 use super::layer::Layer;
 use super::loss::{Loss, TargetsView, accuracy};
-use super::mlp::{ForwardTrace, Mlp};
 use crate::data::{Batch, Dataset};
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
@@ -109,12 +108,12 @@ pub struct TrainReport {
     pub final_accuracy: Option<f64>,
 }
 
-/// Full-data loss and (for labelled data) accuracy of `mlp`.
-pub fn evaluate(mlp: &Mlp, data: &Dataset, loss: Loss) -> Result<(f64, Option<f64>)> {
+/// Full-data loss and (for labelled data) accuracy of `model`.
+pub fn evaluate(model: &(impl Layer + ?Sized), data: &Dataset, loss: Loss) -> Result<(f64, Option<f64>)> {
     let (x, t) = data.slice(0..data.len());
     let t = t.ok_or_else(|| Error::invalid("dataset", "unlabelled", "evaluation needs targets or labels"))?;
     let mut y = Matrix::default();
-    mlp.forward(x, &mut y)?;
+    model.forward(x, &mut y)?;
     let l = loss.value_and_grad(y.view(), t, None)?;
     let acc = match t {
         TargetsView::Labels(labels) => Some(accuracy(y.view(), labels)?),
@@ -123,15 +122,16 @@ pub fn evaluate(mlp: &Mlp, data: &Dataset, loss: Loss) -> Result<(f64, Option<f6
     Ok((l, acc))
 }
 
-/// Trains `mlp` in place. Deterministic for a given seed.
-pub fn train(mlp: &mut Mlp, data: &Dataset, config: &TrainConfig) -> Result<TrainReport> {
-    train_with(mlp, data, config, &mut |_, _| {})
+/// Trains `model` (an [`crate::Mlp`], a [`crate::nn::Sequential`], any [`Layer`] with
+/// parameters) in place. Deterministic for a given seed.
+pub fn train(model: &mut (impl Layer + ?Sized), data: &Dataset, config: &TrainConfig) -> Result<TrainReport> {
+    train_with(model, data, config, &mut |_, _| {})
 }
 
 /// [`train`], calling `on_epoch(epoch, mean minibatch loss)` after every epoch (progress bars,
 /// logging).
 pub fn train_with(
-    mlp: &mut Mlp,
+    model: &mut (impl Layer + ?Sized),
     data: &Dataset,
     config: &TrainConfig,
     on_epoch: &mut dyn FnMut(usize, f64),
@@ -144,13 +144,14 @@ pub fn train_with(
     if batch_size == 0 {
         return Err(Error::invalid("batch_size", 0, "must be at least 1"));
     }
-    evaluate(mlp, data, config.loss)?; // checks targets, shapes and labels before any update
+    evaluate(model, data, config.loss)?; // checks targets, shapes and labels before any update
 
     let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(config.seed);
-    let np = mlp.n_params();
-    let mut w = mlp.params();
+    let np = model.n_params();
+    let mut w = vec![0.0; np];
+    model.copy_params(&mut w)?;
     let (mut grad, mut m, mut v) = (vec![0.0; np], vec![0.0; np], vec![0.0; np]);
-    let (mut trace, mut batch, mut grad_out) = (ForwardTrace::default(), Batch::default(), Matrix::default());
+    let mut batch = Batch::default();
     let mut order: Vec<usize> = (0..data.len()).collect();
     let mut step = 0_i32;
     let mut epoch_losses = Vec::new();
@@ -161,29 +162,32 @@ pub fn train_with(
         let (mut total, mut count) = (0.0, 0);
         for chunk in order.chunks(batch_size) {
             data.gather(chunk, &mut batch)?;
-            mlp.trace(batch.inputs(), &mut trace)?;
             let targets = batch.targets().expect("checked by evaluate");
-            let l = config.loss.value_and_grad(trace.output().view(), targets, Some(&mut grad_out))?;
+            grad.fill(0.0);
+            let loss = config.loss;
+            let l = model.value_and_grad(
+                batch.inputs(),
+                &mut |y, grad_y| loss.value_and_grad(y, targets, Some(grad_y)),
+                &mut grad,
+            )?;
             if !l.is_finite() {
                 return Err(Error::NonFinite { what: "training loss".into(), row: step as usize, col: 0, value: l });
             }
-            grad.fill(0.0);
-            mlp.backward_trace(&mut trace, grad_out.view(), &mut grad, None)?;
             step += 1;
             apply_update(&config.optimizer, step, &mut w, &grad, &mut m, &mut v);
-            mlp.set_params(&w)?;
+            model.set_params(&w)?;
             total += l;
             count += 1;
         }
         epoch_losses.push(total / count as f64);
         on_epoch(epoch_losses.len() - 1, total / count as f64);
         if let Some(target) = config.stop_at_accuracy
-            && evaluate(mlp, data, config.loss)?.1.is_some_and(|a| a >= target)
+            && evaluate(model, data, config.loss)?.1.is_some_and(|a| a >= target)
         {
             break;
         }
     }
-    let (final_loss, final_accuracy) = evaluate(mlp, data, config.loss)?;
+    let (final_loss, final_accuracy) = evaluate(model, data, config.loss)?;
     Ok(TrainReport { epoch_losses, final_loss, final_accuracy })
 }
 

@@ -4,7 +4,7 @@
 use degeneracy::basis::{BasisFormula, JacobianPath, LibConfig};
 use degeneracy::estimate::Quadrature;
 use degeneracy::llc::MlpLoss;
-use degeneracy::{Activation, Dataset, Layer, Loss, Matrix, Targets, io};
+use degeneracy::{Activation, Dataset, Layer, Loss, Matrix, Section, Targets, io};
 use std::path::PathBuf;
 
 /// The reference fixtures: `$DEGENERACY_FIXTURES`, else `../shared/fixtures` beside the crate.
@@ -98,4 +98,43 @@ pub fn finite_difference_error(layer: &mut dyn Layer, x: &Matrix, grad_y: &Matri
         a.iter().zip(b).fold(0.0_f64, |m, (x, y)| m.max((x - y).abs())) / scale
     };
     (rel(gx.as_slice(), fd_x.as_slice()), rel(&gp, &fd_p))
+}
+
+/// Largest relative error between a section's batched VJP (two cotangents at once, through
+/// `Section::linearize`) and five-point central finite differences of its forward pass.
+pub fn section_fd_error(section: &dyn Section, x: &Matrix, grad_y: &Matrix) -> f64 {
+    let h = 1e-4;
+    let objective = |x: &Matrix, g: &Matrix| {
+        let mut y = Matrix::default();
+        section.forward(x.view(), &mut y).unwrap();
+        y.as_slice().iter().zip(g.as_slice()).map(|(a, b)| a * b).sum::<f64>()
+    };
+    // Two cotangent blocks: grad_y and −2·grad_y; block 1 must be −2 × block 0.
+    let mut stacked = grad_y.as_slice().to_vec();
+    stacked.extend(grad_y.as_slice().iter().map(|v| -2.0 * v));
+    let cot = Matrix::from_vec(2 * grad_y.nrows(), grad_y.ncols(), stacked).unwrap();
+    let mut gx = Matrix::default();
+    section.linearize(x.view()).unwrap().vjp(cot.view(), &mut gx).unwrap();
+    assert_eq!(gx.shape(), (2 * x.nrows(), x.ncols()));
+    let stencil = |f: &mut dyn FnMut(f64) -> f64| (f(-2.0 * h) - 8.0 * f(-h) + 8.0 * f(h) - f(2.0 * h)) / (12.0 * h);
+    let mut fd = vec![0.0; x.as_slice().len()];
+    for (k, v) in fd.iter_mut().enumerate() {
+        *v = stencil(&mut |d| {
+            let mut xd = x.clone();
+            xd.as_mut_slice()[k] += d;
+            objective(&xd, grad_y)
+        });
+    }
+    let scale = fd.iter().fold(1e-3_f64, |m, v| m.max(v.abs()));
+    let n = fd.len();
+    let first = gx.as_slice()[..n].iter().zip(&fd).fold(0.0_f64, |m, (a, b)| m.max((a - b).abs()));
+    let second = gx.as_slice()[n..].iter().zip(&fd).fold(0.0_f64, |m, (a, b)| m.max((a + 2.0 * b).abs()));
+    first.max(second) / scale
+}
+
+/// The folded activations of node `k` of `net` for inputs `x`.
+pub fn node_acts(net: &dyn degeneracy::Network, x: &Matrix, k: usize) -> Matrix {
+    let mut acts = vec![Matrix::default()];
+    net.forward_nodes(x.view(), &[k], &mut acts).unwrap();
+    acts.pop().unwrap()
 }

@@ -110,8 +110,7 @@ pub fn record_bases(r: &mut Results, prefix: &str, bases: &[NodeBasis]) {
 /// Λ is rounding noise whose kept/dropped side depends on the summation order (block_diag's
 /// threshold of 1e-15, fixtures/INDEX.md).
 pub fn record_bases_above(r: &mut Results, prefix: &str, bases: &[NodeBasis], noise_floor: f64) {
-    for b in bases {
-        let k = b.node_index;
+    for (k, b) in bases.iter().enumerate() {
         r.array(format!("{prefix}/basis/{k}/gram_eigenvalues"), &b.gram_eigenvalues);
         match &b.lambda {
             Some(l) if noise_floor > 0.0 => {
@@ -185,7 +184,10 @@ pub fn pipeline(comm: Option<&dyn Communicator>) -> Results {
         for n in &d.nodes {
             r.text(format!("diagnostics/{}/ranks", n.name), (n.activation.rank, n.jacobian.rank, &n.relu));
             r.array(format!("diagnostics/{}/activation_spectrum", n.name), &n.activation.spectrum);
-            r.array(format!("diagnostics/{}/jacobian_spectrum", n.name), &n.preactivation_jacobian.spectrum);
+            r.array(format!("diagnostics/{}/jacobian_spectrum", n.name), &n.jacobian.spectrum);
+            if let Some(p) = &n.preactivation_jacobian {
+                r.array(format!("diagnostics/{}/preactivation_jacobian_spectrum", n.name), &p.spectrum);
+            }
         }
     });
 
