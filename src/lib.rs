@@ -60,6 +60,7 @@ pub mod distributed;
 mod error;
 pub mod estimate;
 pub mod graph;
+mod interop;
 pub mod io;
 pub mod linalg;
 pub mod llc;

@@ -295,24 +295,6 @@ impl<'a> From<&'a Matrix> for MatrixView<'a> {
     }
 }
 
-#[cfg(feature = "nalgebra")]
-mod nalgebra_interop {
-    //! Conversions for users whose matrices live in nalgebra (column-major).
-    use super::Matrix;
-
-    impl From<&nalgebra::DMatrix<f64>> for Matrix {
-        fn from(m: &nalgebra::DMatrix<f64>) -> Self {
-            Matrix::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)])
-        }
-    }
-
-    impl From<&Matrix> for nalgebra::DMatrix<f64> {
-        fn from(m: &Matrix) -> Self {
-            nalgebra::DMatrix::from_row_slice(m.nrows(), m.ncols(), m.as_slice())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,14 +317,5 @@ mod tests {
             Err(Error::NonFinite { row: 2, col: 1, .. }) => {}
             other => panic!("unexpected {other:?}"),
         }
-    }
-
-    #[cfg(feature = "nalgebra")]
-    #[test]
-    fn nalgebra_round_trip() {
-        let m = Matrix::from_fn(3, 2, |i, j| (i * 2 + j) as f64);
-        let n: nalgebra::DMatrix<f64> = (&m).into();
-        assert_eq!(n[(2, 1)], 5.0);
-        assert_eq!(Matrix::from(&n), m);
     }
 }

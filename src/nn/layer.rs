@@ -45,8 +45,9 @@ pub enum LayerKind<'a> {
 /// Downstream crates implement this for their own blocks: `forward` and the vector–Jacobian
 /// product `backward` are required; [`Layer::linearize`] and [`Layer::value_and_grad`] have
 /// defaults built on them that a fast implementation overrides. Parameters are one flat vector
-/// because the LLC sampler moves all of them together.
-pub trait Layer: Send + Sync {
+/// because the LLC sampler moves all of them together. Layers are `Clone` (through
+/// [`dyn_clone`], so `Box<dyn Layer>` is too): every LLC chain owns a copy of the model.
+pub trait Layer: dyn_clone::DynClone + Send + Sync {
     /// Width of an input row.
     fn in_dim(&self) -> usize;
 
@@ -116,6 +117,8 @@ pub trait Layer: Send + Sync {
         Ok(value)
     }
 }
+
+dyn_clone::clone_trait_object!(Layer);
 
 /// The default linearisation: `backward` on the input stacked once per cotangent.
 struct ByBackward<'a, L: ?Sized> {

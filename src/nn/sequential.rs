@@ -46,6 +46,7 @@ impl NodeSpec {
 /// assert_eq!(net.node_names(), ["layers.0", "layers.1", "output"]); // as an Mlp
 /// # Ok::<(), degeneracy::Error>(())
 /// ```
+#[derive(Clone)]
 pub struct Sequential {
     layers: Vec<Box<dyn Layer>>,
     specs: Vec<NodeSpec>,
@@ -288,6 +289,11 @@ impl Sequential {
     }
 }
 
+/// Where a homogeneous layer's lift `c F(x / c)` is evaluated for `c = 0`: small enough that
+/// offsets of order 1 vanish against `x / c` in f64, large enough that `x / c` stays finite for
+/// `|x| < 10⁴⁵`.
+const HOMOGENEOUS_ZERO: f64 = 1e-262;
+
 /// An opaque layer on folded rows `[x, c]`: `[F(x), c]`, or `[c F(x / c), c]` when homogeneous
 /// (`docs/math.md` §3.2); the constant is dropped from the output unless `carries`.
 struct Lifted<'a> {
@@ -309,27 +315,15 @@ impl Section for Lifted<'_> {
         let n = check_input("layer in a section", self.input(), x)?;
         let d = self.layer.in_dim();
         let c: Vec<f64> = (0..n).map(|i| x[(i, d)]).collect();
+        // c F(x / c) at c = 0 is its limit c → 0⁺: the layer with its offsets switched off (for a
+        // piecewise-linear F), evaluated at a tiny c whose offsets round away.
+        let c: Vec<f64> =
+            c.into_iter().map(|c| if self.homogeneous && c == 0.0 { HOMOGENEOUS_ZERO } else { c }).collect();
         let mut inner_x = Matrix::from_fn(n, d, |i, j| x[(i, j)]);
-        let mut zero_rows = Vec::new();
         if self.homogeneous {
             for (i, &ci) in c.iter().enumerate() {
-                if ci == 1.0 {
-                    continue;
-                }
-                let row = inner_x.row_mut(i);
-                if ci == 0.0 {
-                    // c F(x/c) → 0 as (x, c) → 0; elsewhere on c = 0 it is not defined.
-                    if let Some(j) = row.iter().position(|&v| v != 0.0) {
-                        return Err(Error::NonFinite {
-                            what: "a homogeneous layer's input x / c at the constant c = 0".into(),
-                            row: i,
-                            col: j,
-                            value: f64::INFINITY,
-                        });
-                    }
-                    zero_rows.push(i);
-                } else {
-                    row.iter_mut().for_each(|v| *v /= ci);
+                if ci != 1.0 {
+                    inner_x.row_mut(i).iter_mut().for_each(|v| *v /= ci);
                 }
             }
         }
@@ -340,7 +334,7 @@ impl Section for Lifted<'_> {
             let scale = if self.homogeneous { c[i] } else { 1.0 };
             if j < out { scale * f[(i, j)] } else { c[i] }
         });
-        Ok(Box::new(LiftedAt { lifted: self, inner, inner_x, zero_rows, y }))
+        Ok(Box::new(LiftedAt { lifted: self, inner, inner_x, y }))
     }
 }
 
@@ -349,7 +343,6 @@ struct LiftedAt<'a> {
     inner: Box<dyn Linearized + 'a>,
     /// `x / c` (homogeneous) or `x`.
     inner_x: Matrix,
-    zero_rows: Vec<usize>,
     y: Matrix,
 }
 
@@ -378,9 +371,6 @@ impl Linearized for LiftedAt<'_> {
             let dst = grad_x.row_mut(r);
             dst[..d].copy_from_slice(row);
             dst[d] = g_c;
-            if self.zero_rows.binary_search(&i).is_ok() {
-                dst.fill(0.0);
-            }
         }
         Ok(())
     }
