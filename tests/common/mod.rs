@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod user_layers;
+
 use degeneracy::basis::{BasisFormula, JacobianPath, LibConfig};
 use degeneracy::estimate::Quadrature;
 use degeneracy::llc::MlpLoss;
