@@ -11,7 +11,7 @@ use criterion::Criterion;
 use degeneracy::basis::{BasisFormula, JacobianGramAccumulator, JacobianPath, NodeBasis};
 use degeneracy::estimate::Quadrature;
 use degeneracy::graph::{EdgeConfig, compute_edge};
-use degeneracy::{Activation, Layer, Linear, Matrix, Mlp, Network, Section, Sequential};
+use degeneracy::{Activation, Linear, Matrix, Mlp, Network, Section, Sequential};
 use std::hint::black_box;
 use user_layers::{LayerNorm, Residual, pseudo_random};
 

@@ -27,23 +27,17 @@ mod common;
 use common::{AnyResult, BuildKeys, Mode, NpyOut, Phases, file_node, read_build_config, shard_dir, write_json};
 use degeneracy::basis::{Basis, LibConfig, NodeBasis, build_bases};
 use degeneracy::data::ActivationSampler;
-use degeneracy::distributed::{
-    Communicator, Shard, ShardHeader, compute_edges_by_outputs, merge_shard_files, read_shard_file, write_shard_file,
-};
+use degeneracy::distributed::{Communicator, Shard, StagedBuild, compute_edges_by_outputs};
 use degeneracy::estimate::NodeStatistics;
 use degeneracy::graph::{
-    EdgeAccumulator, EdgeConfig, EdgeFormula, EdgeNorm, Edges, InteractionGraph, LeidenConfig, accumulate_edges,
-    compute_edges, find_modules,
+    EdgeConfig, EdgeFormula, EdgeNorm, Edges, InteractionGraph, LeidenConfig, compute_edges, find_modules,
 };
 use degeneracy::{Matrix, Mlp};
 use serde::Deserialize;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const USAGE: &str = "lib_build CONFIG.json [--stage statistics|edges] [--shard I/K | --merge FILE…]";
-const STATISTICS: &str = "lib_build/statistics";
-const BASES: &str = "lib_build/bases";
-const EDGES: &str = "lib_build/edges";
 
 /// The keys of `lib_build` beyond the shared [`BuildKeys`].
 #[derive(Deserialize)]
@@ -162,108 +156,53 @@ fn edge_config(formula: EdgeFormula, config: &LibConfig) -> EdgeConfig {
     EdgeConfig { formula, quadrature: config.quadrature, batch_size: config.batch_size, ..EdgeConfig::default() }
 }
 
-fn bases_file(out: &Path) -> AnyResult<PathBuf> {
-    Ok(shard_dir(out)?.join("bases.shard"))
-}
-
-/// The bases written by the statistics merge, checked against this run's config and data.
-fn read_bases(job: &Job) -> AnyResult<(PathBuf, Vec<NodeBasis>)> {
-    let path = bases_file(&job.out)?;
-    let fingerprint = job.keys.fingerprint(&job.dir, BASES)?.finish();
-    let (_, bases) = read_shard_file::<Vec<NodeBasis>>(&path, BASES, &fingerprint)
-        .map_err(|e| format!("{e} (run --stage statistics --merge first)"))?;
-    Ok((path, bases))
-}
-
-fn edges_fingerprint(job: &Job, bases: &Path) -> AnyResult<String> {
-    Ok(job.keys.fingerprint(&job.dir, EDGES)?.file("bases", bases)?.finish())
+/// The library's staged build of this run, its shard files in `out_dir/shards`.
+fn staged(job: &Job) -> AnyResult<StagedBuild<'_>> {
+    let run = job.keys.fingerprint(&job.dir, "lib_build")?.finish();
+    let edges = job.edge_formula.map(|f| edge_config(f, &job.config));
+    StagedBuild::new(&job.mlp, job.config.clone(), edges, &run, shard_dir(&job.out)?).map_err(|e| match e {
+        degeneracy::Error::InvalidParameter { ref name, .. } if name == "basis_formula" => {
+            format!("{e} (in lib_build: \"distributed\": true with mpirun)").into()
+        }
+        other => other.into(),
+    })
 }
 
 /// One worker of a file-based run: its shard's state to `out_dir/shards/`.
 fn shard(mut job: Job, stage: Stage, index: usize, count: usize) -> AnyResult<()> {
-    let rows = Shard::new(&job.inputs, index, count)?;
-    let total = job.inputs.nrows();
-    let (mlp, config) = (&job.mlp, &job.config);
     let path = match stage {
-        Stage::Statistics => {
-            let passes = config.extra_passes(mlp)?;
-            if passes > 0 {
-                return Err(format!(
-                    "basis_formula `{}` on these node layers needs {passes} more data pass(es) after the \
-                     statistics; file-based shards support one pass per stage (jacobian on consecutive node \
-                     layers, svd, neuron): use \"distributed\": true (MPI) or one process",
-                    config.basis_formula.name()
-                )
-                .into());
-            }
-            let nodes = config.node_indices(mlp)?;
-            let stats = NodeStatistics::collect(mlp, &rows, &nodes, config.statistics_quadrature(), config.batch_size)?;
-            let fingerprint = job.keys.fingerprint(&job.dir, STATISTICS)?.finish();
-            let header = ShardHeader::new(STATISTICS, fingerprint, index, count, rows.rows(), total);
-            let path = shard_dir(&job.out)?.join(format!("statistics_{index}_of_{count}.shard"));
-            write_shard_file(&path, &header, &stats)?;
-            path
-        }
-        Stage::Edges => {
-            let (bases_path, bases) = read_bases(&job)?;
-            let formula = job.edge_formula.expect("checked in run");
-            let accs = accumulate_edges(mlp, &rows, &bases, &edge_config(formula, config))?;
-            let header =
-                ShardHeader::new(EDGES, edges_fingerprint(&job, &bases_path)?, index, count, rows.rows(), total);
-            let path = shard_dir(&job.out)?.join(format!("edges_{index}_of_{count}.shard"));
-            write_shard_file(&path, &header, &accs)?;
-            path
-        }
+        Stage::Statistics => staged(&job)?.statistics_shard(&job.inputs, index, count)?,
+        Stage::Edges => staged(&job)?.edges_shard(&job.inputs, index, count).map_err(with_hint)?,
     };
     job.phases.lap("shard");
-    println!("rows {:?} of {total}: wrote {}", rows.rows(), path.display());
+    let rows = Shard::new(&job.inputs, index, count)?.rows();
+    println!("rows {rows:?} of {}: wrote {}", job.inputs.nrows(), path.display());
     Ok(())
+}
+
+/// Points a missing `bases.shard` to the stage that writes it.
+fn with_hint(e: degeneracy::Error) -> Box<dyn std::error::Error> {
+    format!("{e} (run --stage statistics --merge first)").into()
 }
 
 /// The merge step of a file-based run.
 fn merge(mut job: Job, stage: Stage, files: &[PathBuf]) -> AnyResult<()> {
     match stage {
         Stage::Statistics => {
-            let fingerprint = job.keys.fingerprint(&job.dir, STATISTICS)?.finish();
-            let (stats, headers) =
-                merge_shard_files::<NodeStatistics>(files, STATISTICS, &fingerprint, |a, b| a.merge(&b))?;
-            job.phases.lap("merge");
-            let bases = build_bases(&job.mlp, &job.inputs, &stats, &job.config)?;
+            let bases = staged(&job)?.merge_statistics(&job.inputs, files)?;
             job.phases.lap("bases");
             if job.edge_formula.is_some() {
-                let path = bases_file(&job.out)?;
-                let fingerprint = job.keys.fingerprint(&job.dir, BASES)?.finish();
-                let n = job.inputs.nrows();
-                write_shard_file(&path, &ShardHeader::new(BASES, fingerprint, 0, 1, 0..n, n), &bases)?;
-                println!(
-                    "wrote {}; next: --stage edges --shard I/K on each worker, then --stage edges --merge",
-                    path.display()
-                );
+                println!("wrote the bases; next: --stage edges --shard I/K on each worker, then --stage edges --merge");
             }
-            write_outputs(&mut job, &bases, None, json!({"stage": "statistics", "shards": headers.len()}))
+            write_outputs(&mut job, &bases, None, json!({"stage": "statistics", "shards": files.len()}))
         }
         Stage::Edges => {
-            let (bases_path, bases) = read_bases(&job)?;
-            let fingerprint = edges_fingerprint(&job, &bases_path)?;
-            let (accs, headers) = merge_shard_files::<Vec<EdgeAccumulator>>(files, EDGES, &fingerprint, |a, b| {
-                if a.len() != b.len() {
-                    return Err(degeneracy::Error::InvalidParameter {
-                        name: "edge shards".into(),
-                        value: b.len().to_string(),
-                        reason: format!("expected {} edge matrices", a.len()),
-                    });
-                }
-                a.iter_mut().zip(&b).try_for_each(|(a, b)| a.merge(b))
-            })?;
+            let build = staged(&job)?;
+            let bases = build.bases().map_err(with_hint)?;
+            let edges = build.merge_edges(files)?;
+            drop(build);
             job.phases.lap("merge");
-            let edges = accs
-                .iter()
-                .zip(bases.windows(2))
-                .map(|(acc, pair)| {
-                    Ok(Edges { in_node: pair[0].node.clone(), out_node: pair[1].node.clone(), e_hat: acc.finish()? })
-                })
-                .collect::<degeneracy::Result<Vec<Edges>>>()?;
-            write_outputs(&mut job, &bases, Some(&edges), json!({"stage": "edges", "shards": headers.len()}))
+            write_outputs(&mut job, &bases, Some(&edges), json!({"stage": "edges", "shards": files.len()}))
         }
     }
 }

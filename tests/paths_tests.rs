@@ -72,7 +72,8 @@ fn compare(run: &str, formula: EdgeFormula) -> (f64, f64, f64) {
     let edge_config = EdgeConfig { formula, quadrature: base.quadrature, ..EdgeConfig::default() };
     let e_fast = compute_edges(&mlp, &x, &fast, &edge_config).unwrap();
     let e_generic = compute_edges(&mlp, &x, &fast, &EdgeConfig { path: JacobianPath::Generic, ..edge_config }).unwrap();
-    let edges = e_fast.iter().zip(&e_generic).fold(0.0_f64, |m, (a, b)| m.max(rel(b.e_hat.as_slice(), a.e_hat.as_slice())));
+    let edges =
+        e_fast.iter().zip(&e_generic).fold(0.0_f64, |m, (a, b)| m.max(rel(b.e_hat.as_slice(), a.e_hat.as_slice())));
     (lambda, proj, edges)
 }
 

@@ -19,7 +19,8 @@
 //! * shard files for clusters without MPI: each worker writes its shard's state
 //!   ([`write_shard_file`]) with a [`ShardHeader`] and a [`Fingerprint`] of configuration,
 //!   model and data; [`merge_shard_files`] refuses truncated, foreign, duplicated, missing or
-//!   overlapping shards by name and merges the rest with the same merge code.
+//!   overlapping shards by name and merges the rest with the same merge code; [`StagedBuild`]
+//!   runs a whole LIB build (statistics, then edges) this way.
 //!
 //! Protocols, costs and the communication model are in `docs/distributed.md`.
 
@@ -30,6 +31,7 @@ mod merge;
 mod mpi;
 mod outputs;
 mod shard;
+mod staged;
 
 pub use communicator::{Communicator, LocalCommunicator, SingleProcess};
 pub use files::{Fingerprint, SHARD_FORMAT_VERSION, ShardHeader, merge_shard_files, read_shard_file, write_shard_file};
@@ -38,3 +40,4 @@ pub use merge::all_merge;
 pub use mpi::MpiCommunicator;
 pub use outputs::compute_edges_by_outputs;
 pub use shard::{ROW_GRID, Shard, shard_range};
+pub use staged::StagedBuild;

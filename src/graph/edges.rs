@@ -60,6 +60,34 @@ pub struct Edges {
     pub e_hat: Matrix,
 }
 
+impl Edges {
+    /// The edges between consecutive bases (node order) from their (merged) sums, one per pair:
+    /// how shards computed elsewhere ([`accumulate_edges`]) become edges.
+    pub fn from_sums(bases: &[NodeBasis], sums: &[EdgeAccumulator]) -> Result<Vec<Edges>> {
+        if sums.len() + 1 != bases.len() {
+            return Err(Error::shape(
+                "Edges::from_sums: bases (one more than edge sums)",
+                &[sums.len() + 1],
+                &[bases.len()],
+            ));
+        }
+        sums.iter()
+            .zip(bases.windows(2))
+            .map(|(sum, pair)| {
+                let (rows, cols) = sum.sum.shape();
+                if (rows, cols) != (pair[1].dim(), pair[0].dim()) {
+                    return Err(Error::shape(
+                        "Edges::from_sums: sums [dim out, dim in]",
+                        &[pair[1].dim(), pair[0].dim()],
+                        &[rows, cols],
+                    ));
+                }
+                Ok(Edges { in_node: pair[0].node.clone(), out_node: pair[1].node.clone(), e_hat: sum.finish()? })
+            })
+            .collect()
+    }
+}
+
 /// Mergeable partial sums of one edge matrix over part of a dataset.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EdgeAccumulator {

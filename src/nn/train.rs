@@ -97,6 +97,28 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// The largest `epochs` accepted (a bound that keeps a typo from running for days).
+    pub const MAX_EPOCHS: usize = 10_000_000;
+
+    /// Checks the settings; errors name the offending field.
+    pub fn validate(&self) -> Result<()> {
+        self.optimizer.validate()?;
+        if self.epochs == 0 || self.epochs > Self::MAX_EPOCHS {
+            return Err(Error::invalid("epochs", self.epochs, format!("must lie in 1..={}", Self::MAX_EPOCHS)));
+        }
+        if self.batch_size == Some(0) {
+            return Err(Error::invalid("batch_size", 0, "must be at least 1"));
+        }
+        if let Some(a) = self.stop_at_accuracy
+            && !(0.0..=1.0).contains(&a)
+        {
+            return Err(Error::invalid("stop_at_accuracy", a, "must lie in [0, 1]"));
+        }
+        Ok(())
+    }
+}
+
 /// What training did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainReport {
@@ -136,14 +158,8 @@ pub fn train_with(
     config: &TrainConfig,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<TrainReport> {
-    config.optimizer.validate()?;
-    if config.epochs == 0 {
-        return Err(Error::invalid("epochs", 0, "must be at least 1"));
-    }
+    config.validate()?;
     let batch_size = config.batch_size.unwrap_or(data.len());
-    if batch_size == 0 {
-        return Err(Error::invalid("batch_size", 0, "must be at least 1"));
-    }
     evaluate(model, data, config.loss)?; // checks targets, shapes and labels before any update
 
     let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(config.seed);

@@ -192,4 +192,3 @@ impl Layer for LayerNorm {
         Ok(())
     }
 }
-
