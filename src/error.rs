@@ -201,13 +201,10 @@ pub enum Error {
         found: Vec<usize>,
     },
 
-    /// A weight stored transposed, `[in, out]` where the model needs `[out, in]` (checkpoints
-    /// of frameworks with the other convention): named as such, rather than blamed on its bias
-    /// or on the next layer.
-    #[error(
-        "{}: tensor `{name}` is transposed: shape {found:?}, expected {expected:?} ([out, in], as PyTorch's nn.Linear)",
-        path.display()
-    )]
+    /// A 2-D tensor stored transposed, e.g. a weight `[in, out]` where the model needs
+    /// `[out, in]` (checkpoints of frameworks with the other convention): named as such, rather
+    /// than blamed on its bias or on the next layer.
+    #[error("{}: tensor `{name}` is transposed: shape {found:?}, expected {expected:?}", path.display())]
     TransposedTensor {
         /// The file.
         path: PathBuf,

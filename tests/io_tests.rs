@@ -171,12 +171,13 @@ fn bad_safetensors_files_are_typed_errors() {
         other => panic!("expected a dtype error, got {other:?}"),
     }
 
-    // Consecutive layers that do not chain.
+    // Consecutive layers that do not chain, either way round ([3, 2] then [2, 4] would chain
+    // with both transposed: that is a checkpoint of the other convention, reported so).
     let le = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let (w0, w1) = (le(&[0.0; 6]), le(&[0.0; 8]));
+    let (w0, w1) = (le(&[0.0; 6]), le(&[0.0; 20]));
     let views = [
         ("layers.0.weight", safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![3, 2], &w0).unwrap()),
-        ("layers.1.weight", safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![2, 4], &w1).unwrap()),
+        ("layers.1.weight", safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![5, 4], &w1).unwrap()),
     ];
     let chain = dir.path().join("chain.safetensors");
     std::fs::write(&chain, safetensors::serialize(views, None).unwrap()).unwrap();

@@ -126,14 +126,23 @@ pub fn load_mlp(path: impl AsRef<Path>, hidden: Activation) -> Result<Mlp> {
 ///   weight), a missing bias (with `bias: true`), a name-map key the file lacks;
 /// - [`Error::UnexpectedTensor`]: tensors nothing reads (typos, orphan biases, biases of a
 ///   bias-free model);
-/// - [`Error::TransposedTensor`]: a weight stored `[in, out]`, when the bias, the previous
-///   layer or (without a bias) the next layer says so; a square weight cannot be told apart;
+/// - [`Error::TransposedTensor`]: a weight stored `[in, out]`, when its bias or its neighbours
+///   say so (the whole file is weighed: see below); a square weight, or the weight of a
+///   bias-free one-layer model, cannot be told apart;
 /// - [`Error::TensorShape`]: a weight whose input width does not match the previous layer's
 ///   output, a bias of the wrong length, a tensor of the wrong rank;
 /// - [`Error::Empty`]: a layer of width 0;
 /// - [`Error::Dtype`], [`Error::NonFinite`], [`Error::Malformed`] (not a safetensors file).
 ///
-/// Everything is checked before any tensor is decoded.
+/// Everything is checked before any tensor is decoded, so a failing load allocates little
+/// beyond the file's bytes.
+///
+/// Which tensor is blamed when shapes disagree: of the readings of the weights (each as stored
+/// or transposed), the one that breaks the fewest constraints (bias length = output width,
+/// input width = previous output width), then transposes the fewest weights, explains the
+/// file; its first transposed weight or first broken constraint is reported. A file that
+/// chains only with every weight transposed is thus reported as transposed (a checkpoint of
+/// the `[in, out]` convention).
 pub fn load_mlp_with(path: impl AsRef<Path>, hidden: Activation, options: &LoadOptions) -> Result<Mlp> {
     let path = path.as_ref();
     let naming = &options.naming;
@@ -182,78 +191,114 @@ pub fn load_mlp_with(path: impl AsRef<Path>, hidden: Activation, options: &LoadO
     Mlp::new(linears, hidden)
 }
 
-/// Each layer's `(out, in)`, checked against its bias, the previous layer's output width and,
-/// for a layer without a bias, the next layer's input width; a weight that fits only when
-/// transposed is reported as transposed.
+/// Each layer's `(out, in)`: every weight 2-D with positive widths, every bias 1-D, and the
+/// weights, read as `[out, in]` or transposed, chained to each other and to their biases.
+///
+/// Which tensor is at fault is decided over the whole file: of the readings of the weights
+/// (each as stored or transposed), the one with the fewest broken constraints (a bias of
+/// another length than its weight's output, a weight whose input is not the previous output),
+/// then the fewest transposed weights, explains the file (so a file that chains with every
+/// weight transposed reads as a checkpoint of the `[in, out]` convention, and says so). The
+/// first transposed weight, or else the first broken constraint, in layer order, is reported.
+/// So a weight stored `[in, out]` is named transposed rather than its bias or its neighbour
+/// blamed, and a bias of the wrong length is named rather than its weight called transposed.
 fn layer_shapes(file: &TensorFile, naming: &TensorNaming, n: usize, bias: bool) -> Result<Vec<(usize, usize)>> {
     let path = file.path();
     let shape_of = |name: &str| file.shape(name).expect("every tensor checked present").to_vec();
+    let in_file = |name: &str| file.name_in_file(name).to_string();
     let bad_shape = |name: &str, expected: String| Error::TensorShape {
         path: path.into(),
-        name: file.name_in_file(name).to_string(),
+        name: in_file(name),
         expected,
         found: shape_of(name),
     };
-    let fits = |x: usize, want: Option<usize>| want.is_none_or(|w| x == w);
-    let mut shapes: Vec<(usize, usize)> = Vec::with_capacity(n);
+    // Ranks and widths first.
+    let mut stored = Vec::with_capacity(n);
+    let mut biases = Vec::with_capacity(n);
     for i in 0..n {
         let wname = naming.weight(i);
-        // The input width the previous layer gives.
-        let prev = shapes.last().map(|&(out, _)| out);
         let [a, b] = shape_of(&wname)[..] else {
-            let expected = prev.map_or("2-D [out, in]".to_string(), |e| format!("2-D [out, {e}]"));
-            return Err(bad_shape(&wname, expected));
+            return Err(bad_shape(&wname, "2-D [out, in]".into()));
         };
         if a == 0 || b == 0 {
             return Err(Error::Empty {
                 what: format!(
                     "{}: tensor `{}` of shape [{a}, {b}] (a layer of width 0)",
                     path.display(),
-                    file.name_in_file(&wname)
+                    in_file(&wname)
                 ),
             });
         }
-        let bname = naming.bias(i);
-        let bias_len = if bias {
+        stored.push((a, b));
+        biases.push(if bias {
+            let bname = naming.bias(i);
             match shape_of(&bname)[..] {
                 [len] => Some(len),
                 _ => return Err(bad_shape(&bname, "1-D [out]".into())),
             }
         } else {
             None
-        };
-        // The output width the bias, else the next layer's input, asks for.
-        let next_in = match file.shape(&naming.weight(i + 1)) {
-            Some(&[_, next_in]) if i + 1 < n => Some(next_in),
-            _ => None,
-        };
-        let out_hint = bias_len.or(next_in);
-        let straight = fits(b, prev) && fits(a, out_hint);
-        let swapped = a != b && fits(a, prev) && fits(b, out_hint);
-        if !straight {
-            if swapped {
-                return Err(Error::TransposedTensor {
-                    path: path.into(),
-                    name: file.name_in_file(&wname).to_string(),
-                    expected: vec![b, a],
-                    found: vec![a, b],
-                });
+        });
+    }
+
+    // The reading of layer i: 0 as stored, 1 transposed (not for a square weight).
+    let orient = |i: usize, o: usize| if o == 0 { stored[i] } else { (stored[i].1, stored[i].0) };
+    let readings = |i: usize| if stored[i].0 == stored[i].1 { 1 } else { 2 };
+    // cost[i][o]: (broken constraints, transposed weights) of the best reading of layers 0..=i
+    // with layer i read as o; from[i][o]: layer i − 1's reading in it.
+    let mut cost = vec![[(usize::MAX, usize::MAX); 2]; n];
+    let mut from = vec![[0usize; 2]; n];
+    for i in 0..n {
+        for o in 0..readings(i) {
+            let (out, inp) = orient(i, o);
+            let own = usize::from(biases[i].is_some_and(|len| len != out));
+            if i == 0 {
+                cost[i][o] = (own, o);
+                continue;
             }
-            if let Some(e) = prev.filter(|&e| b != e) {
-                let prev_name = file.name_in_file(&naming.weight(i - 1)).to_string();
-                let out = out_hint.unwrap_or(a);
-                return Err(bad_shape(&wname, format!("[{out}, {e}] (`{prev_name}` has {e} outputs)")));
-            }
-            if let Some(len) = bias_len {
-                if next_in == Some(len) {
-                    let next = file.name_in_file(&naming.weight(i + 1)).to_string();
-                    return Err(bad_shape(&wname, format!("[{len}, {b}] (its bias and `{next}` say {len} outputs)")));
+            for p in 0..readings(i - 1) {
+                let (prev, trans) = cost[i - 1][p];
+                let broken = own + usize::from(orient(i - 1, p).0 != inp);
+                let c = (prev + broken, trans + o);
+                if c < cost[i][o] {
+                    cost[i][o] = c;
+                    from[i][o] = p;
                 }
-                return Err(bad_shape(&bname, format!("[{a}] (`{}` has {a} outputs)", file.name_in_file(&wname))));
             }
-            // Only the next layer disagrees: it is checked, and named, next.
         }
-        shapes.push((a, b));
+    }
+    let mut reading = vec![0; n];
+    reading[n - 1] = if cost[n - 1][1] < cost[n - 1][0] { 1 } else { 0 };
+    for i in (1..n).rev() {
+        reading[i - 1] = from[i][reading[i]];
+    }
+
+    let shapes: Vec<(usize, usize)> = (0..n).map(|i| orient(i, reading[i])).collect();
+    for i in 0..n {
+        let (wname, bname) = (naming.weight(i), naming.bias(i));
+        let (out, inp) = shapes[i];
+        if reading[i] == 1 {
+            return Err(Error::TransposedTensor {
+                path: path.into(),
+                name: in_file(&wname),
+                expected: vec![out, inp],
+                found: vec![inp, out],
+            });
+        }
+        if i > 0 && shapes[i - 1].0 != inp {
+            let e = shapes[i - 1].0;
+            let prev = in_file(&naming.weight(i - 1));
+            let out = biases[i].unwrap_or(out);
+            return Err(bad_shape(&wname, format!("[{out}, {e}] (`{prev}` has {e} outputs)")));
+        }
+        if let Some(len) = biases[i].filter(|&len| len != out) {
+            // The bias and the next layer agree on another width: the weight is wrong.
+            if i + 1 < n && shapes[i + 1].1 == len {
+                let next = in_file(&naming.weight(i + 1));
+                return Err(bad_shape(&wname, format!("[{len}, {inp}] (its bias and `{next}` say {len} outputs)")));
+            }
+            return Err(bad_shape(&bname, format!("[{out}] (`{}` has {out} outputs)", in_file(&wname))));
+        }
     }
     Ok(shapes)
 }
