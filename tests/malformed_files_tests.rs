@@ -1039,3 +1039,18 @@ proptest! {
         check_mutant(&mutate(serialize(&tensors), &mutations), "safetensors", &ST_READERS, 4)?;
     }
 }
+
+#[test]
+fn endless_devices_read_as_empty_files() {
+    // A path to a device that never ends is read up to its reported length (0), not forever.
+    let zero = Path::new("/dev/zero");
+    if !zero.exists() {
+        return;
+    }
+    for (reader, read) in NPY_READERS.iter().chain(&ST_READERS) {
+        let (outcome, peak) = peak_of(|| read(zero));
+        let text = outcome.expect_err(reader).to_string();
+        assert!(text.contains("/dev/zero") && text.contains("too short"), "{reader}: {text}");
+        assert!(peak <= SLACK, "{reader}: {peak} bytes");
+    }
+}

@@ -118,10 +118,12 @@ fn open(path: &Path) -> Result<(File, Header)> {
     let text = std::str::from_utf8(&text).map_err(|_| bad("the header is not text".into()))?;
     let dict = HeaderDict::parse(text).map_err(|reason| bad(format!("bad header: {reason}")))?;
     let (kind, big_endian) = kind_of(path, &dict.descr)?;
-    let shape: Vec<usize> = dict.shape.iter().map(|&d| d as usize).collect();
+    let too_big = |shape: &[u64]| bad(format!("header shape {shape:?} has more elements than can be addressed"));
+    let shape = dict.shape.iter().map(|&d| usize::try_from(d)).collect::<std::result::Result<Vec<usize>, _>>();
+    let shape = shape.map_err(|_| too_big(&dict.shape))?;
     // Checked arithmetic: a shape whose product wraps (2⁵⁸ × 64) must not pass as empty, and
     // the partial products of an empty array's other dimensions must fit too.
-    let too_big = || bad(format!("header shape {shape:?} has more elements than can be addressed"));
+    let too_big = || too_big(&dict.shape);
     let nonzero = shape.iter().filter(|&&d| d > 0).try_fold(kind.size(), |acc, &d| acc.checked_mul(d));
     if nonzero.is_none_or(|bytes| bytes > isize::MAX as usize) {
         return Err(too_big());

@@ -6,6 +6,7 @@ use crate::matrix::Matrix;
 use ::safetensors::SafeTensors;
 use ::safetensors::tensor::Dtype;
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -58,9 +59,16 @@ pub struct TensorFile {
 
 impl TensorFile {
     /// Reads and validates `path` (header, offsets, sizes); no tensor is decoded yet.
+    ///
+    /// At most the file's length, as the file system reports it, is read (a device or pipe
+    /// that never ends cannot exhaust memory: it reads as an empty, malformed file).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let io = |e| Error::io(path, e);
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.take(len).read_to_end(&mut bytes).map_err(io)?;
         Self::from_bytes(path, bytes)
     }
 
