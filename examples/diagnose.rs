@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release --example diagnose -- CONFIG.json` with
 //! `{"model", "activation", "inputs", "rank_tol", "out_dir"}` (paths relative to the config
-//! file) writes `degeneracy.json`:
+//! file; optional `"bias": false` for a bias-free model and `"tensor_names": {"name in file":
+//! "layers.0.weight", …}`) writes `degeneracy.json`:
 //! `{"nodes": [{"name", "dim", "activation_rank", "jacobian_rank", "relu": null | {"dead",
 //! "always_on", "sync_groups"}, "free_directions": {...}, ...}], "n_params",
 //! "effective_params_bound", ...}`.
@@ -28,6 +29,14 @@ struct Config {
     out_dir: String,
     #[serde(default = "default_batch")]
     batch_size: usize,
+    #[serde(default = "default_true", deserialize_with = "common::bias_key")]
+    bias: bool,
+    #[serde(default)]
+    tensor_names: std::collections::BTreeMap<String, String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn relu() -> String {
@@ -53,7 +62,8 @@ fn gap(r: &Rank) -> serde_json::Value {
 
 fn run() -> AnyResult<()> {
     let (config, dir): (Config, _) = read_config("diagnose CONFIG.json")?;
-    let mlp = io::load_mlp(resolve(&dir, &config.model), Activation::from_name(&config.activation)?)?;
+    let options = common::load_options(config.bias, &config.tensor_names);
+    let mlp = io::load_mlp_with(resolve(&dir, &config.model), Activation::from_name(&config.activation)?, &options)?;
     let inputs = io::read_matrix(resolve(&dir, &config.inputs))?;
     let out = resolve(&dir, &config.out_dir);
     std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.clone(), source: e })?;

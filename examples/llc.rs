@@ -18,6 +18,8 @@
 //!   `num_chains` (4), `num_draws` (200), `num_burnin_steps` (0), `seed` (0), `out_dir` (`llc_out`),
 //!   and the extra sampler knobs `num_steps_bw_draws` (1), `num_init_loss_batches` (32),
 //!   `weight_decay` (0), `noise_level` (1), `bounding_box_size` (none).
+//! * Model file: `bias` (`true`; `false` declares a bias-free model, otherwise a missing bias is
+//!   an error) and `tensor_names` (`{"name in file": "layers.0.weight", …}`).
 //!
 //! Unknown keys and bad values are errors that name the key. Writes `out_dir/summary.json`
 //! (estimates, timing, diagnostics, settings), `loss_trace.npy` `[chains, steps]` (a diverged
@@ -47,7 +49,7 @@ use std::time::Instant;
 const USAGE: &str = "llc CONFIG.json [--shard I/K | --merge FILE…]";
 const CHAINS: &str = "llc/chains";
 
-const KEYS: [&str; 22] = [
+const KEYS: [&str; 24] = [
     "model",
     "activation",
     "inputs",
@@ -70,6 +72,8 @@ const KEYS: [&str; 22] = [
     "noise_level",
     "bounding_box_size",
     "distributed",
+    "bias",
+    "tensor_names",
 ];
 
 /// Keys naming files: their contents, not their paths, enter the shard fingerprint.
@@ -160,6 +164,21 @@ impl Config {
         Ok(fp.finish())
     }
 
+    /// The model-loading keys `bias` (default true) and `tensor_names`.
+    fn load_options(&self) -> AnyResult<io::LoadOptions> {
+        let bias = match self.get("bias") {
+            None => true,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => return Err(bad("bias", v, "must be true or false")),
+        };
+        let tensor_names = match self.get("tensor_names") {
+            None => Default::default(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|_| bad("tensor_names", v, "must map names in the file to names, as strings"))?,
+        };
+        Ok(common::load_options(bias, &tensor_names))
+    }
+
     fn count(&self, key: &str) -> AnyResult<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
@@ -238,7 +257,7 @@ fn run() -> AnyResult<()> {
     }
     let estimator = LlcEstimator::new(config)?;
 
-    let mlp = io::load_mlp(&model_path, activation)?;
+    let mlp = io::load_mlp_with(&model_path, activation, &cfg.load_options()?)?;
     let inputs = io::read_matrix(&inputs_path)?;
     let (targets_path, labels_path) = (cfg.path("targets")?, cfg.path("labels")?);
     let (n, d) = (inputs.nrows(), mlp.n_params());

@@ -176,6 +176,57 @@ pub enum Error {
         reason: String,
     },
 
+    /// Tensors of a weights file that nothing reads: a typo (`layers.2.bais`), an orphan bias,
+    /// the biases of a model declared bias-free, a tensor a loader does not know. Refused, since
+    /// ignoring them would silently load another model than the file holds.
+    #[error("{}: unexpected tensors `{}` (nothing reads them)", path.display(), names.join("`, `"))]
+    UnexpectedTensor {
+        /// The file.
+        path: PathBuf,
+        /// Every unexpected tensor, sorted by name.
+        names: Vec<String>,
+    },
+
+    /// A tensor of a weights file whose shape is not the one its model needs.
+    #[error("{}: tensor `{name}` has shape {found:?}, expected {expected}", path.display())]
+    TensorShape {
+        /// The file.
+        path: PathBuf,
+        /// The tensor, as named in the file.
+        name: String,
+        /// The shape needed, e.g. `[40, 64]`, or a rule such as `2-D [out, in]` when only part of
+        /// it is known.
+        expected: String,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+
+    /// A 2-D tensor stored transposed, e.g. a weight `[in, out]` where the model needs
+    /// `[out, in]` (checkpoints of frameworks with the other convention): named as such, rather
+    /// than blamed on its bias or on the next layer.
+    #[error("{}: tensor `{name}` is transposed: shape {found:?}, expected {expected:?}", path.display())]
+    TransposedTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor, as named in the file.
+        name: String,
+        /// The shape needed, `[out, in]`.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+
+    /// A class label below zero in a labels file.
+    #[error("{}: label {label} of sample {index} is negative", path.display())]
+    NegativeLabel {
+        /// The file.
+        path: PathBuf,
+        /// Sample index.
+        index: usize,
+        /// The label value.
+        label: i64,
+    },
+
     /// An error raised by a user's implementation of one of the crate's traits (a layer, a
     /// network, a sampler, a loss model), passed through unchanged; [`Error::downcast_user`]
     /// gets it back.

@@ -101,7 +101,8 @@ fn shards_merge_to_the_same_diagnosis() {
 fn deep_linear_network_counts_against_aoyagi() {
     // llc_dln: 10-10-10-10, no bias, W0 of rank 4, W1 and W2 invertible; λ = 44 (Aoyagi).
     let dir = fixtures().join("llc_dln");
-    let mlp = io::load_mlp(dir.join("model.safetensors"), Activation::Identity).unwrap();
+    let mlp =
+        io::load_mlp_with(dir.join("model.safetensors"), Activation::Identity, &io::LoadOptions::bias_free()).unwrap();
     let x = io::read_matrix(dir.join("inputs.npy")).unwrap();
     let d = diagnose(&mlp, &x, &DiagnosticsConfig::default()).unwrap();
     // Activation ranks (with the constant): x full (10 + 1), h1 = W0 x and h2 rank 4 (+1).

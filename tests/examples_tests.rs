@@ -307,7 +307,7 @@ fn llc_shard_files_reproduce_the_single_process_traces() {
     let d = dir.path();
     let case = fixtures().join("llc_dln");
     let mut config = serde_json::json!({
-        "model": abs(case.join("model.safetensors")), "activation": "identity",
+        "model": abs(case.join("model.safetensors")), "bias": false, "activation": "identity",
         "inputs": abs(case.join("inputs.npy")), "targets": abs(case.join("targets.npy")), "loss": "mse",
         "lr": 1e-4, "batch_size": 500, "num_chains": 3, "num_draws": 60, "seed": 2, "out_dir": "single",
     });
@@ -348,4 +348,104 @@ fn llc_shard_files_reproduce_the_single_process_traces() {
     std::fs::write(d.join("dist.json"), config.to_string()).unwrap();
     let (ok, text) = run_in(d, "llc", &["dist.json"]);
     assert!(!ok && text.contains("--features mpi"), "{text}");
+}
+
+/// Copies the safetensors file `src` to `dst`, renaming each tensor with `rename` (`None`
+/// drops it).
+fn rewrite_model(src: &Path, dst: &Path, rename: impl Fn(&str) -> Option<String>) {
+    let bytes = std::fs::read(src).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+        st.tensors().into_iter().filter_map(|(name, view)| rename(&name).map(|n| (n, view))).collect();
+    std::fs::write(dst, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn model_keys_declare_biases_map_names_and_refuse_missing_tensors() {
+    let dln = fixtures().join("llc_dln");
+    let diagnose_dln = |extra: &[(&str, serde_json::Value)]| {
+        let mut config = serde_json::json!({
+            "model": abs(dln.join("model.safetensors")), "activation": "identity",
+            "inputs": abs(dln.join("inputs.npy")), "out_dir": "diag"
+        });
+        for (k, v) in extra {
+            config[*k] = v.clone();
+        }
+        run_example("diagnose", &config)
+    };
+    // The bias-free deep linear network loads when declared so...
+    let (ok, stderr, dir) = diagnose_dln(&[("bias", false.into())]);
+    assert!(ok, "{stderr}");
+    let d = read_json(&dir.path().join("diag/degeneracy.json"));
+    assert_eq!(d["n_params"], 300);
+    // ...and is refused, naming the first missing bias, when it is not.
+    let (ok, stderr, dir) = diagnose_dln(&[]);
+    assert!(!ok && stderr.contains("`layers.0.bias` not found"), "{stderr}");
+    assert!(!dir.path().join("diag/degeneracy.json").exists());
+    let (ok, stderr, _dir) = diagnose_dln(&[("bias", "no".into())]);
+    assert!(!ok && stderr.contains("invalid bias"), "{stderr}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let digits = fixtures().join("digits_mlp/model.safetensors");
+    // A missing middle weight: lib_build (and ablate, same keys) exits non-zero naming it.
+    let gap = tmp.path().join("gap.safetensors");
+    rewrite_model(&digits, &gap, |n| (n != "layers.1.weight").then(|| n.to_string()));
+    let mut config = digits_config("out");
+    config["model"] = abs(gap.clone()).into();
+    let (ok, stderr, dir) = run_example("lib_build", &config);
+    assert!(!ok && stderr.contains("`layers.1.weight` not found"), "{stderr}");
+    assert!(!dir.path().join("out/report.json").exists());
+
+    // Without its last weight the file's orphan bias gives it away (the silent
+    // two-layer network).
+    let last = tmp.path().join("last.safetensors");
+    rewrite_model(&digits, &last, |n| (n != "layers.2.weight").then(|| n.to_string()));
+    config["model"] = abs(last.clone()).into();
+    let (ok, stderr, _dir) = run_example("lib_build", &config);
+    assert!(!ok && stderr.contains("unexpected tensors `layers.2.bias`"), "{stderr}");
+
+    // llc: a gap in the bias-free network is named too.
+    let llc = |model: &Path, extra: (&str, serde_json::Value)| {
+        let mut config = serde_json::json!({
+            "model": abs(model.to_path_buf()), "bias": false, "activation": "identity",
+            "inputs": abs(dln.join("inputs.npy")), "targets": abs(dln.join("targets.npy")), "loss": "mse",
+            "lr": 1e-4, "batch_size": 500, "num_chains": 1, "num_draws": 5, "out_dir": "llc_out",
+        });
+        config[extra.0] = extra.1;
+        run_example("llc", &config)
+    };
+    let gapped = tmp.path().join("gapped.safetensors");
+    rewrite_model(&dln.join("model.safetensors"), &gapped, |n| (n != "layers.1.weight").then(|| n.to_string()));
+    let (ok, stderr, _dir) = llc(&gapped, ("seed", 0.into()));
+    assert!(!ok && stderr.contains("`layers.1.weight` not found"), "{stderr}");
+    let (ok, stderr, _dir) = llc(&gapped, ("tensor_names", 3.into()));
+    assert!(!ok && stderr.contains("tensor_names"), "{stderr}");
+
+    // Other names, mapped back by "tensor_names": the same report as the original file.
+    let renamed = tmp.path().join("renamed.safetensors");
+    rewrite_model(&digits, &renamed, |n| Some(n.replace("layers.", "net.")));
+    let names: serde_json::Map<String, serde_json::Value> = (0..3)
+        .flat_map(|i| ["weight", "bias"].map(|p| (format!("net.{i}.{p}"), format!("layers.{i}.{p}").into())))
+        .collect();
+    let diagnose_digits = |model: &Path, names: Option<&serde_json::Map<String, serde_json::Value>>| {
+        let case = fixtures().join("digits_mlp");
+        let mut config = serde_json::json!({
+            "model": abs(model.to_path_buf()), "activation": "relu", "inputs": abs(case.join("inputs.npy")),
+            "out_dir": "diag"
+        });
+        if let Some(names) = names {
+            config["tensor_names"] = names.clone().into();
+        }
+        run_example("diagnose", &config)
+    };
+    let (ok, stderr, original) = diagnose_digits(&digits, None);
+    assert!(ok, "{stderr}");
+    let (ok, stderr, mapped) = diagnose_digits(&renamed, Some(&names));
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        read_json(&mapped.path().join("diag/degeneracy.json")),
+        read_json(&original.path().join("diag/degeneracy.json"))
+    );
+    let (ok, stderr, _dir) = diagnose_digits(&renamed, None);
+    assert!(!ok && stderr.contains("`layers.0.weight` not found"), "{stderr}");
 }

@@ -197,7 +197,8 @@ fn dln_behavioural_loss_samples_the_same_posterior_with_nbeta_over_ten() {
     // posterior equals the training one.
     let (train, w) = dln_model();
     let dir = fixtures().join("llc_dln");
-    let mlp = io::load_mlp(dir.join("model.safetensors"), Activation::Identity).unwrap();
+    let mlp =
+        io::load_mlp_with(dir.join("model.safetensors"), Activation::Identity, &io::LoadOptions::bias_free()).unwrap();
     let behavioural = BehaviouralLoss::new(&mlp, io::read_matrix(dir.join("inputs.npy")).unwrap()).unwrap();
     let y = io::read_matrix(dir.join("targets.npy")).unwrap();
     let max_dev = behavioural

@@ -178,7 +178,7 @@ fn llc_under_mpirun(exe: &Path, ranks: &[usize]) -> Result<String, String> {
     let case = common::fixtures().join("llc_dln");
     let config = |out: &str, distributed: bool| {
         let v = serde_json::json!({
-            "model": abs(case.join("model.safetensors")), "activation": "identity",
+            "model": abs(case.join("model.safetensors")), "bias": false, "activation": "identity",
             "inputs": abs(case.join("inputs.npy")), "targets": abs(case.join("targets.npy")), "loss": "mse",
             "lr": 1e-4, "batch_size": 500, "num_chains": 5, "num_draws": 100, "seed": 1, "out_dir": out,
             "distributed": distributed,

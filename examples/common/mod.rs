@@ -8,6 +8,7 @@ use degeneracy::estimate::Quadrature;
 use degeneracy::{Activation, Error, Matrix, Mlp, io};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -69,6 +70,9 @@ fn default_integration() -> String {
 fn default_true() -> bool {
     true
 }
+fn is_true(b: &bool) -> bool {
+    *b
+}
 fn default_threshold() -> f64 {
     1e-10
 }
@@ -107,6 +111,27 @@ pub struct BuildKeys {
     pub batch_size: usize,
     #[serde(default = "default_out")]
     pub out_dir: String,
+    /// `false` declares a bias-free model (a missing bias is otherwise an error). Left out of
+    /// the serialised keys at its default, so earlier configs keep their fingerprints.
+    #[serde(default = "default_true", skip_serializing_if = "is_true", deserialize_with = "bias_key")]
+    pub bias: bool,
+    /// Tensor names of the model file mapped to the expected ones (`layers.{i}.weight`...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tensor_names: BTreeMap<String, String>,
+}
+
+/// The config key `"bias"`, whose type error (serde's own does not) names the key.
+pub fn bias_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Bool(b) => Ok(b),
+        v => Err(serde::de::Error::custom(format!("invalid bias = {v}: must be true or false"))),
+    }
+}
+
+/// The model-loading options of the config keys `"bias"` (default `true`) and
+/// `"tensor_names"` (`{"name in file": "layers.0.weight", …}`).
+pub fn load_options(bias: bool, tensor_names: &BTreeMap<String, String>) -> io::LoadOptions {
+    io::LoadOptions { bias, rename: tensor_names.clone(), ..io::LoadOptions::default() }
 }
 
 impl BuildKeys {
@@ -129,7 +154,8 @@ impl BuildKeys {
     /// The model and its inputs.
     pub fn load(&self, dir: &Path) -> AnyResult<(Mlp, Matrix)> {
         let activation = Activation::from_name(&self.activation)?;
-        let mlp = io::load_mlp(resolve(dir, &self.model), activation)?;
+        let options = load_options(self.bias, &self.tensor_names);
+        let mlp = io::load_mlp_with(resolve(dir, &self.model), activation, &options)?;
         let inputs = io::read_matrix(resolve(dir, &self.inputs))?;
         Ok((mlp, inputs))
     }

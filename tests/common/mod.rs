@@ -44,7 +44,8 @@ pub fn fixture_config(run: &str) -> LibConfig {
 /// The `llc_dln` fixture's deep linear network as an MSE loss model, and its parameters `w*`.
 pub fn dln_model() -> (MlpLoss, Vec<f64>) {
     let dir = fixtures().join("llc_dln");
-    let mlp = io::load_mlp(dir.join("model.safetensors"), Activation::Identity).unwrap();
+    let mlp =
+        io::load_mlp_with(dir.join("model.safetensors"), Activation::Identity, &io::LoadOptions::bias_free()).unwrap();
     let x = io::read_matrix(dir.join("inputs.npy")).unwrap();
     let y = io::read_matrix(dir.join("targets.npy")).unwrap();
     let model = MlpLoss::new(&mlp, Loss::Mse, Dataset::new(x, Targets::Values(y)).unwrap()).unwrap();
