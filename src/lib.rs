@@ -12,7 +12,8 @@
 //! carry the network's computation with few directions and edges ([`ablation`]).
 //!
 //! Everything computes in `f64`; a batch is a [`Matrix`] with one row per sample. Estimators
-//! stream over data and merge exactly across threads and processes ([`estimate`]); the same
+//! stream over data and merge across threads and processes to rounding (1e-12 relative in the
+//! tests; results do not depend on the thread count) ([`estimate`]); the same
 //! functions run split over MPI ranks or shard files ([`distributed`], `docs/distributed.md`).
 //!
 //! The interaction basis of every node layer of an MLP, and its interaction edges:
