@@ -13,6 +13,7 @@ mod diagnostics;
 mod distributed;
 mod graph;
 mod llc;
+mod network;
 mod report;
 mod training;
 
@@ -36,6 +37,7 @@ fn main() -> StageResult<()> {
     let data = modular_addition(P)?;
     let mlp = training::run(&data, &mut report)?;
     let bases = bases::run(&mlp, &data, &mut report)?;
+    network::run(&mlp, &data, &bases, &mut report)?;
     let graph = graph::run(&mlp, &data, &bases, &mut report)?;
     let llc = llc::run(&mlp, &data, &mut report)?;
     diagnostics::run(&mlp, &data, &llc, &mut report)?;
