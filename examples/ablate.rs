@@ -31,7 +31,7 @@ mod common;
 
 use degeneracy::Network as _;
 
-use common::{AnyResult, Phases, read_build_config, resolve, write_json};
+use common::{AnyResult, Outputs, Phases, read_build_config, resolve};
 use degeneracy::ablation::{Directions, EdgeAblation, Eval, Midpoint, Schedule, evaluate, node_ablation_curve};
 use degeneracy::basis::{Basis, BasisFormula, NodeBasis, build_bases};
 use degeneracy::estimate::NodeStatistics;
@@ -122,6 +122,7 @@ fn main() {
 
 fn run() -> AnyResult<()> {
     let mut phases = Phases::start();
+    common::only_config_arg("ablate CONFIG.json")?;
     let (keys, ablate, dir): (_, AblateKeys, _) = read_build_config("ablate CONFIG.json", &KEYS)?;
     let config = keys.lib_config()?;
     let eval = Eval::from_name(&ablate.eval)?;
@@ -151,7 +152,7 @@ fn run() -> AnyResult<()> {
         (None, None) => return Err(format!("eval {}: needs \"labels\"", eval.name()).into()),
     };
     let data = Dataset::new(inputs, targets)?;
-    let out = keys.out_dir(&dir)?;
+    let mut outputs = Outputs::prepare(&keys.out_dir(&dir), &[])?;
     phases.lap("load");
 
     let nodes = config.node_indices(&mlp)?;
@@ -221,6 +222,6 @@ fn run() -> AnyResult<()> {
     report.insert("eval".into(), eval.name().into());
     report.insert("basis_formula".into(), config.basis_formula.name().into());
     report.insert("seconds".into(), phases.to_json());
-    write_json(&out.join("ablation.json"), &Value::Object(report))?;
-    Ok(())
+    outputs.json("ablation.json", &Value::Object(report))?;
+    outputs.commit()
 }

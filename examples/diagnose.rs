@@ -10,9 +10,10 @@
 
 mod common;
 
-use common::{AnyResult, read_config, resolve, write_json};
+use common::{AnyResult, Outputs, read_config, resolve};
+use degeneracy::data::{ActivationSampler, NpySampler};
 use degeneracy::diagnostics::{DiagnosticsConfig, Rank, diagnose};
-use degeneracy::{Activation, Error, io};
+use degeneracy::{Activation, io};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -61,12 +62,13 @@ fn gap(r: &Rank) -> serde_json::Value {
 }
 
 fn run() -> AnyResult<()> {
+    common::only_config_arg("diagnose CONFIG.json")?;
     let (config, dir): (Config, _) = read_config("diagnose CONFIG.json")?;
     let options = common::load_options(config.bias, &config.tensor_names);
     let mlp = io::load_mlp_with(resolve(&dir, &config.model), Activation::from_name(&config.activation)?, &options)?;
-    let inputs = io::read_matrix(resolve(&dir, &config.inputs))?;
-    let out = resolve(&dir, &config.out_dir);
-    std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.clone(), source: e })?;
+    // Streamed in chunks: the diagnosis is one pass, so the rows never need to fit in memory.
+    let inputs = NpySampler::open(resolve(&dir, &config.inputs), common::CHUNK_ROWS)?;
+    let mut outputs = Outputs::prepare(&resolve(&dir, &config.out_dir), &[])?;
     let d = diagnose(&mlp, &inputs, &DiagnosticsConfig { rank_tol: config.rank_tol, batch_size: config.batch_size })?;
     let nodes: Vec<serde_json::Value> = d
         .nodes
@@ -93,8 +95,8 @@ fn run() -> AnyResult<()> {
         "free_directions_total": d.free_directions_total,
         "effective_params_bound": d.effective_params_bound,
         "rank_tol": d.rank_tol,
-        "n_samples": inputs.nrows(),
+        "n_samples": inputs.n_samples(),
     });
-    write_json(&out.join("degeneracy.json"), &report)?;
-    Ok(())
+    outputs.json("degeneracy.json", &report)?;
+    outputs.commit()
 }

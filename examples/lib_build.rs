@@ -24,7 +24,7 @@
 
 mod common;
 
-use common::{AnyResult, BuildKeys, Mode, NpyOut, Phases, file_node, read_build_config, shard_dir, write_json};
+use common::{AnyResult, BuildKeys, Mode, NpyOut, Outputs, Phases, file_node, read_build_config, shard_dir};
 use degeneracy::basis::{Basis, LibConfig, NodeBasis, build_bases};
 use degeneracy::data::ActivationSampler;
 use degeneracy::distributed::{Communicator, Shard, StagedBuild, compute_edges_by_outputs};
@@ -75,7 +75,7 @@ fn run() -> AnyResult<()> {
     let config = keys.lib_config()?;
     let edge_formula = keys.edge_formula.as_deref().map(EdgeFormula::from_name).transpose()?;
     let (mlp, inputs) = keys.load(&dir)?;
-    let out = keys.out_dir(&dir)?;
+    let out = keys.out_dir(&dir);
     phases.lap("load");
     let job = Job { keys, dir, config, edge_formula, mlp, inputs, out, phases };
 
@@ -126,6 +126,8 @@ fn whole(mut job: Job, comm: Option<&dyn Communicator>, split_outputs: bool) -> 
         Some(s) => s,
         None => &job.inputs,
     };
+    // Rank 0 writes; it checks its out_dir before any computation.
+    let outputs = comm.is_none_or(|c| c.rank() == 0).then(|| Outputs::prepare(&job.out, &[])).transpose()?;
     let (mlp, config) = (&job.mlp, &job.config);
     let nodes = config.node_indices(mlp)?;
     let stats = NodeStatistics::collect(mlp, rows, &nodes, config.statistics_quadrature(), config.batch_size)?;
@@ -144,10 +146,10 @@ fn whole(mut job: Job, comm: Option<&dyn Communicator>, split_outputs: bool) -> 
         }
         None => None,
     };
-    if comm.is_none_or(|c| c.rank() == 0) {
+    if let Some(outputs) = outputs {
         let ranks = comm.map_or(1, |c| c.size());
         let split = if split_outputs { "outputs" } else { "rows" };
-        write_outputs(&mut job, &bases, edges.as_deref(), json!({"ranks": ranks, "edge_split": split}))?;
+        write_outputs(&mut job, outputs, &bases, edges.as_deref(), json!({"ranks": ranks, "edge_split": split}))?;
     }
     Ok(())
 }
@@ -189,20 +191,22 @@ fn with_hint(e: degeneracy::Error) -> Box<dyn std::error::Error> {
 fn merge(mut job: Job, stage: Stage, files: &[PathBuf]) -> AnyResult<()> {
     match stage {
         Stage::Statistics => {
+            let outputs = Outputs::prepare(&job.out, &["shards"])?;
             let bases = staged(&job)?.merge_statistics(&job.inputs, files)?;
             job.phases.lap("bases");
             if job.edge_formula.is_some() {
                 println!("wrote the bases; next: --stage edges --shard I/K on each worker, then --stage edges --merge");
             }
-            write_outputs(&mut job, &bases, None, json!({"stage": "statistics", "shards": files.len()}))
+            write_outputs(&mut job, outputs, &bases, None, json!({"stage": "statistics", "shards": files.len()}))
         }
         Stage::Edges => {
+            let outputs = Outputs::prepare(&job.out, &["shards"])?;
             let build = staged(&job)?;
             let bases = build.bases().map_err(with_hint)?;
             let edges = build.merge_edges(files)?;
             drop(build);
             job.phases.lap("merge");
-            write_outputs(&mut job, &bases, Some(&edges), json!({"stage": "edges", "shards": files.len()}))
+            write_outputs(&mut job, outputs, &bases, Some(&edges), json!({"stage": "edges", "shards": files.len()}))
         }
     }
 }
@@ -211,6 +215,7 @@ fn merge(mut job: Job, stage: Stage, files: &[PathBuf]) -> AnyResult<()> {
 /// (with `split` describing how the run was split).
 fn write_outputs(
     job: &mut Job,
+    mut outputs: Outputs,
     bases: &[NodeBasis],
     edges: Option<&[Edges]>,
     split: serde_json::Value,
@@ -259,10 +264,9 @@ fn write_outputs(
             "settings": {"edge_norm": "sqrt", "resolution": 1.0, "seed": 0, "include_output": true},
         });
     }
-    let out = &job.out;
-    common::write_npy_files(out, &files)?;
+    outputs.npy(&files)?;
     if !modules_json.is_null() {
-        write_json(&out.join("modules.json"), &modules_json)?;
+        outputs.json("modules.json", &modules_json)?;
     }
     job.phases.lap("write");
     let report = json!({
@@ -272,6 +276,6 @@ fn write_outputs(
         "seconds": job.phases.to_json(),
         "split": split,
     });
-    write_json(&out.join("report.json"), &report)?;
-    Ok(())
+    outputs.json("report.json", &report)?;
+    outputs.commit()
 }

@@ -449,3 +449,96 @@ fn model_keys_declare_biases_map_names_and_refuse_missing_tensors() {
     let (ok, stderr, _dir) = diagnose_digits(&renamed, None);
     assert!(!ok && stderr.contains("`layers.0.weight` not found"), "{stderr}");
 }
+
+/// The files of a folder with their bytes.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+/// Runs an example with an environment variable set; returns (success, stdout + stderr).
+fn run_with_env(dir: &Path, name: &str, args: &[&str], env: (&str, &str)) -> (bool, String) {
+    let out = Command::new(env!("CARGO"))
+        .args(["run", "--release", "--quiet", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .args(["--example", name, "--"])
+        .args(args)
+        .current_dir(dir)
+        .env(env.0, env.1)
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn output_folders_are_replaced_whole_and_only_when_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut config = digits_config("out");
+    config["edge_formula"] = "squared".into();
+    std::fs::write(d.join("all.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "lib_build", &["all.json"]);
+    assert!(ok, "{text}");
+    let first = snapshot(&d.join("out"));
+    assert!(first.contains_key("E_hat_2_layers_2__output.npy") && first.contains_key("C_2_layers_2.npy"));
+
+    // A write that fails partway (the 4th file) leaves the previous result byte for byte.
+    let (ok, text) = run_with_env(d, "lib_build", &["all.json"], ("DEGENERACY_FAIL_AFTER_FILES", "3"));
+    assert!(!ok && text.contains("simulated write failure"), "{text}");
+    assert_eq!(snapshot(&d.join("out")), first, "the previous result is untouched");
+    let leftovers: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(leftovers.iter().all(|n| !n.to_string_lossy().contains("staging")), "{leftovers:?}");
+
+    // A rerun with fewer node layers leaves exactly the new run's files.
+    config["node_layers"] = serde_json::json!(["layers.0", "layers.2", "output"]);
+    std::fs::write(d.join("fewer.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "lib_build", &["fewer.json"]);
+    assert!(ok, "{text}");
+    let second = snapshot(&d.join("out"));
+    let mut names: Vec<&str> = second.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    let mut expected = vec![".degeneracy-job", "modules.json", "report.json"];
+    for (k, node) in [(0, "layers_0"), (1, "layers_2")] {
+        for prefix in ["C", "C_pinv", "Lambda", "gram_eigvals"] {
+            expected.push(Box::leak(format!("{prefix}_{k}_{node}.npy").into_boxed_str()));
+        }
+    }
+    expected.extend(["E_hat_0_layers_0__layers_2.npy", "E_hat_1_layers_2__output.npy"]);
+    expected.sort_unstable();
+    assert_eq!(names, expected);
+
+    // A folder a job did not write is never replaced.
+    std::fs::create_dir(d.join("mine")).unwrap();
+    std::fs::write(d.join("mine/notes.txt"), "keep me").unwrap();
+    let mut foreign = digits_config("mine");
+    std::fs::write(d.join("foreign.json"), foreign.to_string()).unwrap();
+    let (ok, text) = run_in(d, "lib_build", &["foreign.json"]);
+    assert!(!ok && text.contains("mine") && text.contains("refusing to replace"), "{text}");
+    assert_eq!(std::fs::read_to_string(d.join("mine/notes.txt")).unwrap(), "keep me");
+
+    // An out_dir that cannot be created fails before any computation, naming it.
+    std::fs::write(d.join("a_file"), "").unwrap();
+    foreign["out_dir"] = "a_file/out".into();
+    std::fs::write(d.join("unwritable.json"), foreign.to_string()).unwrap();
+    let (ok, text) = run_in(d, "lib_build", &["unwritable.json"]);
+    assert!(!ok && text.contains("a_file"), "{text}");
+}
+
+#[test]
+fn jobs_without_shards_refuse_extra_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = fixtures().join("digits_mlp");
+    let config = serde_json::json!({
+        "model": abs(case.join("model.safetensors")), "inputs": abs(case.join("inputs.npy")), "out_dir": "out"
+    });
+    std::fs::write(dir.path().join("d.json"), config.to_string()).unwrap();
+    for (job, args) in [("diagnose", vec!["d.json", "--shard", "0/2"]), ("ablate", vec!["d.json", "extra"])] {
+        let (ok, text) = run_in(dir.path(), job, &args);
+        assert!(!ok && text.contains("unexpected argument"), "{job}: {text}");
+        assert!(!dir.path().join("out").exists(), "{job} ran anyway");
+    }
+}

@@ -15,6 +15,20 @@ use std::time::Instant;
 /// Any error of an example, printed by `main`.
 pub type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// Errors unless the command line is exactly `PROGRAM CONFIG.json` (jobs without shard or stage
+/// options: an argument they would ignore, such as `--shard 0/2`, is refused by name).
+pub fn only_config_arg(usage: &str) -> AnyResult<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [config] if !config.starts_with("--") => Ok(()),
+        [] => Err(format!("usage: {usage}").into()),
+        [config, extra, ..] if !config.starts_with("--") => {
+            Err(format!("unexpected argument `{extra}`; usage: {usage}").into())
+        }
+        [flag, ..] => Err(format!("unexpected argument `{flag}`; usage: {usage}").into()),
+    }
+}
+
 /// Reads the config file named by the first command-line argument; returns it with its folder.
 pub fn read_config<T: DeserializeOwned>(usage: &str) -> AnyResult<(T, PathBuf)> {
     let path = std::env::args().nth(1).ok_or_else(|| format!("usage: {usage}"))?;
@@ -51,6 +65,10 @@ pub fn read_build_config<E: DeserializeOwned>(usage: &str, extra_keys: &[&str]) 
     let extra = serde_json::from_value(serde_json::Value::Object(extra)).map_err(malformed)?;
     Ok((keys, extra, dir))
 }
+
+/// Rows per chunk when a job streams its inputs from a `.npy` file: a multiple of the
+/// determinism grid (so the work units are those of an in-memory pass), 64 Ki rows.
+pub const CHUNK_ROWS: usize = 1 << 16;
 
 /// `path` relative to the config's folder (absolute paths unchanged).
 pub fn resolve(dir: &Path, path: &str) -> PathBuf {
@@ -174,11 +192,144 @@ impl BuildKeys {
             .file("inputs", resolve(dir, &self.inputs))?)
     }
 
-    /// The output folder, created.
-    pub fn out_dir(&self, dir: &Path) -> AnyResult<PathBuf> {
-        let out = resolve(dir, &self.out_dir);
-        std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.clone(), source: e })?;
-        Ok(out)
+    /// The output folder (not created: see [`Outputs`]).
+    pub fn out_dir(&self, dir: &Path) -> PathBuf {
+        resolve(dir, &self.out_dir)
+    }
+}
+
+fn io_err(path: impl AsRef<Path>, source: std::io::Error) -> Error {
+    Error::Io { path: path.as_ref().to_path_buf(), source }
+}
+
+/// The marker a job leaves in its output folder: the folder may be replaced by the next run.
+const MARKER: &str = ".degeneracy-job";
+/// Report files of earlier versions (which wrote no marker) that also mark a job's folder.
+const REPORTS: [&str; 4] = ["report.json", "degeneracy.json", "ablation.json", "summary.json"];
+
+/// A job's output folder, replaced whole and only once complete (README, "Output folders"):
+/// files are written into a staging folder beside it, and [`Outputs::commit`] swaps it in. If the
+/// job fails before that, the staging folder is removed and the previous result stays as it was.
+/// A folder that exists but was not written by a job is never replaced.
+///
+/// `DEGENERACY_FAIL_AFTER_FILES=N` makes the `N + 1`-th file write fail (a test hook that
+/// simulates a full disk).
+pub struct Outputs {
+    out: PathBuf,
+    staging: PathBuf,
+    /// Subfolders of the previous result carried into the new one (shard files of a staged run).
+    keep: Vec<&'static str>,
+    written: usize,
+    committed: bool,
+}
+
+impl Outputs {
+    /// Checks, before any computation, that `out` may be replaced and that a folder can be
+    /// created beside it.
+    pub fn prepare(out: &Path, keep: &[&'static str]) -> AnyResult<Self> {
+        if out.exists() {
+            let entries: Vec<_> = std::fs::read_dir(out)
+                .map_err(|e| io_err(out, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| io_err(out, e))?;
+            let ours = out.join(MARKER).exists() || REPORTS.iter().any(|r| out.join(r).exists());
+            if !entries.is_empty() && !ours {
+                return Err(format!(
+                    "out_dir {} exists and holds files no degeneracy job wrote; refusing to replace it (choose another out_dir or empty it)",
+                    out.display()
+                )
+                .into());
+            }
+        }
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+        let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+        let staging = parent.join(format!(".{name}.staging-{}", std::process::id()));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| io_err(&staging, e))?;
+        }
+        std::fs::create_dir(&staging).map_err(|e| io_err(&staging, e))?;
+        let outputs = Outputs { out: out.to_path_buf(), staging, keep: keep.to_vec(), written: 0, committed: false };
+        std::fs::write(
+            outputs.staging.join(MARKER),
+            "written by a degeneracy job; the next run replaces this folder\n",
+        )
+        .map_err(|e| io_err(outputs.staging.join(MARKER), e))?;
+        Ok(outputs)
+    }
+
+    /// The final folder (what reports and messages name).
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// Where a file named `name` is written now (in the staging folder).
+    fn path(&mut self, name: &str) -> AnyResult<PathBuf> {
+        let fail_after = std::env::var("DEGENERACY_FAIL_AFTER_FILES").ok().and_then(|v| v.parse::<usize>().ok());
+        if fail_after.is_some_and(|n| self.written >= n) {
+            let path = self.staging.join(name);
+            let e = std::io::Error::other("simulated write failure (DEGENERACY_FAIL_AFTER_FILES)");
+            return Err(io_err(path, e).into());
+        }
+        self.written += 1;
+        Ok(self.staging.join(name))
+    }
+
+    /// Writes pretty JSON as `name`.
+    pub fn json(&mut self, name: &str, value: &serde_json::Value) -> AnyResult<()> {
+        let path = self.path(name)?;
+        write_json(&path, value)
+    }
+
+    /// Writes `(file name, array)` pairs.
+    pub fn npy(&mut self, files: &[(String, NpyOut)]) -> AnyResult<()> {
+        let paths = files.iter().map(|(name, _)| self.path(name)).collect::<AnyResult<Vec<PathBuf>>>()?;
+        use rayon::prelude::*;
+        files
+            .par_iter()
+            .zip(&paths)
+            .map(|((_, a), path)| match a {
+                NpyOut::Matrix(m) => io::write_matrix(path, m),
+                NpyOut::Vector(v) => io::write_vector(path, v),
+            })
+            .collect::<Result<Vec<()>, Error>>()?;
+        Ok(())
+    }
+
+    /// Swaps the staging folder in for `out` (carrying the kept subfolders over); the previous
+    /// folder is removed only after the new one is in place.
+    pub fn commit(mut self) -> AnyResult<()> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e| io_err(&p, e)
+        };
+        if self.out.exists() {
+            for sub in &self.keep {
+                let from = self.out.join(sub);
+                if from.exists() {
+                    std::fs::rename(&from, self.staging.join(sub)).map_err(io(&from))?;
+                }
+            }
+            let old = self.staging.with_extension("old");
+            std::fs::rename(&self.out, &old).map_err(io(&self.out))?;
+            if let Err(e) = std::fs::rename(&self.staging, &self.out) {
+                let _ = std::fs::rename(&old, &self.out);
+                return Err(io_err(&self.out, e).into());
+            }
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        } else {
+            std::fs::rename(&self.staging, &self.out).map_err(io(&self.out))?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
     }
 }
 
@@ -337,6 +488,12 @@ pub fn communicator() -> AnyResult<Box<dyn Communicator>> {
 /// `out/shards`, created: where shard workers write their files.
 pub fn shard_dir(out: &Path) -> AnyResult<PathBuf> {
     let dir = out.join("shards");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    // The folder now holds a job's files: a later merge may replace it (keeping `shards`).
+    let marker = out.join(MARKER);
+    if !marker.exists() {
+        std::fs::write(&marker, "written by a degeneracy job; the next run replaces this folder\n")
+            .map_err(|e| io_err(&marker, e))?;
+    }
     Ok(dir)
 }
