@@ -393,18 +393,6 @@ pub enum NpyOut {
     Vector(Vec<f64>),
 }
 
-/// Writes `(file name, array)` pairs into `dir` in parallel (file creation dominates here).
-pub fn write_npy_files(dir: &Path, files: &[(String, NpyOut)]) -> AnyResult<()> {
-    use rayon::prelude::*;
-    files
-        .par_iter()
-        .map(|(name, a)| match a {
-            NpyOut::Matrix(m) => io::write_matrix(dir.join(name), m),
-            NpyOut::Vector(v) => io::write_vector(dir.join(name), v),
-        })
-        .collect::<Result<Vec<()>, Error>>()?;
-    Ok(())
-}
 
 /// How a command-line job splits its work: all in this process (possibly as one MPI rank),
 /// one shard of a file-based run, or the merge of shard files.
