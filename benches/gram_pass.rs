@@ -76,7 +76,9 @@ fn main() {
                 t / g,
                 peak as f64 / 1e6
             ),
-            _ => println!("  {rows:>6} rows: peak {:.1} MB (no time estimate; run without a filter)", peak as f64 / 1e6),
+            _ => {
+                println!("  {rows:>6} rows: peak {:.1} MB (no time estimate; run without a filter)", peak as f64 / 1e6)
+            }
         }
     }
 }

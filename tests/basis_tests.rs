@@ -181,6 +181,18 @@ fn bad_input_is_a_typed_error() {
     assert!(matches!(fit_bases(&mlp, &constant, &rotate), Err(Error::RankZero { .. })));
     let neg = LibConfig { truncation_threshold: -1.0, ..LibConfig::default() };
     assert!(matches!(fit_bases(&mlp, &x, &neg), Err(Error::InvalidParameter { .. })));
+    // The first layer's weights × 1e200: the later activations are finite (~1e200) but their
+    // squares are not; the error names a node layer and the cause, not a decomposition's input.
+    let mut huge = mlp.clone();
+    let mut w = huge.params();
+    w[..64 * 40].iter_mut().for_each(|v| *v *= 1e200);
+    degeneracy::Layer::set_params(&mut huge, &w).unwrap();
+    match fit_bases(&huge, &x, &LibConfig::default()) {
+        Err(Error::NonFinite { what, .. }) => {
+            assert!(what.contains("Gram of node layer layers.") && what.contains("overflow"), "{what}")
+        }
+        other => panic!("expected a Gram overflow naming the node layer, got {other:?}"),
+    }
 }
 
 #[test]

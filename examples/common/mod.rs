@@ -393,7 +393,6 @@ pub enum NpyOut {
     Vector(Vec<f64>),
 }
 
-
 /// How a command-line job splits its work: all in this process (possibly as one MPI rank),
 /// one shard of a file-based run, or the merge of shard files.
 #[derive(Clone, Debug, PartialEq)]

@@ -84,7 +84,8 @@ fn activation_moments(net: &dyn Network, stats: &NodeStatistics, k: usize) -> Re
     stats
         .activations(k)
         .ok_or_else(|| Error::UnknownNode { name: node_name(net, k), available: net.node_names() })?
-        .finish()
+        .finish()?
+        .checked(&format!("Gram of node layer {}", node_name(net, k)))
 }
 
 fn node_name(net: &dyn Network, k: usize) -> String {

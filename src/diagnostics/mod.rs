@@ -373,14 +373,19 @@ pub fn diagnose_from(net: &dyn Network, stats: &DegeneracyStatistics, rank_tol: 
     // The rows were one per sample, output coordinate (and position): the Grams sum over the
     // output coordinates, E_x Σ_o.
     let outputs = layers.last().map_or(1, |o| o.positions * o.width) as f64;
-    let gram = |acc: &GramAccumulator| -> Result<Matrix> { Ok(acc.finish()?.second_moment().scaled_by(outputs)) };
+    let gram = |acc: &GramAccumulator, what: String| -> Result<Matrix> {
+        Ok(acc.finish()?.checked(&what)?.second_moment().scaled_by(outputs))
+    };
     let mut nodes = Vec::with_capacity(sections.len());
     for (k, section) in sections.iter().enumerate() {
-        let moments = stats.activations[k].finish()?;
+        let name = &layers[k].name;
+        let moments = stats.activations[k].finish()?.checked(&format!("Gram of node layer {name}"))?;
         let activation = Rank::of(&moments.second_moment(), rank_tol)?;
-        let jacobian = Rank::of(&gram(&stats.jacobians[k])?, rank_tol)?;
-        let preactivation_jacobian =
-            stats.preactivation_jacobians[k].as_ref().map(|a| Rank::of(&gram(a)?, rank_tol)).transpose()?;
+        let jacobian = Rank::of(&gram(&stats.jacobians[k], format!("Jacobian Gram at node layer {name}"))?, rank_tol)?;
+        let preactivation_jacobian = stats.preactivation_jacobians[k]
+            .as_ref()
+            .map(|a| Rank::of(&gram(a, format!("pre-activation Jacobian Gram after node layer {name}"))?, rank_tol))
+            .transpose()?;
         let relu = k.checked_sub(1).and_then(|w| stats.firing[w].as_ref()).map(FiringPartition::groups);
         let free_directions = match (section.structure(), &preactivation_jacobian) {
             (Some(layer), Some(r_b)) => {

@@ -181,6 +181,29 @@ impl Moments {
         m
     }
 
+    /// The moments, if finite: a finite stream whose second moments overflow f64 (activations
+    /// beyond ~1e154, e.g. weights scaled by 1e300) is an error naming `what` and the cause,
+    /// before a decomposition meets an infinity.
+    pub fn checked(self, what: &str) -> Result<Self> {
+        let bad = self.covariance.as_slice().iter().chain(&self.mean).position(|v| !v.is_finite());
+        match bad {
+            None => Ok(self),
+            Some(k) => {
+                let d = self.covariance.ncols().max(1);
+                let (row, col) = if k < self.covariance.as_slice().len() { (k / d, k % d) } else { (0, k - d * d) };
+                let largest = self.mean.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+                Err(Error::NonFinite {
+                    what: format!(
+                        "{what}: second moments overflow f64 (finite activations too large to square; largest mean |x| {largest:e})"
+                    ),
+                    row,
+                    col,
+                    value: f64::INFINITY,
+                })
+            }
+        }
+    }
+
     /// The moments of the first `dim − 1` coordinates: the units of a folded node, its constant
     /// coordinate (last, exactly 1 on the data: zero variance) left out.
     pub fn without_constant(&self) -> Moments {
