@@ -107,6 +107,9 @@ impl ScheduleKeys {
                 return Err(format!("schedule.type `{other}`: expected linear, exponential, explicit or bisect").into());
             }
         };
+        if let Plan::Static(schedule) = &plan {
+            schedule.validate()?;
+        }
         let bisect = matches!(plan, Plan::Bisect(_));
         unused(self.midpoint.is_some() && !bisect, "midpoint")?;
         unused(self.n_points.is_some() && self.kind != "linear", "n_points")?;
@@ -186,8 +189,17 @@ fn run() -> AnyResult<()> {
                     r
                 }
                 Plan::Static(schedule) => {
-                    let probes = schedule
-                        .points(ablation.total())?
+                    let points = schedule.points(ablation.total())?;
+                    if points.is_empty() {
+                        return Err(format!(
+                            "schedule: no point within 0..={} (the edges {} → {}): nothing would be evaluated",
+                            ablation.total(),
+                            pair[0].node,
+                            pair[1].node
+                        )
+                        .into());
+                    }
+                    let probes = points
                         .into_iter()
                         .map(|k| Ok((k, ablation.score(k)?)))
                         .collect::<AnyResult<Vec<(usize, f64)>>>()?;

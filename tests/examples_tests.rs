@@ -542,3 +542,95 @@ fn jobs_without_shards_refuse_extra_arguments() {
         assert!(!dir.path().join("out").exists(), "{job} ran anyway");
     }
 }
+
+/// Every numeric key of `lib_build`, `diagnose` and `ablate`, at values outside its documented
+/// range (0, −1, NaN, u64::MAX, just above the bound, where those are invalid), is an error naming
+/// the key before any computation.
+#[test]
+fn numeric_config_keys_are_checked_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let case = fixtures().join("digits_mlp");
+    let (model, inputs, labels) =
+        (abs(case.join("model.safetensors")), abs(case.join("inputs.npy")), abs(case.join("labels.npy")));
+    let max = "18446744073709551615";
+    let above_batch = (degeneracy::data::MAX_BATCH_SIZE + 1).to_string();
+    let above_points = (degeneracy::ablation::Schedule::MAX_POINTS + 1).to_string();
+    let above_intervals = (degeneracy::estimate::Quadrature::MAX_INTERVALS + 1).to_string();
+    // (job, config with VALUE where the key's value goes, key, invalid values)
+    let build = format!(r#""model": "{model}", "inputs": "{inputs}", "out_dir": "out""#);
+    let ablate = format!(r#"{build}, "labels": "{labels}", "eval": "accuracy", "ablation_type": "orthogonal""#);
+    let cases: Vec<(&str, String, &str, Vec<&str>)> = vec![
+        (
+            "lib_build",
+            format!(r#"{{{build}, "batch_size": VALUE}}"#),
+            "batch_size",
+            vec!["0", "-1", "NaN", max, &above_batch],
+        ),
+        (
+            "lib_build",
+            format!(r#"{{{build}, "integration_method": "gauss-legendre", "n_intervals": VALUE}}"#),
+            "n_intervals",
+            vec!["-1", "NaN", max, &above_intervals],
+        ),
+        (
+            "lib_build",
+            format!(r#"{{{build}, "truncation_threshold": VALUE}}"#),
+            "truncation_threshold",
+            vec!["-1", "NaN"],
+        ),
+        (
+            "diagnose",
+            format!(r#"{{{build}, "batch_size": VALUE}}"#),
+            "batch_size",
+            vec!["0", "-1", "NaN", max, &above_batch],
+        ),
+        ("diagnose", format!(r#"{{{build}, "rank_tol": VALUE}}"#), "rank_tol", vec!["-1", "NaN", max, "1"]),
+        (
+            "ablate",
+            format!(r#"{{{ablate}, "schedule": {{"type": "bisect"}}, "score_target_difference": VALUE}}"#),
+            "score_target_difference",
+            vec!["-1", "NaN"],
+        ),
+        (
+            "ablate",
+            format!(r#"{{{ablate}, "schedule": {{"type": "linear", "n_points": VALUE}}}}"#),
+            "n_points",
+            vec!["0", "1", "-1", "NaN", max, &above_points],
+        ),
+        (
+            "ablate",
+            format!(r#"{{{ablate}, "schedule": {{"type": "exponential", "base": 1.05, "all_below": VALUE}}}}"#),
+            "all_below",
+            vec!["-1", "NaN", max, &above_points],
+        ),
+        (
+            "ablate",
+            format!(r#"{{{ablate}, "schedule": {{"type": "exponential", "base": VALUE, "all_below": 3}}}}"#),
+            "base",
+            vec!["0", "-1", "NaN"],
+        ),
+        (
+            "ablate",
+            format!(r#"{{{ablate}, "schedule": {{"type": "explicit", "points": [VALUE]}}}}"#),
+            "points",
+            vec!["-1", "NaN", max, &above_points],
+        ),
+        ("ablate", format!(r#"{{{ablate}, "schedule": {{"type": "explicit", "points": []}}}}"#), "points", vec!["-"]),
+        (
+            "ablate",
+            format!(r#"{{{ablate}, "batch_size": VALUE, "schedule": {{"type": "bisect"}}}}"#),
+            "batch_size",
+            vec!["0", max],
+        ),
+    ];
+    for (job, template, key, values) in cases {
+        for value in values {
+            let path = d.join("config.json");
+            std::fs::write(&path, template.replace("VALUE", value)).unwrap();
+            let (ok, text) = run_in(d, job, &["config.json"]);
+            assert!(!ok && text.contains(key), "{job} {key} = {value}: {text}");
+            assert!(!d.join("out").exists(), "{job} {key} = {value}: wrote outputs");
+        }
+    }
+}

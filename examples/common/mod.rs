@@ -34,13 +34,31 @@ pub fn read_config<T: DeserializeOwned>(usage: &str) -> AnyResult<(T, PathBuf)> 
     let path = std::env::args().nth(1).ok_or_else(|| format!("usage: {usage}"))?;
     let path = PathBuf::from(path);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
-    let config = serde_json::from_str(&text).map_err(|e| Error::Malformed {
+    let config = from_json_text(&text).map_err(|reason| Error::Malformed {
         path: path.clone(),
         format: "json config",
-        reason: e.to_string(),
+        reason,
     })?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok((config, dir))
+}
+
+/// Parses JSON into `T`, an error naming the key it was reading (`batch_size: invalid value: …`,
+/// also for a value that is not JSON at all, such as `NaN`).
+fn from_json_text<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| keyed(e.path().to_string(), e.into_inner()))?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+/// [`from_json_text`] for a value already parsed.
+fn from_json_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| keyed(e.path().to_string(), e.into_inner()))
+}
+
+fn keyed(path: String, e: serde_json::Error) -> String {
+    if path.is_empty() || path == "." { e.to_string() } else { format!("key `{path}`: {e}") }
 }
 
 /// Reads a config holding the [`BuildKeys`] plus the keys `extra_keys` of `E` (the first
@@ -50,8 +68,7 @@ pub fn read_config<T: DeserializeOwned>(usage: &str) -> AnyResult<(T, PathBuf)> 
 pub fn read_build_config<E: DeserializeOwned>(usage: &str, extra_keys: &[&str]) -> AnyResult<(BuildKeys, E, PathBuf)> {
     let (value, dir): (serde_json::Value, PathBuf) = read_config(usage)?;
     let path = std::env::args().nth(1).map(PathBuf::from).unwrap_or_default();
-    let malformed =
-        |e: serde_json::Error| Error::Malformed { path: path.clone(), format: "json config", reason: e.to_string() };
+    let malformed = |reason: String| Error::Malformed { path: path.clone(), format: "json config", reason };
     let serde_json::Value::Object(mut build) = value else {
         return Err(Error::Malformed { path, format: "json config", reason: "expected an object".into() }.into());
     };
@@ -61,8 +78,8 @@ pub fn read_build_config<E: DeserializeOwned>(usage: &str, extra_keys: &[&str]) 
             extra.insert((*key).to_string(), v);
         }
     }
-    let keys = serde_json::from_value(serde_json::Value::Object(build)).map_err(malformed)?;
-    let extra = serde_json::from_value(serde_json::Value::Object(extra)).map_err(malformed)?;
+    let keys = from_json_value(serde_json::Value::Object(build)).map_err(malformed)?;
+    let extra = from_json_value(serde_json::Value::Object(extra)).map_err(malformed)?;
     Ok((keys, extra, dir))
 }
 

@@ -35,13 +35,53 @@ pub enum Schedule {
 }
 
 impl Schedule {
+    /// The most points a schedule may ask for (`n_points`, `all_below`, explicit points and
+    /// their values): each point is one evaluation of the network downstream.
+    pub const MAX_POINTS: usize = 1 << 20;
+
     /// The papers' node-ablation schedule: exponential, base 1.05, every n ≤ 10.
     pub fn paper() -> Self {
         Schedule::Exponential { base: 1.05, all_below: 10 }
     }
 
+    /// Checks the counts against [`Schedule::MAX_POINTS`] and the base; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        let bound = |name: &str, n: usize| {
+            if n <= Self::MAX_POINTS {
+                Ok(())
+            } else {
+                Err(Error::invalid(name, n, format!("must be at most {}", Self::MAX_POINTS)))
+            }
+        };
+        match self {
+            Schedule::Linear { n_points } => {
+                bound("schedule.n_points", *n_points)?;
+                if *n_points < 2 {
+                    return Err(Error::invalid("schedule.n_points", n_points, "need at least 2 points"));
+                }
+            }
+            Schedule::Exponential { base, all_below } => {
+                bound("schedule.all_below", *all_below)?;
+                if !(base.is_finite() && *base >= 1.0) {
+                    return Err(Error::invalid("schedule.base", base, "must be finite and ≥ 1"));
+                }
+            }
+            Schedule::Explicit { points } => {
+                bound("schedule.points (count)", points.len())?;
+                if points.is_empty() {
+                    return Err(Error::invalid("schedule.points", "[]", "need at least one point"));
+                }
+                if let Some(&p) = points.iter().find(|&&p| p > Self::MAX_POINTS) {
+                    bound("schedule.points", p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The points for a maximum of `max`, ascending and distinct.
     pub fn points(&self, max: usize) -> Result<Vec<usize>> {
+        self.validate()?;
         let mut points: Vec<usize> = match self {
             Schedule::Linear { n_points } => {
                 let p = *n_points;

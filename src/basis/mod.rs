@@ -181,9 +181,7 @@ impl LibConfig {
         if !(self.truncation_threshold >= 0.0 && self.truncation_threshold.is_finite()) {
             return Err(Error::invalid("truncation_threshold", self.truncation_threshold, "must be finite and ≥ 0"));
         }
-        if self.batch_size == 0 {
-            return Err(Error::invalid("batch_size", 0, "must be at least 1"));
-        }
+        crate::data::check_batch_size(self.batch_size)?;
         self.quadrature.validate()?;
         if self.center && self.basis_formula == BasisFormula::Neuron {
             return Err(Error::invalid("center", true, "centring is not defined for the neuron basis"));

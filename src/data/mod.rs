@@ -15,3 +15,16 @@ pub use synthetic::modular_addition;
 /// on the number of threads; shards of a distributed run split rows on this grid, so with a
 /// batch size of at least 256 (or a divisor of it) they process exactly a single process's units.
 pub const ROW_GRID: usize = 256;
+
+/// The largest batch size a config may ask for (16 Mi rows): passes work in units of at most
+/// [`ROW_GRID`] rows whatever the batch size, so a larger one only hides a typo.
+pub const MAX_BATCH_SIZE: usize = 1 << 24;
+
+/// Errors unless `1 ≤ batch_size ≤` [`MAX_BATCH_SIZE`], naming the key.
+pub(crate) fn check_batch_size(batch_size: usize) -> crate::Result<()> {
+    if (1..=MAX_BATCH_SIZE).contains(&batch_size) {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid("batch_size", batch_size, format!("must lie in 1..={MAX_BATCH_SIZE}")))
+    }
+}

@@ -189,9 +189,7 @@ pub(crate) fn map_batches<S: Send + Serialize + DeserializeOwned>(
     map: impl Fn(&mut S, usize, MatrixView<'_>) -> Result<()> + Sync,
     mut merge: impl FnMut(&mut S, S) -> Result<()>,
 ) -> Result<S> {
-    if batch_size == 0 {
-        return Err(Error::invalid("batch_size", 0, "must be at least 1"));
-    }
+    super::check_batch_size(batch_size)?;
     if sampler.total_samples() == 0 {
         return Err(Error::Empty { what: "sampler: no samples".into() });
     }

@@ -43,9 +43,7 @@ impl DiagnosticsConfig {
     /// Checks the settings; errors name the offending field.
     pub fn validate(&self) -> Result<()> {
         check_rank_tol(self.rank_tol)?;
-        if self.batch_size == 0 {
-            return Err(Error::invalid("batch_size", 0, "must be at least 1"));
-        }
+        crate::data::check_batch_size(self.batch_size)?;
         Ok(())
     }
 }

@@ -145,9 +145,7 @@ pub struct EdgeConfig {
 impl EdgeConfig {
     /// Checks the settings; errors name the offending field.
     pub fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 {
-            return Err(Error::invalid("batch_size", 0, "must be at least 1"));
-        }
+        crate::data::check_batch_size(self.batch_size)?;
         self.quadrature.validate()
     }
 }

@@ -107,8 +107,8 @@ impl TrainConfig {
         if self.epochs == 0 || self.epochs > Self::MAX_EPOCHS {
             return Err(Error::invalid("epochs", self.epochs, format!("must lie in 1..={}", Self::MAX_EPOCHS)));
         }
-        if self.batch_size == Some(0) {
-            return Err(Error::invalid("batch_size", 0, "must be at least 1"));
+        if let Some(b) = self.batch_size {
+            crate::data::check_batch_size(b)?;
         }
         if let Some(a) = self.stop_at_accuracy
             && !(0.0..=1.0).contains(&a)
