@@ -11,6 +11,7 @@ mod ablation;
 mod bases;
 mod diagnostics;
 mod distributed;
+mod files;
 mod graph;
 mod llc;
 mod network;
@@ -43,6 +44,7 @@ fn main() -> StageResult<()> {
     diagnostics::run(&mlp, &data, &llc, &mut report)?;
     ablation::run(&mlp, &data, &bases, &graph, &mut report)?;
     distributed::run(&mlp, &data, &bases.lib, &graph, &mut report)?;
+    files::run(&mlp, &data, &mut report)?;
     report.finish(start.elapsed().as_secs_f64())?;
     Ok(())
 }

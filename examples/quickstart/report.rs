@@ -34,6 +34,13 @@ impl Report {
         self.sections.insert(name.to_string(), value);
     }
 
+    /// A folder for the files a stage writes and reads back (`DIR/files`), created.
+    pub fn scratch_dir(&self) -> StageResult<PathBuf> {
+        let dir = self.out.join("files");
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
     /// The path of a picture named `file`, recorded in the report.
     pub fn picture(&mut self, file: &str) -> PathBuf {
         self.pictures.push(file.to_string());
