@@ -190,18 +190,17 @@ fn interaction_basis(
     config: &LibConfig,
 ) -> Result<NodeBasis> {
     let (r, r_pinv) = (f.r(), f.r_pinv());
-    let m = m_dash.project(&r_pinv)?;
-    let n = m.nrows();
+    let n = r_pinv.nrows();
     let masked = usize::from(f.has_constant);
-    let sub = Matrix::from_fn(n - masked, n - masked, |i, j| m[(i + masked, j + masked)]);
-    let (sub_values, sub_vectors) = sorted_abs_eigen(&sub)?;
+    let (masked_diagonal, sub_values, sub_vectors) =
+        whitened_eigen(m_dash, &r_pinv, masked, config.truncation_threshold > 0.0)?;
     let v = Matrix::from_fn(n, n, |i, j| match (i < masked, j < masked) {
         (true, true) => f64::from(u8::from(i == j)),
         (false, false) => sub_vectors[(i - masked, j - masked)],
         _ => 0.0,
     });
     let lambda_raw: Vec<f64> = match lambda_dash {
-        None => (0..masked).map(|i| m[(i, i)]).chain(sub_values).collect(),
+        None => masked_diagonal.into_iter().chain(sub_values).collect(),
         Some(ld) => {
             let t = v.transpose().matmul(&r_pinv)?.matmul(ld)?.matmul(&r)?.matmul(&v)?;
             (0..n).map(|i| t[(i, i)].abs()).collect()
@@ -231,4 +230,52 @@ fn interaction_basis(
     let mut b = node_basis(net, k, Some(config.basis_formula), c, c_pinv);
     b.lambda = Some(lambda);
     Ok(with_frame(b, &f, mean))
+}
+
+/// `M = R⁺ M' R⁺ᵀ`'s diagonal on the first `masked` (unrotated) directions, and the eigenpairs
+/// of `M[masked.., masked..]`, |λ| descending, vectors as columns.
+///
+/// With `M' = Gᵀ Â G` of rank `r` below the width `m` of the block (the closed form of a wide
+/// input, `docs/math.md` §3.3), `M[masked.., masked..] = Bᵀ B` with `B = Â^{1/2} G R⁺ᵀ` (`r × m`):
+/// its non-zero eigenpairs come from the `r × r` matrix `B Bᵀ` (`v = Bᵀ w / √μ`), and the other
+/// `m − r` eigenvalues are 0, so their directions are dropped by any positive threshold
+/// (`zeros_drop`; with a zero threshold the dense path keeps them as rounding noise).
+fn whitened_eigen(
+    m_dash: &JacobianGram,
+    r_pinv: &Matrix,
+    masked: usize,
+    zeros_drop: bool,
+) -> Result<(Vec<f64>, Vec<f64>, Matrix)> {
+    let n = r_pinv.nrows();
+    let width = n - masked;
+    if let JacobianGram::Factored { g, core } = m_dash
+        && zeros_drop
+        && g.nrows() < width
+    {
+        let p = g.matmul(&r_pinv.transpose())?; // [r, n]
+        let (a_values, a_vectors) = crate::linalg::symmetric_eigen(core)?;
+        // Â is a Gram (PSD): rounding-level negative eigenvalues are zero.
+        let half =
+            Matrix::from_fn(a_values.len(), a_values.len(), |i, j| a_vectors[(j, i)] * a_values[i].max(0.0).sqrt());
+        let b_full = half.matmul(&p)?; // [r, n]
+        let masked_diagonal =
+            (0..masked).map(|i| (0..b_full.nrows()).map(|t| b_full[(t, i)] * b_full[(t, i)]).sum()).collect();
+        let b = Matrix::from_fn(b_full.nrows(), width, |t, j| b_full[(t, j + masked)]);
+        let (mu, w) = sorted_abs_eigen(&b.matmul(&b.transpose())?)?;
+        let btw = b.transpose().matmul(&w)?; // [width, r]
+        let mut values = vec![0.0; width];
+        let mut vectors = Matrix::zeros(width, width);
+        for (i, &m) in mu.iter().enumerate().filter(|&(_, &m)| m > 0.0) {
+            values[i] = m;
+            let scale = 1.0 / m.sqrt();
+            for row in 0..width {
+                vectors[(row, i)] = btw[(row, i)] * scale;
+            }
+        }
+        return Ok((masked_diagonal, values, vectors));
+    }
+    let m = m_dash.project(r_pinv)?;
+    let sub = Matrix::from_fn(width, width, |i, j| m[(i + masked, j + masked)]);
+    let (values, vectors) = sorted_abs_eigen(&sub)?;
+    Ok(((0..masked).map(|i| m[(i, i)]).collect(), values, vectors))
 }
