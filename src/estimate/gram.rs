@@ -38,6 +38,12 @@ pub struct GramAccumulator {
     /// Lower triangle of `Σ (x − μ)(x − μ)ᵀ`; the upper triangle is not maintained. Empty
     /// (`0 × 0`) until the first row arrives, so empty per-batch states cost nothing.
     scatter: Matrix,
+    /// While fewer than `dim` rows have been seen: the rows themselves, row-major (`mean` and
+    /// `scatter` unused). Smaller than a `dim × dim` state, and what lets a Gram of rank below
+    /// its width be decomposed on its kernel side (`docs/math.md` §3.3). `None` once the rows
+    /// reach `dim` (and in states written before this field existed).
+    #[serde(default)]
+    rows: Option<Vec<f64>>,
 }
 
 /// Finished moments: sample count, mean and population covariance (`scatter / count`).
@@ -49,12 +55,26 @@ pub struct Moments {
     pub mean: Vec<f64>,
     /// `E[(x − μ)(x − μ)ᵀ]` (divided by the count, not count − 1).
     pub covariance: Matrix,
+    /// The rows themselves (`count × dim`), when fewer than `dim` were seen: the Gram's kernel
+    /// side, which the bases decompose instead of the `dim × dim` matrix.
+    pub rows: Option<Matrix>,
 }
 
 impl GramAccumulator {
     /// An empty accumulator for rows of width `dim`.
     pub fn new(dim: usize) -> Self {
-        GramAccumulator { count: 0, mean: vec![0.0; dim], scatter: Matrix::default() }
+        GramAccumulator { count: 0, mean: vec![0.0; dim], scatter: Matrix::default(), rows: Some(Vec::new()) }
+    }
+
+    /// Leaves the rows mode: the rows kept so far become mean and scatter.
+    fn to_scatter(&mut self) -> Result<()> {
+        let Some(rows) = self.rows.take() else { return Ok(()) };
+        let n = self.count as usize;
+        self.count = 0;
+        if n > 0 {
+            self.update(MatrixView::new(n, self.dim(), &rows)?)?;
+        }
+        Ok(())
     }
 
     /// Row width.
@@ -76,6 +96,14 @@ impl GramAccumulator {
         let n = batch.nrows();
         if n == 0 {
             return Ok(());
+        }
+        if let Some(rows) = &mut self.rows {
+            if self.count as usize + n < d {
+                rows.extend_from_slice(batch.as_slice());
+                self.count += n as u64;
+                return Ok(());
+            }
+            self.to_scatter()?;
         }
         if n > PARALLEL_CHUNK && d < PARALLEL_MAX_DIM && rayon::current_thread_index().is_none() {
             // A large batch of narrow rows: 256-row chunks in parallel, each centred while it
@@ -127,10 +155,25 @@ impl GramAccumulator {
         if other.dim() != self.dim() {
             return Err(Error::shape("GramAccumulator::merge", &[self.dim()], &[other.dim()]));
         }
-        if other.count > 0 {
-            self.combine(other.count, &other.mean, &other.scatter);
+        if other.count == 0 {
+            return Ok(());
         }
-        Ok(())
+        let d = self.dim();
+        if let (Some(rows), Some(theirs)) = (&mut self.rows, &other.rows)
+            && ((self.count + other.count) as usize) < d
+        {
+            rows.extend_from_slice(theirs);
+            self.count += other.count;
+            return Ok(());
+        }
+        self.to_scatter()?;
+        match &other.rows {
+            Some(theirs) => self.update(MatrixView::new(other.count as usize, other.dim(), theirs)?),
+            None => {
+                self.combine(other.count, &other.mean, &other.scatter);
+                Ok(())
+            }
+        }
     }
 
     /// Chan et al.: `M₂ = M₂ᵃ + M₂ᵇ + δδᵀ nₐ n_b / n`, `μ = μₐ + δ n_b / n`.
@@ -161,10 +204,16 @@ impl GramAccumulator {
         if self.count == 0 {
             return Err(Error::Empty { what: "GramAccumulator::finish: no rows".into() });
         }
+        if let Some(rows) = &self.rows {
+            let rows = Matrix::from_vec(self.count as usize, self.dim(), rows.clone())?;
+            let mut full = GramAccumulator { rows: None, ..GramAccumulator::new(self.dim()) };
+            full.update(rows.view())?;
+            return Ok(Moments { rows: Some(rows), ..full.finish()? });
+        }
         let mut covariance = self.scatter.clone();
         linalg::symmetrize_from_lower(&mut covariance);
         covariance.as_mut_slice().iter_mut().for_each(|v| *v /= self.count as f64);
-        Ok(Moments { count: self.count, mean: self.mean.clone(), covariance })
+        Ok(Moments { count: self.count, mean: self.mean.clone(), covariance, rows: None })
     }
 }
 
@@ -212,6 +261,7 @@ impl Moments {
             count: self.count,
             mean: self.mean[..d].to_vec(),
             covariance: Matrix::from_fn(d, d, |i, j| self.covariance[(i, j)]),
+            rows: self.rows.as_ref().map(|r| Matrix::from_fn(r.nrows(), d, |i, j| r[(i, j)])),
         }
     }
 }
@@ -245,6 +295,8 @@ mod tests {
             for acc in [&whole, &pieces] {
                 let m = acc.finish().unwrap();
                 assert_eq!(m.count, n as u64);
+                // Fewer rows than the width: the rows are kept (the Gram's kernel side).
+                assert_eq!(m.rows.as_ref().map(|r| r.shape()), (n < d).then_some((n, d)));
                 let scale = cov.max_abs();
                 for (a, b) in m.covariance.as_slice().iter().zip(cov.as_slice()) {
                     assert!((a - b).abs() <= 1e-12 * scale, "{n}×{d}: {a} vs {b}");
