@@ -67,7 +67,7 @@ impl GramAccumulator {
     }
 
     /// Leaves the rows mode: the rows kept so far become mean and scatter.
-    fn to_scatter(&mut self) -> Result<()> {
+    fn leave_rows_mode(&mut self) -> Result<()> {
         let Some(rows) = self.rows.take() else { return Ok(()) };
         let n = self.count as usize;
         self.count = 0;
@@ -103,7 +103,7 @@ impl GramAccumulator {
                 self.count += n as u64;
                 return Ok(());
             }
-            self.to_scatter()?;
+            self.leave_rows_mode()?;
         }
         if n > PARALLEL_CHUNK && d < PARALLEL_MAX_DIM && rayon::current_thread_index().is_none() {
             // A large batch of narrow rows: 256-row chunks in parallel, each centred while it
@@ -166,7 +166,7 @@ impl GramAccumulator {
             self.count += other.count;
             return Ok(());
         }
-        self.to_scatter()?;
+        self.leave_rows_mode()?;
         match &other.rows {
             Some(theirs) => self.update(MatrixView::new(other.count as usize, other.dim(), theirs)?),
             None => {
