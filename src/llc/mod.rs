@@ -21,13 +21,15 @@ mod convergence;
 mod estimator;
 mod loss_model;
 mod report;
+mod restrict;
 mod streams;
 pub mod theory;
 
 pub use behavioural::BehaviouralLoss;
 pub use chain::{Chain, Divergence, DivergenceCause, StepRecord};
-pub use config::{LlcConfig, Sampler, SgldConfig, SgldParams, default_nbeta};
+pub use config::{ChainStd, InitLoss, LlcConfig, NbetaDefault, Sampler, SgldConfig, SgldParams, default_nbeta};
 pub use convergence::{effective_sample_size, split_rhat};
-pub use estimator::{ChainRuns, LlcEstimator};
+pub use estimator::{BreakdownEntry, ChainRuns, LlcBreakdown, LlcEstimator};
 pub use loss_model::{LayerLoss, LossModel, MlpLoss};
 pub use report::{ChainSummary, DiagnosticTraces, Diagnostics, LlcReport};
+pub use restrict::{ModuleParams, ParamLayout, ParamSubset, ParamTensor, module_parameters};
