@@ -7,8 +7,8 @@ use degeneracy::basis::NodeBasis;
 use degeneracy::graph::Modules;
 use degeneracy::llc::theory::{self, Rational};
 use degeneracy::llc::{
-    BehaviouralLoss, ChainStd, DivergenceCause, InitLoss, LlcConfig, LlcEstimator, LlcReport, LossModel, MlpLoss,
-    NbetaDefault, ParamLayout, ParamSubset, Sampler, module_parameters,
+    BehaviouralLoss, CalibrationAxis, CalibrationConfig, ChainStd, DivergenceCause, InitLoss, LlcConfig, LlcEstimator,
+    LlcReport, LossModel, MlpLoss, NbetaDefault, ParamLayout, ParamSubset, Sampler, module_parameters,
 };
 use degeneracy::nn::{Optimizer, TrainConfig, train};
 use degeneracy::{Activation, Dataset, Error, Layer, Linear, Loss, Matrix, Mlp, Result, Targets, io};
@@ -920,6 +920,79 @@ fn module_parameters_of_a_block_diagonal_network_are_its_blocks() {
     let config = LlcConfig::new(1e-3).batch_size(100).num_draws(300).seed(1);
     let b = LlcEstimator::new(config).unwrap().estimate_breakdown(&model, &model.params(), &subsets).unwrap();
     assert!(b.entries.iter().all(|e| e.report.all_healthy() && e.report.llc_mean > 0.0 && e.n_params == 9));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calibration
+
+#[test]
+fn calibration_on_the_dln_recommends_a_setting_whose_full_estimate_is_in_range() {
+    let (model, w) = dln_model();
+    let base = dln_config();
+    // The bench's sweep: 4 step sizes × 4 localisations, 4 chains × 500 draws. lr 1e-2 diverges
+    // (ε·nβ·h_max ≫ 4).
+    let cal = CalibrationConfig::new(
+        vec![3e-5, 1e-4, 3e-4, 1e-2],
+        CalibrationAxis::Localization(vec![1.0, 10.0, 100.0, 1000.0]),
+    )
+    .num_draws(500);
+    let t = std::time::Instant::now();
+    let c = LlcEstimator::new(base).unwrap().calibrate(&model, &w, &cal).unwrap();
+    println!("DLN calibration, 16 settings × 4 × 500: {:.2} s", t.elapsed().as_secs_f64());
+    for p in &c.settings {
+        println!(
+            "  lr {:e} γ {:6}: λ̂ {:8.3} slope {:7.3} MALA {:?} R̂ {:?} healthy {} {:?}",
+            p.lr, p.localization, p.llc_mean, p.relative_slope, p.mala_acceptance, p.rhat, p.healthy, p.problems
+        );
+    }
+    assert_eq!(c.settings.len(), 16);
+    // The divergent step is marked in every row, and no setting without an estimate passes.
+    for j in 0..4 {
+        let p = c.at(3, j).unwrap();
+        assert!(p.diverged && p.n_diverged == 4 && !p.healthy && p.llc_mean.is_nan(), "{p:?}");
+    }
+    assert!(c.settings.iter().all(|p| p.llc_mean.is_finite() || p.diverged));
+    let r = c.recommended.expect("a recommendation");
+    let chosen = &c.settings[r.index];
+    assert!(chosen.healthy && chosen.stationary && !chosen.diverged && !chosen.prior_dominated);
+    let full = LlcEstimator::new(c.recommended_config().unwrap()).unwrap().estimate(&model, &w).unwrap();
+    println!(
+        "recommended lr {:e}, γ {}: 4 × 2000 λ̂ = {:.3} ± {:.3} (λ = 44)",
+        r.lr, r.localization, full.llc_mean, full.llc_std
+    );
+    assert_eq!((full.config.num_chains, full.config.num_draws), (4, 2000));
+    assert!((38.0..=46.0).contains(&full.llc_mean), "{}", full.llc_mean);
+    // The heat map: valid SVG with a label per cell and "diverged" on the divergent column.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calibration.svg");
+    c.draw(&path, "DLN calibration").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let texts: Vec<&str> = doc.descendants().filter(|n| n.is_text()).filter_map(|n| n.text()).collect();
+    assert_eq!(texts.iter().filter(|t| t.trim() == "diverged").count(), 4);
+    assert!(texts.iter().any(|t| t.contains("localization")));
+}
+
+#[test]
+fn calibration_configs_are_validated_naming_the_field() {
+    let ok = CalibrationConfig::new(vec![1e-4, 1e-3], CalibrationAxis::Nbeta(vec![10.0, 100.0]));
+    assert!(ok.validate().is_ok());
+    assert!(CalibrationConfig::new(vec![1e-4], CalibrationAxis::Localization(vec![0.0, 1.0])).validate().is_ok());
+    let name = |c: CalibrationConfig| match c.validate() {
+        Err(Error::InvalidParameter { name, .. }) => name,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert_eq!(name(CalibrationConfig::new(vec![], ok.axis.clone())), "calibrate.lr");
+    assert_eq!(name(CalibrationConfig::new(vec![1e-4, -1.0], ok.axis.clone())), "calibrate.lr");
+    assert_eq!(name(CalibrationConfig::new(vec![1e-4, 1e-4], ok.axis.clone())), "calibrate.lr");
+    assert_eq!(name(CalibrationConfig::new(vec![1e-4], CalibrationAxis::Nbeta(vec![f64::NAN]))), "calibrate.nbeta");
+    assert_eq!(
+        name(CalibrationConfig::new(vec![1e-4], CalibrationAxis::Localization(vec![-1.0]))),
+        "calibrate.localization"
+    );
+    assert_eq!(name(ok.clone().num_draws(2)), "calibrate.num_draws");
+    assert_eq!(name(ok.clone().max_rhat(0.0)), "calibrate.max_rhat");
+    assert_eq!(name(ok.clone().min_mala_acceptance(1.5)), "calibrate.min_mala_acceptance");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 //! Conventions and every difference from devinterp are in `docs/llc.md`.
 
 mod behavioural;
+mod calibrate;
 mod chain;
 mod config;
 mod convergence;
@@ -26,6 +27,7 @@ mod streams;
 pub mod theory;
 
 pub use behavioural::BehaviouralLoss;
+pub use calibrate::{Calibration, CalibrationAxis, CalibrationConfig, CalibrationPoint, Recommendation};
 pub use chain::{Chain, Divergence, DivergenceCause, StepRecord};
 pub use config::{ChainStd, InitLoss, LlcConfig, NbetaDefault, Sampler, SgldConfig, SgldParams, default_nbeta};
 pub use convergence::{effective_sample_size, split_rhat};
