@@ -97,8 +97,8 @@ pub fn line_chart(
     let (x0, x1) = bounds(all.iter().map(|p| p.0));
     let (y0, y1) = bounds(all.iter().map(|p| p.1));
     let result = match y_scale {
-        Scale::Linear => draw_lines(&root, title, x_label, y_label, x0..x1, y0..y1, series, usable),
-        Scale::Log => draw_lines(&root, title, x_label, y_label, x0..x1, (y0..y1).log_scale(), series, usable),
+        Scale::Linear => draw_lines(&root, title, x_label, y_label, x0..x1, y0..y1, series, usable, false),
+        Scale::Log => draw_lines(&root, title, x_label, y_label, x0..x1, (y0..y1).log_scale(), series, usable, false),
     };
     result.map_err(|e| draw_err(path, e))?;
     root.present().map_err(|e| draw_err(path, e))
@@ -114,6 +114,7 @@ fn draw_lines<Y>(
     y: Y,
     series: &[Series],
     usable: impl Fn(&(f64, f64)) -> bool,
+    markers: bool,
 ) -> std::result::Result<(), String>
 where
     Y: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
@@ -134,6 +135,11 @@ where
             .map_err(|e| e.to_string())?
             .label(s.name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        if markers {
+            chart
+                .draw_series(s.points.iter().copied().filter(|p| usable(p)).map(|p| Circle::new(p, 5, c.filled())))
+                .map_err(|e| e.to_string())?;
+        }
     }
     chart
         .configure_series_labels()
@@ -260,4 +266,54 @@ pub fn heat_map(
     };
     root.draw(&Text::new(key, (left + 210, key_y), font(13))).map_err(err)?;
     root.present().map_err(err)
+}
+
+/// One chart of a [`panel_chart`].
+pub struct Panel {
+    /// The panel's caption.
+    pub title: String,
+    /// x-axis label.
+    pub x_label: String,
+    /// y-axis label.
+    pub y_label: String,
+    /// y-axis scale.
+    pub y_scale: Scale,
+    /// Mark every point of every series with a dot (one per checkpoint, say).
+    pub markers: bool,
+    /// The lines.
+    pub series: Vec<Series>,
+}
+
+/// Several line charts side by side under one title (a training curve next to λ̂ over the
+/// checkpoints, say). Panels without a finite point are errors, as for [`line_chart`].
+pub fn panel_chart(path: &Path, title: &str, panels: &[Panel]) -> Result<()> {
+    if panels.is_empty() {
+        return Err(Error::Empty { what: format!("{}: no panel to draw", path.display()) });
+    }
+    let width = (640 * panels.len()).max(900) as u32;
+    let root = SVGBackend::new(path, (width, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+    root.draw(&Text::new(title.to_string(), (12, 10), ("sans-serif", 22).into_font()))
+        .map_err(|e| draw_err(path, e))?;
+    let (_, body) = root.split_vertically(40);
+    let areas = body.split_evenly((1, panels.len()));
+    for (area, panel) in areas.iter().zip(panels) {
+        let scale = panel.y_scale;
+        let usable = |p: &(f64, f64)| p.0.is_finite() && p.1.is_finite() && (scale == Scale::Linear || p.1 > 0.0);
+        let all: Vec<(f64, f64)> = panel.series.iter().flat_map(|s| s.points.iter().copied()).filter(usable).collect();
+        if all.is_empty() {
+            return Err(Error::Empty {
+                what: format!("{}: panel `{}` has no finite point", path.display(), panel.title),
+            });
+        }
+        let (x0, x1) = bounds(all.iter().map(|p| p.0));
+        let (y0, y1) = bounds(all.iter().map(|p| p.1));
+        let (t, xl, yl, s) = (&panel.title, &panel.x_label, &panel.y_label, &panel.series);
+        let result = match scale {
+            Scale::Linear => draw_lines(area, t, xl, yl, x0..x1, y0..y1, s, usable, panel.markers),
+            Scale::Log => draw_lines(area, t, xl, yl, x0..x1, (y0..y1).log_scale(), s, usable, panel.markers),
+        };
+        result.map_err(|e| draw_err(path, e))?;
+    }
+    root.present().map_err(|e| draw_err(path, e))
 }

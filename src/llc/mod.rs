@@ -25,6 +25,7 @@ mod report;
 mod restrict;
 mod streams;
 pub mod theory;
+mod trajectory;
 
 pub use behavioural::BehaviouralLoss;
 pub use calibrate::{Calibration, CalibrationAxis, CalibrationConfig, CalibrationPoint, Recommendation};
@@ -35,3 +36,4 @@ pub use estimator::{BreakdownEntry, ChainRuns, LlcBreakdown, LlcEstimator};
 pub use loss_model::{LayerLoss, LossModel, MlpLoss};
 pub use report::{ChainSummary, DiagnosticTraces, Diagnostics, LlcReport};
 pub use restrict::{ModuleParams, ParamLayout, ParamSubset, ParamTensor, module_parameters};
+pub use trajectory::{Checkpoint, Trajectory, TrajectoryPoint};
