@@ -225,7 +225,7 @@ pub struct Calibration {
     pub config: CalibrationConfig,
     /// The estimator's configuration the sweep started from (chains, batch, seed, sampler).
     pub base: LlcConfig,
-    /// Every setting, ε fastest: `settings[j · lrs.len() + i]` is (lrs[i], axis[j]).
+    /// Every setting, ε fastest: `settings[j · lrs.len() + i]` is (`lrs[i]`, `axis[j]`).
     pub settings: Vec<CalibrationPoint>,
     /// The recommended setting (see [`LlcEstimator::calibrate`]); `None` if no setting is
     /// healthy.
@@ -244,7 +244,7 @@ impl Calibration {
         })
     }
 
-    /// The setting at (lrs[i], axis[j]).
+    /// The setting at (`lrs[i]`, `axis[j]`).
     pub fn at(&self, i: usize, j: usize) -> Option<&CalibrationPoint> {
         (i < self.config.lrs.len()).then(|| self.settings.get(j * self.config.lrs.len() + i)).flatten()
     }

@@ -8,7 +8,14 @@
 //! * [`LlcConfig`] / [`SgldConfig`] → [`SgldParams`]: validated hyper-parameters; [`Sampler`]:
 //!   SGLD, RMSprop-SGLD (both as devinterp 2.0.1) and SGNHT (Ding et al. 2014).
 //! * [`LlcEstimator`] runs [`Chain`]s in parallel (bitwise identical for any thread count) and
-//!   returns an [`LlcReport`] with traces, split-R̂, ESS and MALA acceptance.
+//!   returns an [`LlcReport`] with traces, split-R̂, ESS and MALA acceptance; when no chain is
+//!   healthy, [`crate::Error::NoHealthyChain`] (carrying the report) instead.
+//! * Beyond one λ̂: the restricted LLC of a [`ParamSubset`] ([`LlcEstimator::restrict`], named
+//!   tensors and layers from [`ParamLayout`], graph modules from [`module_parameters`]) and
+//!   breakdowns over many subsets in one call ([`LlcEstimator::estimate_breakdown`]); a
+//!   calibration sweep with a recommendation ([`LlcEstimator::calibrate`]); λ̂ over training
+//!   checkpoints ([`LlcEstimator::estimate_trajectory`]); devinterp's conventions
+//!   ([`LlcConfig::devinterp_compatible`]).
 //! * [`theory`]: exact learning coefficients (regular d/2, reduced-rank regression, deep linear
 //!   networks) to check estimates against.
 //!

@@ -271,7 +271,7 @@ pub struct ModuleParams {
 ///    coordinate are left out; normalising each pattern keeps a large module from taking every
 ///    unit by its size alone);
 /// 2. weight W_k[i, j] of linear layer k belongs to module m when its input unit j (node layer
-///    `layers.k`) and its output unit i (node layer k + 1) both belong to m; bias b_k[i] goes
+///    `layers.k`) and its output unit i (node layer k + 1) both belong to m; bias `b_k[i]` goes
 ///    with its output unit. When node layer k + 1 is not in the graph (the output, which
 ///    interaction graphs usually leave out), the output side is unconstrained: W_k[i, j] goes
 ///    with its input unit j and the biases of that layer belong to no module.
