@@ -138,6 +138,9 @@ fn bench_calibration(c: &mut Criterion) {
             black_box(cal)
         })
     });
+    // Baseline: the same 32,000 steps as one estimate of 64 chains × 500 draws.
+    let one = LlcEstimator::new(base.num_chains(64).num_draws(500)).unwrap();
+    group.bench_function("dln_one_estimate_64x500", |b| b.iter(|| black_box(one.estimate(&model, &w).unwrap())));
     group.finish();
 }
 
@@ -174,8 +177,17 @@ fn main() {
         .collect();
     let rows: Vec<_> = rows.iter().map(|(l, b, base, r)| (l.as_str(), b.as_str(), base.as_str(), *r)).collect();
     common::print_time_ratios(GROUP, &rows);
-    match common::median_ns(CALIBRATION, "dln_16_settings_4x500") {
-        Some(t) => println!("\n{CALIBRATION}: 16 settings × 4 chains × 500 steps in {:.3} s (target < 2 s)", t / 1e9),
-        None => println!("\n{CALIBRATION}: (no estimate; run without a filter)"),
+    match (
+        common::median_ns(CALIBRATION, "dln_16_settings_4x500"),
+        common::median_ns(CALIBRATION, "dln_one_estimate_64x500"),
+    ) {
+        (Some(t), Some(base)) => println!(
+            "\n{CALIBRATION}: 16 settings × 4 chains × 500 steps in {:.3} s (target < 2 s); one estimate of the same \
+             32,000 steps {:.3} s, ratio {:.2}",
+            t / 1e9,
+            base / 1e9,
+            t / base
+        ),
+        _ => println!("\n{CALIBRATION}: (no estimate; run without a filter)"),
     }
 }
