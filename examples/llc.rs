@@ -21,10 +21,32 @@
 //! * Model file: `bias` (`true`; `false` declares a bias-free model, otherwise a missing bias is
 //!   an error) and `tensor_names` (`{"name in file": "layers.0.weight", …}`).
 //!
+//! * `parameters` (default: all): `["layers.1.weight", …]` samples only those tensors (names as
+//!   in the model file), every other parameter held at w* (the restricted LLC).
+//! * `preset`: `"devinterp"` switches to devinterp's conventions (γ = 0, nβ = b / ln b from the
+//!   batch size, `llc_std` with ddof 1, one `init_loss` over at most one epoch; `docs/llc.md`
+//!   §4); explicit keys still win. `"default"` is this crate's conventions.
+//! * `calibrate`: `{"lr": [...], "nbeta": [...] or "localization": [...], "num_draws": 300}`
+//!   (optional thresholds `max_relative_slope`, `max_rhat`, `min_mala_acceptance`,
+//!   `max_prior_drop`) sweeps short chains over the grid first and writes `calibration.json` =
+//!   `{"settings": [{"lr", "nbeta", "localization", "llc_mean", "diverged", "stationary",
+//!   "mala_acceptance", "rhat"}, …], "recommended": {"lr", "nbeta", "localization"}}` and
+//!   `calibration.svg`, then runs the full estimate at the recommended setting (its details go
+//!   to `summary.json` under `calibration`). No recommendation: exit 1 after writing both files.
+//! * `checkpoints`: `["a.safetensors", …]` in place of `model`: λ̂ at every checkpoint with the
+//!   same settings and seeds; writes `trajectory.json` = `[{"checkpoint", "llc_mean", "llc_std",
+//!   "healthy_chains"}, …]`, `trajectory.svg` (one point per checkpoint) and `summary.json`.
+//!
 //! Unknown keys and bad values are errors that name the key. Writes `out_dir/summary.json`
 //! (estimates, timing, diagnostics, settings), `loss_trace.npy` `[chains, steps]` (a diverged
 //! chain is padded with NaN), `llc_trace_instantaneous.npy`, `llc_trace_running_mean.npy` and
 //! `llc_per_chain.npy`.
+//!
+//! **No healthy chain, exit 1.** A run in which every chain diverged has no estimate: it still
+//! writes its outputs (`summary.json` with `llc_mean` null, the divergences and the warnings),
+//! then exits with status 1 and says so on stderr. So does a trajectory with a checkpoint
+//! without a healthy chain. A run with some diverged chains exits 0; `summary.json` says how many
+//! were excluded (`n_excluded_chains`).
 //!
 //! Beyond one machine (`docs/distributed.md`); the outputs are identical to one process's:
 //! * `"distributed": true` (built with `--features mpi`, run as `mpirun -n K
@@ -35,21 +57,25 @@
 
 mod common;
 
-use common::{AnyResult, Mode};
+use common::{AnyResult, Mode, Outputs};
 use degeneracy::distributed::{
     Communicator, Fingerprint, ShardHeader, merge_shard_files, shard_range, write_shard_file,
 };
-use degeneracy::llc::{BehaviouralLoss, ChainRuns, LlcConfig, LlcEstimator, LlcReport, LossModel, MlpLoss, Sampler};
-use degeneracy::{Activation, Dataset, Error, Layer, Loss, Matrix, Targets, io};
+use degeneracy::llc::{
+    BehaviouralLoss, CalibrationAxis, CalibrationConfig, ChainRuns, Checkpoint, LlcConfig, LlcEstimator, LlcReport,
+    LossModel, MlpLoss, NbetaDefault, ParamLayout, Sampler,
+};
+use degeneracy::{Activation, Dataset, Error, Layer, Loss, Matrix, Mlp, Targets, io};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 const USAGE: &str = "llc CONFIG.json [--shard I/K | --merge FILE…]";
 const CHAINS: &str = "llc/chains";
 
-const KEYS: [&str; 24] = [
+const KEYS: [&str; 28] = [
     "model",
     "activation",
     "inputs",
@@ -74,6 +100,22 @@ const KEYS: [&str; 24] = [
     "distributed",
     "bias",
     "tensor_names",
+    "parameters",
+    "preset",
+    "calibrate",
+    "checkpoints",
+];
+
+/// Keys of the `calibrate` block.
+const CALIBRATE_KEYS: [&str; 8] = [
+    "lr",
+    "nbeta",
+    "localization",
+    "num_draws",
+    "max_relative_slope",
+    "max_rhat",
+    "min_mala_acceptance",
+    "max_prior_drop",
 ];
 
 /// Keys naming files: their contents, not their paths, enter the shard fingerprint.
@@ -179,6 +221,80 @@ impl Config {
         Ok(common::load_options(bias, &tensor_names))
     }
 
+    /// A list of strings (`parameters`, `checkpoints`).
+    fn strings(&self, key: &str) -> AnyResult<Option<Vec<String>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad(key, v, "must be a list of strings")))
+                .collect::<AnyResult<Vec<_>>>()
+                .map(Some),
+            Some(v) => Err(bad(key, v, "must be a list of strings")),
+        }
+    }
+
+    /// The `calibrate` block, checked key by key.
+    fn calibration(&self) -> AnyResult<Option<CalibrationConfig>> {
+        let Some(block) = self.get("calibrate") else { return Ok(None) };
+        let Value::Object(map) = block else {
+            return Err(bad("calibrate", block, "must be an object"));
+        };
+        if let Some(k) = map.keys().find(|k| !CALIBRATE_KEYS.contains(&k.as_str())) {
+            return Err(bad(
+                &format!("calibrate.{k}"),
+                &map[k],
+                &format!("unknown key; known keys: {}", CALIBRATE_KEYS.join(", ")),
+            ));
+        }
+        let list = |k: &str| -> AnyResult<Option<Vec<f64>>> {
+            let name = format!("calibrate.{k}");
+            match map.get(k).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.as_f64().ok_or_else(|| bad(&name, v, "must be a list of numbers")))
+                    .collect::<AnyResult<Vec<f64>>>()
+                    .map(Some),
+                Some(v) => Err(bad(&name, v, "must be a list of numbers")),
+            }
+        };
+        let number = |k: &str| -> AnyResult<Option<f64>> {
+            match map.get(k).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => v.as_f64().map(Some).ok_or_else(|| bad(&format!("calibrate.{k}"), v, "must be a number")),
+            }
+        };
+        let lrs = list("lr")?.ok_or("the `calibrate` block needs `lr`: a list of step sizes")?;
+        let axis = match (list("nbeta")?, list("localization")?) {
+            (Some(v), None) => CalibrationAxis::Nbeta(v),
+            (None, Some(v)) => CalibrationAxis::Localization(v),
+            (Some(_), Some(_)) => {
+                return Err(bad("calibrate", block, "sweep either `nbeta` or `localization` next to `lr`, not both"));
+            }
+            (None, None) => return Err(bad("calibrate", block, "needs `nbeta` or `localization`: a list of values")),
+        };
+        let mut cal = CalibrationConfig::new(lrs, axis);
+        if let Some(v) = map.get("num_draws").filter(|v| !v.is_null()) {
+            let k = v.as_u64().and_then(|u| usize::try_from(u).ok());
+            cal = cal.num_draws(k.ok_or_else(|| bad("calibrate.num_draws", v, "must be a non-negative integer"))?);
+        }
+        if let Some(v) = number("max_relative_slope")? {
+            cal = cal.max_relative_slope(v);
+        }
+        if let Some(v) = number("max_rhat")? {
+            cal = cal.max_rhat(v);
+        }
+        if let Some(v) = number("min_mala_acceptance")? {
+            cal = cal.min_mala_acceptance(v);
+        }
+        if let Some(v) = number("max_prior_drop")? {
+            cal = cal.max_prior_drop(v);
+        }
+        cal.validate()?;
+        Ok(Some(cal))
+    }
+
     fn count(&self, key: &str) -> AnyResult<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
@@ -211,7 +327,28 @@ fn run() -> AnyResult<()> {
     }
 
     let activation = Activation::from_name(&cfg.required_string("activation")?)?;
-    let model_path = cfg.path("model")?.ok_or("missing required key `model`")?;
+    let checkpoints = cfg.strings("checkpoints")?;
+    let calibration = cfg.calibration()?;
+    let model_path = match (cfg.path("model")?, &checkpoints) {
+        (Some(p), None) => p,
+        (None, Some(list)) => {
+            let first = list.first().ok_or_else(|| bad("checkpoints", &json!([]), "give at least one checkpoint"))?;
+            common::resolve(&cfg.dir, first)
+        }
+        (Some(_), Some(_)) => return Err("give either `model` or `checkpoints` (a trajectory), not both".into()),
+        (None, None) => return Err("missing required key `model` (or `checkpoints` for a trajectory)".into()),
+    };
+    let split = distributed || cli.mode != Mode::Whole;
+    if split && (checkpoints.is_some() || calibration.is_some()) {
+        return Err(
+            "`calibrate` and `checkpoints` run in one process: drop \"distributed\", --shard and --merge".into()
+        );
+    }
+    if checkpoints.is_some() && calibration.is_some() {
+        return Err(
+            "`calibrate` sweeps one model: calibrate on one checkpoint (`model`), then run the trajectory".into()
+        );
+    }
     let inputs_path = cfg.path("inputs")?.ok_or("missing required key `inputs`")?;
     let loss_name = cfg.required_string("loss")?;
     let lr = cfg.float("lr")?.ok_or("missing required key `lr`")?;
@@ -219,6 +356,11 @@ fn run() -> AnyResult<()> {
     let out_dir = cfg.path("out_dir")?.unwrap_or_else(|| cfg.dir.join("llc_out"));
 
     let mut config = LlcConfig::new(lr).sampler(sampler).seed(0);
+    match cfg.string("preset")?.as_deref() {
+        None | Some("default") => {}
+        Some("devinterp") => config = config.devinterp_compatible(),
+        Some(other) => return Err(bad("preset", &json!(other), "expected \"devinterp\" or \"default\"")),
+    }
     if let Some(v) = cfg.float("localization")? {
         config = config.localization(v);
     }
@@ -255,66 +397,64 @@ fn run() -> AnyResult<()> {
     if let Some(v) = cfg.count("seed")? {
         config = config.seed(v as u64);
     }
-    let estimator = LlcEstimator::new(config)?;
+    let mut estimator = LlcEstimator::new(config)?;
 
     let mlp = io::load_mlp_with(&model_path, activation, &cfg.load_options()?)?;
+    if let Some(names) = cfg.strings("parameters")? {
+        estimator = estimator.restrict(ParamLayout::mlp(&mlp).select(&names)?);
+    }
     let inputs = io::read_matrix(&inputs_path)?;
     let (targets_path, labels_path) = (cfg.path("targets")?, cfg.path("labels")?);
+    let loss_name = loss_name.as_str();
     let (n, d) = (inputs.nrows(), mlp.n_params());
     let comm = if distributed { Some(common::communicator()?) } else { None };
     let comm = comm.as_deref();
     let lead = comm.is_none_or(|c| c.rank() == 0);
     if lead {
         println!(
-            "model {} ({} parameters, widths {:?}, {}), {} samples, loss {loss_name}, sampler {}",
+            "model {} ({} parameters{}, widths {:?}, {}), {} samples, loss {loss_name}, sampler {}",
             model_path.display(),
             d,
+            estimator.restriction().map_or_else(String::new, |s| format!(
+                ", sampling {} of them ({})",
+                s.len(),
+                s.label()
+            )),
             mlp.widths(),
             activation.name(),
             n,
             sampler.name()
         );
     }
-    let run = Run { estimator: &estimator, mode: &cli.mode, comm, cfg: &cfg, out_dir: &out_dir };
-
-    let sampled = match loss_name.as_str() {
-        "mse" => {
-            let p = targets_path.ok_or("loss `mse` needs the key `targets` (a float .npy)")?;
-            if labels_path.is_some() {
-                return Err("key `labels` is for loss `cross_entropy`; loss `mse` uses `targets`".into());
-            }
-            let data = Dataset::new(inputs, Targets::Values(io::read_matrix(&p)?))?;
-            let model = MlpLoss::new(&mlp, Loss::Mse, data)?;
-            run.sample(&model, model.params())?
-        }
-        "cross_entropy" => {
-            let p = labels_path.ok_or("loss `cross_entropy` needs the key `labels` (an integer .npy)")?;
-            if targets_path.is_some() {
-                return Err("key `targets` is for loss `mse`; loss `cross_entropy` uses `labels`".into());
-            }
-            let data = Dataset::new(inputs, Targets::Labels(io::read_labels(&p)?))?;
-            let model = MlpLoss::new(&mlp, Loss::CrossEntropy, data)?;
-            run.sample(&model, model.params())?
-        }
-        "behavioural" | "behavioral" => {
-            if targets_path.is_some() || labels_path.is_some() {
-                println!("note: loss `behavioural` uses the inputs only; `targets`/`labels` are not read");
-            }
-            let model = BehaviouralLoss::new(&mlp, inputs)?;
-            run.sample(&model, model.params())?
-        }
-        other => {
-            return Err(bad("loss", &Value::String(other.into()), "expected mse, cross_entropy or behavioural"));
-        }
+    // The process that writes the results checks its out_dir now, before sampling, and writes
+    // into a staging folder swapped in when complete (README, "Output folders"); shard workers
+    // write their shard files into out_dir/shards directly.
+    let writes = lead && !matches!(cli.mode, Mode::Shard { .. });
+    let outputs = writes.then(|| Outputs::prepare(&out_dir, &["shards"])).transpose()?;
+    let write_dir = outputs.as_ref().map_or_else(|| out_dir.clone(), |o| o.staging().to_path_buf());
+    let run = Run {
+        estimator: &estimator,
+        mode: &cli.mode,
+        comm,
+        cfg: &cfg,
+        out_dir: &write_dir,
+        calibration: calibration.as_ref(),
     };
-    let Some((report, wall)) = sampled else {
+    let data = Data::load(inputs, targets_path, labels_path, loss_name)?;
+
+    if let Some(list) = &checkpoints {
+        let files: Vec<PathBuf> = list.iter().map(|c| common::resolve(&cfg.dir, c)).collect();
+        let result = run.trajectory(&data, activation, &files, process_start);
+        return finish(outputs, result);
+    }
+    let sampled = run.sample(&data.model(&mlp)?)?;
+    let Some(Sampled { report, wall, calibration }) = sampled else {
         return Ok(()); // a shard worker, or a rank other than 0
     };
     let total_steps = report.config.num_chains * report.config.total_steps().unwrap_or(0);
     let seconds_per_step = wall / total_steps.max(1) as f64;
 
-    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
-    write_outputs(&out_dir, &report)?;
+    write_outputs(&write_dir, &report)?;
     let settings = json!({
         "model": model_path, "activation": activation.name(), "inputs": inputs_path,
         "targets": cfg.path("targets")?, "labels": cfg.path("labels")?, "loss": loss_name,
@@ -327,8 +467,11 @@ fn run() -> AnyResult<()> {
         "num_steps_bw_draws": report.config.num_steps_bw_draws,
         "num_init_loss_batches": report.config.num_init_loss_batches, "seed": report.config.seed,
         "shared_batch_order": report.config.shared_batch_order, "out_dir": out_dir,
+        "preset": cfg.string("preset")?.unwrap_or_else(|| "default".into()),
+        "chain_std": report.config.chain_std, "init_loss": report.config.init_loss,
+        "parameters": cfg.strings("parameters")?,
     });
-    let summary = json!({
+    let mut summary = json!({
         "settings": settings,
         "llc_mean": report.llc_mean,
         "llc_std": report.llc_std,
@@ -349,21 +492,27 @@ fn run() -> AnyResult<()> {
         },
         "n_steps_total": total_steps,
         "nbeta": report.nbeta,
-        "nbeta_source": if report.nbeta_is_default { "n / ln n" } else { "config" },
+        "nbeta_source": nbeta_source(&report),
         "n_samples": report.n_samples,
         "n_params": report.n_params,
+        "n_sampled_params": report.n_sampled_params,
+        "n_excluded_chains": report.n_excluded_chains,
         "diagnostics": report.diagnostics,
         "divergences": report.divergences,
         "warnings": report.warnings,
         "estimate_definitions": {
             "llc_per_chain": "nbeta * (mean over all steps incl. burn-in of the minibatch loss - init_loss) (devinterp 2.0.1)",
             "llc_draws_per_chain": "nbeta * (mean over draws after burn-in - init_loss) (devinterp 1.x)",
-            "llc_std": "population std (ddof 0) over non-diverged chains",
+            "llc_std": format!("std with ddof {} over non-diverged chains", report.config.chain_std.ddof()),
         },
     });
-    let path = out_dir.join("summary.json");
+    if let Some(c) = &calibration {
+        summary["calibration"] = serde_json::to_value(c)?;
+    }
+    let path = write_dir.join("summary.json");
     let text = serde_json::to_string_pretty(&summary)?;
     std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    finish(outputs, Ok(()))?;
 
     println!(
         "λ̂ = {:.4} ± {:.4} (all steps; draws only {:.4} ± {:.4}) per chain {:?}",
@@ -386,7 +535,134 @@ fn run() -> AnyResult<()> {
     for w in &report.warnings {
         println!("warning: {w}");
     }
+    if report.healthy_chains().is_empty() {
+        return Err(format!(
+            "no healthy chain: all {} chains diverged, there is no estimate (outputs written to {})",
+            report.divergences.len(),
+            out_dir.display()
+        )
+        .into());
+    }
     Ok(())
+}
+
+fn nbeta_source(report: &LlcReport) -> &'static str {
+    match (report.nbeta_is_default, report.config.nbeta_default) {
+        (false, _) => "config",
+        (true, NbetaDefault::SampleCount) => "n / ln n",
+        (true, NbetaDefault::BatchSize) => "batch_size / ln batch_size",
+    }
+}
+
+/// The data and loss named by the config, read once and shared by every model built on them.
+struct Data {
+    /// The training data (MSE, cross-entropy); `None` for the behavioural loss.
+    dataset: Option<(Loss, Arc<Dataset>)>,
+    inputs: Matrix,
+}
+
+impl Data {
+    /// Reads the targets or labels the loss `loss_name` needs (`mse`, `cross_entropy`,
+    /// `behavioural`), refusing the ones it does not use.
+    fn load(inputs: Matrix, targets: Option<PathBuf>, labels: Option<PathBuf>, loss_name: &str) -> AnyResult<Self> {
+        let dataset = match loss_name {
+            "mse" => {
+                let p = targets.ok_or("loss `mse` needs the key `targets` (a float .npy)")?;
+                if labels.is_some() {
+                    return Err("key `labels` is for loss `cross_entropy`; loss `mse` uses `targets`".into());
+                }
+                Some((Loss::Mse, Arc::new(Dataset::new(inputs.clone(), Targets::Values(io::read_matrix(&p)?))?)))
+            }
+            "cross_entropy" => {
+                let p = labels.ok_or("loss `cross_entropy` needs the key `labels` (an integer .npy)")?;
+                if targets.is_some() {
+                    return Err("key `targets` is for loss `mse`; loss `cross_entropy` uses `labels`".into());
+                }
+                Some((
+                    Loss::CrossEntropy,
+                    Arc::new(Dataset::new(inputs.clone(), Targets::Labels(io::read_labels(&p)?))?),
+                ))
+            }
+            "behavioural" | "behavioral" => {
+                if targets.is_some() || labels.is_some() {
+                    println!("note: loss `behavioural` uses the inputs only; `targets`/`labels` are not read");
+                }
+                None
+            }
+            other => {
+                return Err(bad("loss", &Value::String(other.into()), "expected mse, cross_entropy or behavioural"));
+            }
+        };
+        Ok(Data { dataset, inputs })
+    }
+
+    /// The loss model of `mlp` on these data.
+    fn model(&self, mlp: &Mlp) -> AnyResult<Model> {
+        Ok(match &self.dataset {
+            Some((loss, data)) => Model::Layer(MlpLoss::new(mlp, *loss, data.clone())?),
+            None => Model::Behavioural(BehaviouralLoss::new(mlp, self.inputs.clone())?),
+        })
+    }
+}
+
+/// The training loss (MSE, cross-entropy) or the behavioural loss of an MLP.
+#[derive(Clone)]
+enum Model {
+    Layer(MlpLoss),
+    Behavioural(BehaviouralLoss),
+}
+
+impl Model {
+    fn params(&self) -> Vec<f64> {
+        match self {
+            Model::Layer(m) => m.params(),
+            Model::Behavioural(m) => m.params(),
+        }
+    }
+}
+
+impl LossModel for Model {
+    fn n_params(&self) -> usize {
+        match self {
+            Model::Layer(m) => m.n_params(),
+            Model::Behavioural(m) => m.n_params(),
+        }
+    }
+    fn n_samples(&self) -> usize {
+        match self {
+            Model::Layer(m) => m.n_samples(),
+            Model::Behavioural(m) => m.n_samples(),
+        }
+    }
+    fn loss_and_grad(&mut self, w: &[f64], batch: &[usize], grad: &mut [f64]) -> degeneracy::Result<f64> {
+        match self {
+            Model::Layer(m) => m.loss_and_grad(w, batch, grad),
+            Model::Behavioural(m) => m.loss_and_grad(w, batch, grad),
+        }
+    }
+    fn loss(&mut self, w: &[f64], batch: &[usize]) -> degeneracy::Result<f64> {
+        match self {
+            Model::Layer(m) => m.loss(w, batch),
+            Model::Behavioural(m) => m.loss(w, batch),
+        }
+    }
+}
+
+/// A finished estimate: the report, the sampling wall time and the calibration it followed.
+struct Sampled {
+    report: LlcReport,
+    wall: f64,
+    calibration: Option<degeneracy::llc::Calibration>,
+}
+
+/// The report of an estimate, also when every chain diverged (the caller writes it, then exits
+/// non-zero).
+fn keep_diverged(result: degeneracy::Result<LlcReport>) -> AnyResult<LlcReport> {
+    match result {
+        Ok(r) => Ok(r),
+        Err(Error::NoHealthyChain { report, .. }) => Ok(*report),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// How the chains of this process are run and where the result goes.
@@ -396,18 +672,52 @@ struct Run<'a> {
     comm: Option<&'a dyn Communicator>,
     cfg: &'a Config,
     out_dir: &'a Path,
+    calibration: Option<&'a CalibrationConfig>,
 }
 
 impl Run<'_> {
     /// The report and the sampling wall time, where this process writes the outputs (one
-    /// process, rank 0, the merge step); `None` on the other ranks and on shard workers.
-    fn sample<M: LossModel + Clone>(&self, model: &M, w: Vec<f64>) -> AnyResult<Option<(LlcReport, f64)>> {
+    /// process, rank 0, the merge step); `None` on the other ranks and on shard workers. A
+    /// report without a healthy chain is returned too (the caller writes it and exits 1).
+    fn sample(&self, model: &Model) -> AnyResult<Option<Sampled>> {
+        let w = model.params();
         let t = Instant::now();
         match (self.mode, self.comm) {
-            (Mode::Whole, None) => Ok(Some((self.estimator.estimate(model, &w)?, t.elapsed().as_secs_f64()))),
+            (Mode::Whole, None) => {
+                let Some(cal) = self.calibration else {
+                    let report = keep_diverged(self.estimator.estimate(model, &w))?;
+                    return Ok(Some(Sampled { report, wall: t.elapsed().as_secs_f64(), calibration: None }));
+                };
+                let calibration = self.estimator.calibrate(model, &w, cal)?;
+                std::fs::create_dir_all(self.out_dir).map_err(|e| format!("{}: {e}", self.out_dir.display()))?;
+                write_calibration(self.out_dir, &calibration)?;
+                println!(
+                    "calibration: {} settings × {} chains × {} draws ({:.2} s); wrote calibration.json and calibration.svg",
+                    calibration.settings.len(),
+                    self.estimator.config().num_chains,
+                    cal.num_draws,
+                    t.elapsed().as_secs_f64()
+                );
+                let Some(config) = calibration.recommended_config() else {
+                    return Err(format!(
+                        "calibration: no setting is healthy and stable (see {}); lengthen calibrate.num_draws or widen the grid",
+                        self.out_dir.join("calibration.json").display()
+                    )
+                    .into());
+                };
+                let r = calibration.recommended.expect("a recommended config has a recommendation");
+                println!("recommended: lr {:e}, nbeta {}, localization {}", r.lr, r.nbeta, r.localization);
+                let mut full = LlcEstimator::new(config)?;
+                if let Some(s) = self.estimator.restriction() {
+                    full = full.restrict(s.clone());
+                }
+                let t = Instant::now();
+                let report = keep_diverged(full.estimate(model, &w))?;
+                Ok(Some(Sampled { report, wall: t.elapsed().as_secs_f64(), calibration: Some(calibration) }))
+            }
             (Mode::Whole, Some(c)) => {
-                let report = self.estimator.estimate_distributed(model, &w, c)?;
-                Ok((c.rank() == 0).then(|| (report, t.elapsed().as_secs_f64())))
+                let report = keep_diverged(self.estimator.estimate_distributed(model, &w, c))?;
+                Ok((c.rank() == 0).then(|| Sampled { report, wall: t.elapsed().as_secs_f64(), calibration: None }))
             }
             (&Mode::Shard { index, count }, _) => {
                 let chains = self.estimator.config().num_chains;
@@ -428,10 +738,80 @@ impl Run<'_> {
                 if merged.runs.config() != self.estimator.config() {
                     return Err("the shards' LLC settings differ from this config's".into());
                 }
-                Ok(Some((merged.runs.into_report()?, merged.sampling_seconds)))
+                let report = keep_diverged(merged.runs.into_report())?;
+                Ok(Some(Sampled { report, wall: merged.sampling_seconds, calibration: None }))
             }
         }
     }
+
+    /// λ̂ at every checkpoint: `trajectory.json`, `trajectory.svg`, `summary.json`; exit 1 if a
+    /// checkpoint has no healthy chain.
+    fn trajectory(&self, data: &Data, activation: Activation, files: &[PathBuf], start: Instant) -> AnyResult<()> {
+        let mut checkpoints = Vec::with_capacity(files.len());
+        for (k, file) in files.iter().enumerate() {
+            let mlp = io::load_mlp_with(file, activation, &self.cfg.load_options()?)?;
+            let model = data.model(&mlp)?;
+            let label = file.file_name().map_or_else(|| file.display().to_string(), |f| f.to_string_lossy().into());
+            checkpoints.push(Checkpoint { label, position: k as f64, w_star: model.params(), model });
+        }
+        std::fs::create_dir_all(self.out_dir).map_err(|e| format!("{}: {e}", self.out_dir.display()))?;
+        let t = Instant::now();
+        let trajectory = self.estimator.estimate_trajectory(&checkpoints)?;
+        let wall = t.elapsed().as_secs_f64();
+        common::write_json(&self.out_dir.join("trajectory.json"), &trajectory.summary())?;
+        let drawable = trajectory.points.iter().any(|p| p.healthy_chains > 0);
+        if drawable {
+            trajectory.draw(&self.out_dir.join("trajectory.svg"), "λ̂ over the checkpoints", "checkpoint (index)")?;
+        }
+        let summary = json!({
+            "settings": {"checkpoints": files, "config": self.estimator.config(),
+                         "parameters": self.cfg.strings("parameters")?},
+            "checkpoints": trajectory.points.iter().map(|p| json!({
+                "checkpoint": p.checkpoint, "llc_mean": p.llc_mean, "llc_std": p.llc_std,
+                "llc_per_chain": p.report.llc_per_chain, "healthy_chains": p.healthy_chains,
+                "n_excluded_chains": p.report.n_excluded_chains, "init_loss": p.report.init_loss,
+                "nbeta": p.report.nbeta, "nbeta_source": nbeta_source(&p.report),
+                "n_sampled_params": p.report.n_sampled_params, "diagnostics": p.report.diagnostics,
+                "divergences": p.report.divergences, "warnings": p.report.warnings,
+            })).collect::<Vec<_>>(),
+            "sampling_seconds": wall,
+            "process_seconds": start.elapsed().as_secs_f64(),
+        });
+        common::write_json(&self.out_dir.join("summary.json"), &summary)?;
+        for p in &trajectory.points {
+            println!(
+                "{:<30} λ̂ = {:10.4} ± {:8.4}  ({} of {} chains healthy)",
+                p.checkpoint,
+                p.llc_mean,
+                p.llc_std,
+                p.healthy_chains,
+                p.report.divergences.len()
+            );
+        }
+        println!("{} checkpoints in {wall:.2} s; wrote {}", files.len(), self.out_dir.display());
+        let failed = trajectory.failed();
+        if !failed.is_empty() {
+            return Err(format!("no healthy chain at checkpoint(s) {}: no estimate there", failed.join(", ")).into());
+        }
+        Ok(())
+    }
+}
+
+/// `calibration.json` (exactly the keys of the spec) and `calibration.svg`.
+fn write_calibration(dir: &Path, c: &degeneracy::llc::Calibration) -> AnyResult<()> {
+    let settings: Vec<Value> = c
+        .settings
+        .iter()
+        .map(|p| {
+            json!({"lr": p.lr, "nbeta": p.nbeta, "localization": p.localization, "llc_mean": p.llc_mean,
+                   "diverged": p.diverged, "stationary": p.stationary, "mala_acceptance": p.mala_acceptance,
+                   "rhat": p.rhat})
+        })
+        .collect();
+    let recommended = c.recommended.map(|r| json!({"lr": r.lr, "nbeta": r.nbeta, "localization": r.localization}));
+    common::write_json(&dir.join("calibration.json"), &json!({"settings": settings, "recommended": recommended}))?;
+    c.draw(&dir.join("calibration.svg"), "LLC calibration: λ̂ of short chains per setting")?;
+    Ok(())
 }
 
 /// `[chains, steps]`, diverged chains padded with NaN.
@@ -446,4 +826,16 @@ fn write_outputs(dir: &Path, r: &LlcReport) -> AnyResult<()> {
     io::write_matrix(dir.join("llc_trace_running_mean.npy"), &padded(&r.llc_trace_running_mean, steps))?;
     io::write_vector(dir.join("llc_per_chain.npy"), &r.llc_per_chain)?;
     Ok(())
+}
+
+/// Swaps the written outputs in once `summary.json` is among them (also when the run failed
+/// after writing it, as a trajectory with a failed checkpoint does; a run that failed earlier
+/// leaves the previous out_dir as it was), then returns the run's result.
+fn finish(outputs: Option<Outputs>, result: AnyResult<()>) -> AnyResult<()> {
+    if let Some(outputs) = outputs
+        && outputs.staging().join("summary.json").exists()
+    {
+        outputs.commit()?;
+    }
+    result
 }

@@ -232,6 +232,19 @@ pub enum Error {
     /// gets it back.
     #[error("{0}")]
     User(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+
+    /// Every chain of an LLC estimate diverged, so there is no estimate. The report (each
+    /// chain's trace up to its divergence, where and why, the warnings) is attached for callers
+    /// that still want to write it.
+    #[error("{what}: no healthy chain, all {chains} chains diverged (lower lr or raise localization)")]
+    NoHealthyChain {
+        /// What was estimated (the LLC, restricted to a subset, at a checkpoint...).
+        what: String,
+        /// Number of chains run.
+        chains: usize,
+        /// The report of the diverged chains.
+        report: Box<crate::llc::LlcReport>,
+    },
 }
 
 /// Why a shard file was refused (see [`Error::Shard`]).

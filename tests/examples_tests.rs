@@ -634,3 +634,161 @@ fn numeric_config_keys_are_checked_by_name() {
         }
     }
 }
+
+/// The `llc_dln` fixture as an `llc` job config writing to `out`.
+fn dln_llc_config(out: &str) -> serde_json::Value {
+    let case = fixtures().join("llc_dln");
+    serde_json::json!({
+        "model": abs(case.join("model.safetensors")), "activation": "identity", "bias": false,
+        "inputs": abs(case.join("inputs.npy")), "targets": abs(case.join("targets.npy")), "loss": "mse",
+        "lr": 1e-4, "nbeta": 1085.7362047581294, "batch_size": 500, "num_chains": 2, "num_draws": 100, "seed": 0,
+        "out_dir": out,
+    })
+}
+
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
+#[test]
+fn llc_job_calibrates_then_estimates_at_the_recommended_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut config = dln_llc_config("cal");
+    config["calibrate"] = serde_json::json!({"lr": [1e-4, 3e-4, 1e-2], "localization": [1.0, 10.0], "num_draws": 300});
+    config["max_rhat"] = 1.2.into(); // unknown top-level key: refused by name
+    std::fs::write(d.join("bad.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["bad.json"]);
+    assert!(!ok && text.contains("unknown key `max_rhat`"), "{text}");
+    config.as_object_mut().unwrap().remove("max_rhat");
+    config["calibrate"]["max_rhat"] = 1.2.into();
+    config["calibrate"]["max_relative_slope"] = 0.2.into();
+    std::fs::write(d.join("cal.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["cal.json"]);
+    assert!(ok, "{text}");
+    let cal = read_json(&d.join("cal/calibration.json"));
+    assert_eq!(keys(&cal), ["recommended", "settings"]);
+    let settings = cal["settings"].as_array().unwrap();
+    assert_eq!(settings.len(), 6);
+    for s in settings {
+        assert_eq!(
+            keys(s),
+            ["diverged", "llc_mean", "localization", "lr", "mala_acceptance", "nbeta", "rhat", "stationary"]
+        );
+    }
+    assert!(settings.iter().filter(|s| s["lr"] == 1e-2).all(|s| s["diverged"] == true && s["llc_mean"].is_null()));
+    assert_eq!(keys(&cal["recommended"]), ["localization", "lr", "nbeta"]);
+    let summary = read_json(&d.join("cal/summary.json"));
+    // The full estimate ran at the recommended setting, with the job's chains and draws.
+    assert_eq!(summary["settings"]["lr"], cal["recommended"]["lr"]);
+    assert_eq!(summary["settings"]["localization"], cal["recommended"]["localization"]);
+    assert_eq!(summary["settings"]["num_draws"], 100);
+    assert!(summary["calibration"]["settings"].is_array());
+    let svg = std::fs::read_to_string(d.join("cal/calibration.svg")).unwrap();
+    roxmltree::Document::parse(&svg).unwrap();
+    // A block sweeping both axes, or neither, is refused by name.
+    config["calibrate"]["nbeta"] = serde_json::json!([100.0]);
+    std::fs::write(d.join("both.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["both.json"]);
+    assert!(!ok && text.contains("not both"), "{text}");
+}
+
+#[test]
+fn llc_job_restricts_to_named_tensors_and_follows_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = fixtures().join("llc_dln/model.safetensors");
+    // A second checkpoint: the same network with its first layer scaled by 2 and its last by ½
+    // (the same function; the rescaling changes the parameters, not what the network computes).
+    let mut mlp = io::load_mlp_with(&model, degeneracy::Activation::Identity, &io::LoadOptions::bias_free()).unwrap();
+    let mut w = mlp.params();
+    w[..100].iter_mut().for_each(|v| *v *= 2.0);
+    w[200..].iter_mut().for_each(|v| *v *= 0.5);
+    degeneracy::Layer::set_params(&mut mlp, &w).unwrap();
+    io::save_mlp(d.join("rescaled.safetensors"), &mlp).unwrap();
+    let mut config = dln_llc_config("traj");
+    config.as_object_mut().unwrap().remove("model");
+    config["checkpoints"] = serde_json::json!([abs(model), "rescaled.safetensors"]);
+    config["parameters"] = serde_json::json!(["layers.1.weight"]);
+    std::fs::write(d.join("traj.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["traj.json"]);
+    assert!(ok, "{text}");
+    let t = read_json(&d.join("traj/trajectory.json"));
+    let points = t.as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    for p in points {
+        assert_eq!(keys(p), ["checkpoint", "healthy_chains", "llc_mean", "llc_std"]);
+        assert_eq!(p["healthy_chains"], 2);
+    }
+    assert_eq!(points[1]["checkpoint"], "rescaled.safetensors");
+    let summary = read_json(&d.join("traj/summary.json"));
+    assert_eq!(summary["checkpoints"][0]["n_sampled_params"], 100);
+    let svg = std::fs::read_to_string(d.join("traj/trajectory.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    assert_eq!(doc.descendants().filter(|n| n.has_tag_name("circle")).count(), 2, "one point per checkpoint");
+    // `model` and `checkpoints` together, an unknown tensor, a bad preset: refused by name.
+    config["model"] = abs(fixtures().join("llc_dln/model.safetensors")).into();
+    std::fs::write(d.join("both.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["both.json"]);
+    assert!(!ok && text.contains("`checkpoints`"), "{text}");
+    let mut config = dln_llc_config("one");
+    config["parameters"] = serde_json::json!(["layers.7.weight"]);
+    std::fs::write(d.join("unknown.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["unknown.json"]);
+    assert!(!ok && text.contains("invalid parameters = layers.7.weight") && text.contains("layers.2.weight"), "{text}");
+    config.as_object_mut().unwrap().remove("parameters");
+    config["preset"] = "pytorch".into();
+    std::fs::write(d.join("preset.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["preset.json"]);
+    assert!(!ok && text.contains("invalid preset"), "{text}");
+}
+
+#[test]
+fn llc_job_without_a_healthy_chain_writes_its_summary_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut config = dln_llc_config("div");
+    config["lr"] = 0.5.into();
+    config["preset"] = "devinterp".into();
+    config.as_object_mut().unwrap().remove("nbeta");
+    std::fs::write(d.join("div.json"), config.to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["div.json"]);
+    assert!(!ok && text.contains("no healthy chain"), "{text}");
+    let summary = read_json(&d.join("div/summary.json"));
+    assert!(summary["llc_mean"].is_null());
+    assert_eq!(summary["n_excluded_chains"], 2);
+    assert!(summary["divergences"].as_array().unwrap().iter().all(|v| v.is_object()));
+    // The preset's conventions are recorded: nβ from the batch size, no localisation.
+    assert_eq!(summary["nbeta_source"], "batch_size / ln batch_size");
+    assert!((summary["nbeta"].as_f64().unwrap() - 500.0 / 500f64.ln()).abs() < 1e-9);
+    assert_eq!(summary["settings"]["localization"], 0.0);
+    assert!(d.join("div/loss_trace.npy").exists());
+}
+
+#[test]
+fn llc_checks_its_out_dir_before_sampling_and_keeps_the_previous_result_on_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a_file"), "").unwrap();
+    std::fs::write(d.join("bad.json"), dln_llc_config("a_file/out").to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["bad.json"]);
+    assert!(!ok && text.contains("a_file") && !text.contains("λ̂ ="), "failed after sampling: {text}");
+
+    std::fs::write(d.join("ok.json"), dln_llc_config("out").to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["ok.json"]);
+    assert!(ok, "{text}");
+    let first = snapshot(&d.join("out"));
+    assert!(first.contains_key("summary.json") && first.contains_key("loss_trace.npy"));
+    // A run that fails after its out_dir was checked (here: targets of another length, found
+    // when the data are assembled) leaves it byte for byte.
+    let targets = io::read_matrix(fixtures().join("llc_dln/targets.npy")).unwrap();
+    io::write_matrix(d.join("short.npy"), &targets.rows(0..10).to_owned()).unwrap();
+    let mut broken = dln_llc_config("out");
+    broken["targets"] = abs(d.join("short.npy")).into();
+    std::fs::write(d.join("broken.json"), broken.to_string()).unwrap();
+    let (ok, text) = run_in(d, "llc", &["broken.json"]);
+    assert!(!ok, "{text}");
+    assert_eq!(snapshot(&d.join("out")), first);
+}

@@ -1,7 +1,9 @@
 //! The sampling loop does not allocate: a counting global allocator around `Chain::step`.
 //! (A separate test binary, because the allocator is global.)
 
-use degeneracy::llc::{BehaviouralLoss, LlcConfig, LlcEstimator, LossModel, MlpLoss, Sampler};
+use degeneracy::llc::{
+    BehaviouralLoss, LlcConfig, LlcEstimator, LossModel, MlpLoss, ParamLayout, ParamSubset, Sampler,
+};
 use degeneracy::{Activation, Dataset, Layer, Loss, Matrix, Mlp, Targets};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -38,9 +40,19 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn allocations_per_100_steps<M: LossModel>(model: M, w: &[f64], sampler: Sampler, batch: usize) -> usize {
+fn allocations_per_100_steps<M: LossModel>(
+    model: M,
+    w: &[f64],
+    sampler: Sampler,
+    batch: usize,
+    restriction: Option<ParamSubset>,
+) -> usize {
     let config = LlcConfig::new(1e-5).sampler(sampler).batch_size(batch).num_init_loss_batches(2).seed(0);
-    let mut chain = LlcEstimator::new(config).unwrap().chain(model, w, 0).unwrap();
+    let mut estimator = LlcEstimator::new(config).unwrap();
+    if let Some(s) = restriction {
+        estimator = estimator.restrict(s);
+    }
+    let mut chain = estimator.chain(model, w, 0).unwrap();
     for _ in 0..3 {
         chain.step().unwrap(); // first calls size the buffers
     }
@@ -63,9 +75,17 @@ fn steps_do_not_allocate() {
     dln.forward(x.view(), &mut y).unwrap();
     let mse = MlpLoss::new(&dln, Loss::Mse, Dataset::new(x.clone(), Targets::Values(y)).unwrap()).unwrap();
     let beh = BehaviouralLoss::new(&mlp, data.inputs().clone()).unwrap();
+    // Restricted chains too: one tensor of the classifier, an index set of the regression.
+    let tensor = ParamLayout::mlp(&mlp).select(&["layers.1.weight"]).unwrap();
+    let scattered = ParamSubset::new("every third", (0..mse.n_params()).step_by(3)).unwrap();
     for sampler in [Sampler::Sgld, Sampler::rmsprop_sgld(), Sampler::sgnht()] {
-        assert_eq!(allocations_per_100_steps(ce.clone(), &ce.params(), sampler, 8), 0, "{sampler:?} CE");
-        assert_eq!(allocations_per_100_steps(mse.clone(), &mse.params(), sampler, 50), 0, "{sampler:?} MSE");
-        assert_eq!(allocations_per_100_steps(beh.clone(), &beh.params(), sampler, 25), 0, "{sampler:?} behavioural");
+        assert_eq!(allocations_per_100_steps(ce.clone(), &ce.params(), sampler, 8, None), 0, "{sampler:?} CE");
+        assert_eq!(allocations_per_100_steps(mse.clone(), &mse.params(), sampler, 50, None), 0, "{sampler:?} MSE");
+        let b = allocations_per_100_steps(beh.clone(), &beh.params(), sampler, 25, None);
+        assert_eq!(b, 0, "{sampler:?} behavioural");
+        let r = allocations_per_100_steps(ce.clone(), &ce.params(), sampler, 8, Some(tensor.clone()));
+        assert_eq!(r, 0, "{sampler:?} CE restricted to a tensor");
+        let r = allocations_per_100_steps(mse.clone(), &mse.params(), sampler, 50, Some(scattered.clone()));
+        assert_eq!(r, 0, "{sampler:?} MSE restricted to an index set");
     }
 }

@@ -46,10 +46,21 @@ fn quickstart_report_is_complete() {
         assert!(d <= 1e-12, "distributed {key}: {d:e}");
     }
     all_numbers_finite(&report, "report").unwrap();
+    // The LLC stage's trajectory: one row per checkpoint, λ̂ of both losses growing from the
+    // initialisation to the end (the direction the stage states), a bound at each checkpoint.
+    let rows = report["llc"]["trajectory"]["checkpoints"].as_array().unwrap();
+    assert_eq!(rows.len(), 8);
+    let (first, last) = (&rows[0], &rows[rows.len() - 1]);
+    assert_eq!((first["epoch"].as_u64(), last["epoch"].as_u64()), (Some(0), Some(800)));
+    for key in ["llc_training", "llc_behavioural"] {
+        assert!(last[key].as_f64().unwrap() > first[key].as_f64().unwrap(), "{key}");
+    }
+    assert!(rows.iter().all(|r| r["effective_params_bound"].is_i64()));
+    assert!(!report["llc"]["breakdown"]["subsets"].as_array().unwrap().is_empty());
 
     let pictures: Vec<String> =
         report["pictures"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
-    assert!(pictures.len() >= 7, "{pictures:?}");
+    assert!(pictures.len() >= 8 && pictures.iter().any(|p| p == "llc_trajectory.svg"), "{pictures:?}");
     for p in &pictures {
         let text = std::fs::read_to_string(dir.path().join(p)).unwrap();
         let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{p}: {e}"));

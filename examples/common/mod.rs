@@ -280,6 +280,11 @@ impl Outputs {
         &self.out
     }
 
+    /// The staging folder, for writers that take a folder (the files count toward nothing).
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+
     /// Where a file named `name` is written now (in the staging folder).
     fn path(&mut self, name: &str) -> AnyResult<PathBuf> {
         let fail_after = std::env::var("DEGENERACY_FAIL_AFTER_FILES").ok().and_then(|v| v.parse::<usize>().ok());

@@ -36,11 +36,12 @@ fn main() -> StageResult<()> {
     let start = Instant::now();
     let mut report = Report::create(&report::out_dir_from_args()?)?;
     let data = modular_addition(P)?;
-    let mlp = training::run(&data, &mut report)?;
+    let trained = training::run(&data, &mut report)?;
+    let mlp = trained.mlp.clone();
     let bases = bases::run(&mlp, &data, &mut report)?;
     network::run(&mlp, &data, &bases, &mut report)?;
     let graph = graph::run(&mlp, &data, &bases, &mut report)?;
-    let llc = llc::run(&mlp, &data, &mut report)?;
+    let llc = llc::run(&trained, &data, &bases, &graph, &mut report)?;
     diagnostics::run(&mlp, &data, &llc, &mut report)?;
     ablation::run(&mlp, &data, &bases, &graph, &mut report)?;
     distributed::run(&mlp, &data, &bases.lib, &graph, &mut report)?;

@@ -2,14 +2,29 @@
 
 use crate::report::{Report, progress};
 use crate::{HIDDEN, P, SEED, StageResult};
-use degeneracy::nn::{Optimizer, TrainConfig, train_with};
+use degeneracy::nn::{Optimizer, TrainConfig, train_observed};
 use degeneracy::plot::{Scale, Series, line_chart};
 use degeneracy::{Activation, Dataset, Loss, Mlp};
 use serde_json::json;
 use std::time::Instant;
 
-/// Trains the 46→64→64→23 ReLU MLP (full-batch Adam) to 100 % accuracy and a small loss.
-pub fn run(data: &Dataset, report: &mut Report) -> StageResult<Mlp> {
+/// Epochs after which the parameters are kept as checkpoints (0: the initialisation), for λ̂
+/// over training in the LLC stage: dense where the loss moves fastest.
+pub const CHECKPOINT_EPOCHS: [usize; 8] = [0, 10, 25, 50, 100, 200, 400, 800];
+
+/// The trained network and what its training run left behind.
+pub struct Trained {
+    /// The network after the last epoch.
+    pub mlp: Mlp,
+    /// `(epoch, parameters after that epoch)` at [`CHECKPOINT_EPOCHS`].
+    pub checkpoints: Vec<(usize, Vec<f64>)>,
+    /// Mean loss of every epoch.
+    pub epoch_losses: Vec<f64>,
+}
+
+/// Trains the 46→64→64→23 ReLU MLP (full-batch Adam) to 100 % accuracy and a small loss,
+/// keeping checkpoints along the way.
+pub fn run(data: &Dataset, report: &mut Report) -> StageResult<Trained> {
     let t = Instant::now();
     let mut mlp = Mlp::init(&[2 * P, HIDDEN, HIDDEN, P], Activation::Relu, true, SEED)?;
     let config = TrainConfig {
@@ -21,7 +36,13 @@ pub fn run(data: &Dataset, report: &mut Report) -> StageResult<Mlp> {
         stop_at_accuracy: None,
     };
     let bar = progress(config.epochs as u64, "training");
-    let trained = train_with(&mut mlp, data, &config, &mut |_, _| bar.inc(1))?;
+    let mut checkpoints = vec![(0, mlp.params())];
+    let trained = train_observed(&mut mlp, data, &config, &mut |epoch, _, w| {
+        bar.inc(1);
+        if CHECKPOINT_EPOCHS.contains(&(epoch + 1)) {
+            checkpoints.push((epoch + 1, w.to_vec()));
+        }
+    })?;
     bar.finish_and_clear();
     println!("== training: modular addition p = {P}, {} samples, MLP {:?}", data.len(), mlp.widths());
     println!(
@@ -52,8 +73,9 @@ pub fn run(data: &Dataset, report: &mut Report) -> StageResult<Mlp> {
             "final_loss": trained.final_loss,
             "final_accuracy": trained.final_accuracy,
             "epoch_losses": trained.epoch_losses,
+            "checkpoint_epochs": checkpoints.iter().map(|c| c.0).collect::<Vec<_>>(),
             "seconds": t.elapsed().as_secs_f64(),
         }),
     );
-    Ok(mlp)
+    Ok(Trained { mlp, checkpoints, epoch_losses: trained.epoch_losses })
 }

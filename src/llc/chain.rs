@@ -1,6 +1,6 @@
 //! One sampling chain: the SGLD / RMSprop-SGLD / SGNHT update with its per-step diagnostics.
 
-use super::config::{LlcConfig, Sampler, SgldParams};
+use super::config::{InitLoss, LlcConfig, Sampler, SgldParams};
 use super::loss_model::LossModel;
 use super::streams::{BatchOrder, Purpose, SHARED_LANE, stream};
 use crate::error::{Error, Result};
@@ -58,22 +58,30 @@ pub struct StepRecord {
 /// ∇U = nβ·g + γ(w_t − w*) + λ_wd·w_t and ξ ∼ N(0, I):
 /// * SGLD: w ← w − (ε/2)∇U + √ε·σ·ξ;
 /// * RMSprop-SGLD: V ← αV + (1 − α)g⊙g, G = 1/(√V + eps), w ← w − (ε/2)G⊙∇U + √ε·σ·√G⊙ξ;
-/// * SGNHT: v ← (1 − α)v − ε∇U + √(2Aε)·σ·ξ, w ← w + v, α ← α + ‖v‖²/d − ε
+/// * SGNHT: v ← (1 − α)v − ε∇U + √(2Aε)·σ·ξ, w ← w + v, α ← α + ‖v‖²/k − ε
 ///   (v₀ = √ε·σ·N(0, I), α₀ = A);
 ///
 /// then clamps to the box [w* − b, w* + b] if one is set (SGNHT also reverses the momentum of
 /// every clamped coordinate).
 ///
-/// The MALA diagnostic treats each Langevin step as a proposal with potential
-/// U(w) = nβ·L_B(w) + (γ/2)‖w − w*‖² + (λ_wd/2)‖w‖² and
-/// log q(x | y) = −‖x − y + (ε/2)G⊙∇U(y)‖²_{G⁻¹} / (2ε):
-/// α = min(1, exp(log q(w_{t−1} | w_t) − log q(w_t | w_{t−1}) + U(w_{t−1}) − U(w_t))), where
+/// **Restricted chains** (an estimator with [`super::LlcEstimator::restrict`]) move only the k
+/// sampled coordinates; the others stay at w*. The model's backward pass still computes the
+/// whole gradient, but the update, the noise (k normals) and the diagnostics touch k
+/// coordinates, so a restricted step costs no more than a full one.
+///
+/// The MALA diagnostic treats each Langevin step as a proposal. With noise σ the step is exactly
+/// the Langevin proposal, at step εσ², for the target π_σ ∝ exp(−U/σ²) (σ = 1: the posterior;
+/// otherwise the posterior at temperature σ²), with U(w) = nβ·L_B(w) + (γ/2)‖w − w*‖² +
+/// (λ_wd/2)‖w‖² and log q(x | y) = −‖x − y + (ε/2)G⊙∇U(y)‖²_{G⁻¹} / (2εσ²). The acceptance is
+/// α = min(1, exp(log q(w_{t−1} | w_t) − log q(w_t | w_{t−1}) + (U(w_{t−1}) − U(w_t))/σ²)), where
 /// U(w_t), ∇U(w_t) come from B_t and U(w_{t−1}), ∇U(w_{t−1}) from B_{t−1} (devinterp 1.x's
-/// `MalaAcceptanceRate` does the same; with full batches it is exact MALA). For RMSprop-SGLD,
-/// G is the preconditioner that made the proposal.
+/// `MalaAcceptanceRate` does the same at σ = 1; with full batches it is exact MALA). It thus
+/// measures the discretisation error of what the chain samples, and tends to 1 as ε → 0 for
+/// every σ > 0. For RMSprop-SGLD, G is the preconditioner that made the proposal; SGNHT and
+/// σ = 0 have none.
 ///
 /// Noise: each step keys a Xoshiro256++ with 256 bits of the chain's ChaCha8 noise stream and
-/// draws its d normals from it (ziggurat), twice as fast as drawing them from ChaCha8 directly.
+/// draws its k normals from it (ziggurat), twice as fast as drawing them from ChaCha8 directly.
 ///
 /// A chain owns its model clone, parameter buffers and random streams, so it is independent
 /// of every other chain and of the thread running it. No step allocates (after the model's
@@ -83,9 +91,16 @@ pub struct Chain<M> {
     model: M,
     params: SgldParams,
     index: usize,
+    /// The full parameter vector handed to the model (inactive coordinates stay at w*).
     w: Vec<f64>,
     w_star: Vec<f64>,
     grad: Vec<f64>,
+    /// The sampled coordinates (increasing), `None` = all of them.
+    active: Option<Vec<usize>>,
+    /// Restricted chains: w, w* and the gradient at the sampled coordinates (empty otherwise).
+    w_active: Vec<f64>,
+    w_star_active: Vec<f64>,
+    grad_active: Vec<f64>,
     drift: Vec<f64>,
     /// This step's standard normals.
     xi: Vec<f64>,
@@ -105,27 +120,42 @@ pub struct Chain<M> {
 }
 
 impl<M: LossModel> Chain<M> {
-    /// Chain `index` of a run configured by `config` with checked sampler parameters `params`.
-    /// Computes `init_loss` from the first `num_init_loss_batches` minibatches this chain will
-    /// see. Callers have checked shapes (see [`super::LlcEstimator::chain`]).
+    /// Chain `index` of a run configured by `config` with checked sampler parameters `params`,
+    /// moving the coordinates `active` (increasing, in range; `None` = all). Computes
+    /// `init_loss` as `config.init_loss` says. Callers have checked shapes and indices (see
+    /// [`super::LlcEstimator::chain`]).
     pub(crate) fn new(
         mut model: M,
         w_star: &[f64],
         params: SgldParams,
         config: &LlcConfig,
         index: usize,
+        active: Option<&[usize]>,
     ) -> Result<Self> {
-        let d = w_star.len();
         let n = model.n_samples();
         let lane = if config.shared_batch_order { SHARED_LANE } else { index as u64 };
         let batches = BatchOrder::new(n, config.batch_size, stream(config.seed, lane, Purpose::Data));
-        // The same stream again: the first minibatches the chain will see.
-        let mut probe = BatchOrder::new(n, config.batch_size, stream(config.seed, lane, Purpose::Data));
-        let mut sum = 0.0;
-        for _ in 0..config.num_init_loss_batches {
-            sum += model.loss(w_star, probe.next_batch())?;
-        }
-        let init_loss = sum / config.num_init_loss_batches as f64;
+        let init_loss = match config.init_loss {
+            InitLoss::PerChain => {
+                // The same stream again: the first minibatches the chain will see.
+                let mut probe = BatchOrder::new(n, config.batch_size, stream(config.seed, lane, Purpose::Data));
+                let mut sum = 0.0;
+                for _ in 0..config.num_init_loss_batches {
+                    sum += model.loss(w_star, probe.next_batch())?;
+                }
+                sum / config.num_init_loss_batches as f64
+            }
+            InitLoss::Shared => {
+                // One pass of the shared order, at most one epoch, one batch per chain.
+                let count = config.num_chains.min(n / config.batch_size).max(1);
+                let mut probe = BatchOrder::new(n, config.batch_size, stream(config.seed, SHARED_LANE, Purpose::Data));
+                let mut sum = 0.0;
+                for _ in 0..count {
+                    sum += model.loss(w_star, probe.next_batch())?;
+                }
+                sum / count as f64
+            }
+        };
         if !init_loss.is_finite() {
             return Err(Error::NonFinite {
                 what: "init_loss (minibatch loss at w*)".into(),
@@ -134,13 +164,17 @@ impl<M: LossModel> Chain<M> {
                 value: init_loss,
             });
         }
+        let active = active.map(<[usize]>::to_vec);
+        let gather = |v: &[f64]| active.as_ref().map_or_else(Vec::new, |a| a.iter().map(|&i| v[i]).collect());
+        let (w_active, w_star_active) = (gather(w_star), gather(w_star));
+        let k = active.as_ref().map_or(w_star.len(), Vec::len);
         let mut noise = stream(config.seed, index as u64, Purpose::Noise);
         let (state, prev_g, thermostat) = match params.sampler() {
             Sampler::Sgld => (Vec::new(), Vec::new(), 0.0),
-            Sampler::RmspropSgld { .. } => (vec![0.0; d], vec![0.0; d], 0.0),
+            Sampler::RmspropSgld { .. } => (vec![0.0; k], vec![0.0; k], 0.0),
             Sampler::Sgnht { diffusion } => {
                 let s = (params.lr()).sqrt() * params.noise_level();
-                let v = (0..d)
+                let v = (0..k)
                     .map(|_| {
                         let xi: f64 = StandardNormal.sample(&mut noise);
                         s * xi
@@ -155,11 +189,15 @@ impl<M: LossModel> Chain<M> {
             index,
             w: w_star.to_vec(),
             w_star: w_star.to_vec(),
-            grad: vec![0.0; d],
-            drift: vec![0.0; d],
-            xi: vec![0.0; d],
-            prev_w: vec![0.0; d],
-            prev_drift: vec![0.0; d],
+            grad: vec![0.0; w_star.len()],
+            grad_active: vec![0.0; if active.is_some() { k } else { 0 }],
+            active,
+            w_active,
+            w_star_active,
+            drift: vec![0.0; k],
+            xi: vec![0.0; k],
+            prev_w: vec![0.0; k],
+            prev_drift: vec![0.0; k],
             state,
             prev_g,
             prev_u: 0.0,
@@ -177,14 +215,19 @@ impl<M: LossModel> Chain<M> {
         self.index
     }
 
-    /// Mean minibatch loss at w* over the first `num_init_loss_batches` batches of this chain.
+    /// Mean minibatch loss at w* (see [`InitLoss`] for which minibatches).
     pub fn init_loss(&self) -> f64 {
         self.init_loss
     }
 
-    /// The current parameters w_t.
+    /// The current parameters w_t (all of them; unsampled coordinates are at w*).
     pub fn params(&self) -> &[f64] {
         &self.w
+    }
+
+    /// The sampled coordinates, `None` if the chain moves all of them.
+    pub fn active(&self) -> Option<&[usize]> {
+        self.active.as_deref()
     }
 
     /// Steps taken so far.
@@ -213,30 +256,63 @@ impl<M: LossModel> Chain<M> {
         let t = self.step;
         let p = self.params;
         let (eps, nbeta, gamma, wd, sigma) = (p.lr(), p.nbeta(), p.localization(), p.weight_decay(), p.noise_level());
-        let batch = self.batches.next_batch();
-        let loss = self.model.loss_and_grad(&self.w, batch, &mut self.grad)?;
+        let Chain {
+            model,
+            w: w_full,
+            w_star: w_star_full,
+            grad: grad_full,
+            active,
+            w_active,
+            w_star_active,
+            grad_active,
+            drift,
+            xi,
+            prev_w,
+            prev_drift,
+            state,
+            prev_g,
+            prev_u,
+            thermostat,
+            noise,
+            batches,
+            step,
+            divergence,
+            ..
+        } = self;
+        let batch = batches.next_batch();
+        let loss = model.loss_and_grad(w_full, batch, grad_full)?;
         let mut rec = StepRecord { loss, grad_norm: 0.0, noise_norm: 0.0, distance: 0.0, mala_acceptance: None };
         if !loss.is_finite() {
-            self.divergence = Some(Divergence { step: t, cause: DivergenceCause::NonFiniteLoss { value: loss } });
+            *divergence = Some(Divergence { step: t, cause: DivergenceCause::NonFiniteLoss { value: loss } });
             return Ok(rec);
         }
+        // The sampled coordinates: the whole vectors, or compact copies of the active ones.
+        let (w, grad, w_star): (&mut [f64], &[f64], &[f64]) = match active {
+            None => (w_full, grad_full, w_star_full),
+            Some(idx) => {
+                for (g, &i) in grad_active.iter_mut().zip(idx.iter()) {
+                    *g = grad_full[i];
+                }
+                (w_active, grad_active, w_star_active)
+            }
+        };
 
         // One pass: ∇U, distance, norms, the MALA sums against w_{t−1}, and w_t saved.
         let is_sgnht = matches!(p.sampler(), Sampler::Sgnht { .. });
         let half = 0.5 * eps;
         let coef = Coefficients { nbeta, gamma, wd, half };
+        let pre = !prev_g.is_empty();
         let bufs = Buffers {
-            w: &self.w,
-            grad: &self.grad,
-            w_star: &self.w_star,
-            drift: &mut self.drift,
-            prev_w: &mut self.prev_w,
-            prev_drift: &self.prev_drift,
-            // RMSprop: the G that made the last proposal; SGLD: unused (any slice of length d).
-            prev_g: if self.prev_g.is_empty() { &self.w_star } else { &self.prev_g },
+            w: &*w,
+            grad,
+            w_star,
+            drift: &mut drift[..],
+            prev_w: &mut prev_w[..],
+            prev_drift: &prev_drift[..],
+            // RMSprop: the G that made the last proposal; SGLD: unused (any slice of length k).
+            prev_g: if pre { &prev_g[..] } else { w_star },
         };
-        let mala = t > 0 && !is_sgnht;
-        let pre = !self.prev_g.is_empty();
+        let mala = t > 0 && !is_sgnht && sigma > 0.0;
         let sums = match (is_sgnht, mala, pre) {
             (true, _, _) => fused_pass::<false, false, false>(bufs, coef),
             (false, false, _) => fused_pass::<false, true, false>(bufs, coef),
@@ -245,21 +321,22 @@ impl<M: LossModel> Chain<M> {
         };
         rec.distance = sums.dist2.sqrt();
         if !sums.gnorm2.is_finite() {
-            self.divergence = Some(Divergence { step: t, cause: DivergenceCause::NonFiniteGradient });
+            *divergence = Some(Divergence { step: t, cause: DivergenceCause::NonFiniteGradient });
             return Ok(rec);
         }
         let gnorm2 = sums.gnorm2;
         let u = nbeta * loss + 0.5 * gamma * sums.dist2 + 0.5 * wd * sums.wnorm2;
         if mala {
-            let log_ratio = (sums.fwd - sums.bwd) / (2.0 * eps) + self.prev_u - u;
+            // The proposal's variance is εσ² and the target exp(−U/σ²).
+            let log_ratio = ((sums.fwd - sums.bwd) / (2.0 * eps) + *prev_u - u) / (sigma * sigma);
             rec.mala_acceptance = Some(if log_ratio >= 0.0 { 1.0 } else { log_ratio.exp() });
         }
         if !is_sgnht {
-            std::mem::swap(&mut self.drift, &mut self.prev_drift);
-            self.prev_u = u;
+            std::mem::swap(drift, prev_drift);
+            *prev_u = u;
         }
         // After the swap the current ∇U is in `prev_drift` for the Langevin samplers.
-        let drift = if is_sgnht { &self.drift } else { &self.prev_drift };
+        let drift: &[f64] = if is_sgnht { &drift[..] } else { &prev_drift[..] };
 
         let sqrt_eps = eps.sqrt();
         let (mut drift2, mut noise2, mut check) = (0.0, 0.0, 0.0);
@@ -268,12 +345,13 @@ impl<M: LossModel> Chain<M> {
         // ChaCha8 noise stream: ~3.3 ns per normal instead of ~6 ns drawing from ChaCha8
         // directly, which matters at thousands of parameters (see `docs/llc.md`).
         let mut key = [0u8; 32];
-        self.noise.fill_bytes(&mut key);
+        noise.fill_bytes(&mut key);
         let mut step_rng = Xoshiro256PlusPlus::from_seed(key);
-        for x in self.xi.iter_mut() {
+        for x in xi.iter_mut() {
             *x = StandardNormal.sample(&mut step_rng);
         }
-        let params = self.w.iter_mut().zip(drift).zip(&self.xi);
+        let k = w.len();
+        let params = w.iter_mut().zip(drift).zip(xi.iter());
         match p.sampler() {
             Sampler::Sgld => {
                 let s = sqrt_eps * sigma;
@@ -286,7 +364,7 @@ impl<M: LossModel> Chain<M> {
                 drift2 = (half * nbeta).powi(2) * gnorm2;
             }
             Sampler::RmspropSgld { alpha, eps: reg } => {
-                let aux = self.state.iter_mut().zip(self.prev_g.iter_mut()).zip(&self.grad);
+                let aux = state.iter_mut().zip(prev_g.iter_mut()).zip(grad);
                 for (((w, &dr), &xi), ((v, pre_out), &g)) in params.zip(aux) {
                     *v = alpha * *v + (1.0 - alpha) * g * g;
                     let pre = 1.0 / (v.sqrt() + reg);
@@ -300,9 +378,9 @@ impl<M: LossModel> Chain<M> {
             }
             Sampler::Sgnht { diffusion } => {
                 let s = (2.0 * diffusion * eps).sqrt() * sigma;
-                let keep = 1.0 - self.thermostat;
+                let keep = 1.0 - *thermostat;
                 let mut v2 = 0.0;
-                for (((w, &dr), &xi), v) in params.zip(self.state.iter_mut()) {
+                for (((w, &dr), &xi), v) in params.zip(state.iter_mut()) {
                     let b = s * xi;
                     noise2 += b * b;
                     *v = keep * *v - eps * dr + b;
@@ -311,24 +389,28 @@ impl<M: LossModel> Chain<M> {
                     check += *w;
                 }
                 drift2 = (eps * nbeta).powi(2) * gnorm2;
-                self.thermostat += v2 / self.w.len().max(1) as f64 - eps;
+                *thermostat += v2 / k.max(1) as f64 - eps;
             }
         }
         if let Some(b) = p.bounding_box() {
-            let sgnht = is_sgnht;
-            for i in 0..self.w.len() {
-                let (lo, hi) = (self.w_star[i] - b, self.w_star[i] + b);
-                if sgnht && (self.w[i] <= lo || self.w[i] >= hi) {
-                    self.state[i] = -self.state[i];
+            for i in 0..k {
+                let (lo, hi) = (w_star[i] - b, w_star[i] + b);
+                if is_sgnht && (w[i] <= lo || w[i] >= hi) {
+                    state[i] = -state[i];
                 }
-                self.w[i] = self.w[i].clamp(lo, hi);
+                w[i] = w[i].clamp(lo, hi);
+            }
+        }
+        if let Some(idx) = active {
+            for (&v, &i) in w_active.iter().zip(idx.iter()) {
+                w_full[i] = v;
             }
         }
         rec.grad_norm = drift2.sqrt();
         rec.noise_norm = noise2.sqrt();
-        self.step += 1;
-        if !check.is_finite() || !self.thermostat.is_finite() {
-            self.divergence = Some(Divergence { step: t, cause: DivergenceCause::NonFiniteParameters });
+        *step += 1;
+        if !check.is_finite() || !thermostat.is_finite() {
+            *divergence = Some(Divergence { step: t, cause: DivergenceCause::NonFiniteParameters });
         }
         Ok(rec)
     }

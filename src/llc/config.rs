@@ -222,12 +222,64 @@ impl SgldParams {
     }
 }
 
+/// Where the default nβ (when [`SgldConfig::nbeta`] is `None`) comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NbetaDefault {
+    /// n / ln n with n the number of samples the loss is defined on (Lau et al.'s
+    /// β* = 1/ln n). This crate's default: λ̂ then does not change when only the batch size does.
+    #[default]
+    SampleCount,
+    /// b / ln b with b the batch size, and 1 when b ≤ 1 (devinterp's `default_nbeta(dataloader)`).
+    BatchSize,
+}
+
+/// Which standard deviation over chains `llc_std` (and `llc_draws_std`) reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainStd {
+    /// Population std, ddof 0 (devinterp 2.0.1's xarray `std`). This crate's default, so that
+    /// `llc_std` is comparable with devinterp 2.0.1's outputs and the `llc_dln` fixture.
+    #[default]
+    Population,
+    /// Sample std, ddof 1 (devinterp 1.x's `LLCEstimator`, torch's `std()`, which its own
+    /// tests use); NaN with a single healthy chain.
+    Sample,
+}
+
+impl ChainStd {
+    /// The delta degrees of freedom: 0 or 1.
+    pub fn ddof(self) -> usize {
+        match self {
+            ChainStd::Population => 0,
+            ChainStd::Sample => 1,
+        }
+    }
+}
+
+/// How `init_loss` L̂₀, the loss at w* that λ̂ subtracts, is averaged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitLoss {
+    /// Every chain averages its loss at w* over the first `num_init_loss_batches` minibatches
+    /// *it will see*; L̂₀ is the mean over chains (devinterp 2.0.1). This crate's default.
+    #[default]
+    PerChain,
+    /// One value for every chain: the mean over the first min(`num_chains`, ⌊n / b⌋)
+    /// minibatches of one pass of the shared batch order, i.e. never more than one epoch
+    /// (devinterp 1.x's `get_init_loss_multi_batch(loader, num_chains)`, which its tests call).
+    /// `num_init_loss_batches` is not used.
+    Shared,
+}
+
 /// Everything an LLC estimate is configured by. Build with [`LlcConfig::new`] and the chained
 /// setters; [`super::LlcEstimator::new`] validates.
 ///
 /// Defaults follow devinterp 2.0.1's `sample()` except where noted: 4 chains, 200 draws, batch
 /// 32, no burn-in, 1 step between draws, 32 init-loss batches, seed 100, batches shared across
-/// chains; γ = 1 (devinterp: 0, i.e. no localisation) and nβ = n/ln n (devinterp: required).
+/// chains; γ = 1 (devinterp: 0, i.e. no localisation) and nβ = n/ln n (devinterp: required, its
+/// `default_nbeta` takes the batch size). [`LlcConfig::devinterp_compatible`] switches to
+/// devinterp's conventions.
 ///
 /// ```
 /// use degeneracy::llc::{LlcConfig, Sampler};
@@ -256,6 +308,15 @@ pub struct LlcConfig {
     /// All chains see the same minibatch sequence (devinterp's
     /// `match_sampling_input_ids_across_chains`, default true); otherwise each chain has its own.
     pub shared_batch_order: bool,
+    /// Where the default nβ comes from (used when `sgld.nbeta` is `None`).
+    #[serde(default)]
+    pub nbeta_default: NbetaDefault,
+    /// Population (ddof 0) or sample (ddof 1) std over chains.
+    #[serde(default)]
+    pub chain_std: ChainStd,
+    /// How `init_loss` is averaged.
+    #[serde(default)]
+    pub init_loss: InitLoss,
 }
 
 impl LlcConfig {
@@ -271,6 +332,64 @@ impl LlcConfig {
             num_init_loss_batches: 32,
             seed: 100,
             shared_batch_order: true,
+            nbeta_default: NbetaDefault::SampleCount,
+            chain_std: ChainStd::Population,
+            init_loss: InitLoss::PerChain,
+        }
+    }
+
+    /// devinterp's conventions, for reproducing numbers computed with it (its own tests, its
+    /// users' notebooks): localisation γ = 0, nβ = b / ln b from the batch size (unless set
+    /// with [`LlcConfig::nbeta`]), `llc_std` with ddof 1, and one `init_loss` for every chain
+    /// averaged over at most one epoch ([`InitLoss::Shared`]). Everything else is unchanged;
+    /// setters called afterwards override it. `docs/llc.md` puts these next to this crate's
+    /// defaults with the reason for each.
+    ///
+    /// ```
+    /// use degeneracy::llc::{ChainStd, InitLoss, LlcConfig, NbetaDefault};
+    /// let c = LlcConfig::new(6e-4).batch_size(1000).devinterp_compatible();
+    /// assert_eq!(c.sgld.localization, 0.0);
+    /// assert_eq!(c.nbeta_default, NbetaDefault::BatchSize);
+    /// assert_eq!((c.chain_std, c.init_loss), (ChainStd::Sample, InitLoss::Shared));
+    /// // An explicit γ after the preset wins (devinterp's RRR test passes localization = 1).
+    /// assert_eq!(c.localization(1.0).sgld.localization, 1.0);
+    /// ```
+    pub fn devinterp_compatible(mut self) -> Self {
+        self.sgld.localization = 0.0;
+        self.nbeta_default = NbetaDefault::BatchSize;
+        self.chain_std = ChainStd::Sample;
+        self.init_loss = InitLoss::Shared;
+        self
+    }
+
+    /// Sets where the default nβ comes from.
+    pub fn nbeta_default(mut self, rule: NbetaDefault) -> Self {
+        self.nbeta_default = rule;
+        self
+    }
+    /// Sets the std over chains (ddof 0 or 1).
+    pub fn chain_std(mut self, std: ChainStd) -> Self {
+        self.chain_std = std;
+        self
+    }
+    /// Sets how `init_loss` is averaged.
+    pub fn init_loss(mut self, rule: InitLoss) -> Self {
+        self.init_loss = rule;
+        self
+    }
+
+    /// The checked sampler parameters for a loss over `n_samples` samples: [`SgldConfig::validate`]
+    /// with the default nβ taken from [`LlcConfig::nbeta_default`].
+    pub fn sgld_params(&self, n_samples: usize) -> Result<SgldParams> {
+        match (self.sgld.nbeta, self.nbeta_default) {
+            (None, NbetaDefault::BatchSize) => {
+                let b = self.batch_size as f64;
+                let nbeta = if self.batch_size <= 1 { 1.0 } else { b / b.ln() };
+                let mut p = SgldConfig { nbeta: Some(nbeta), ..self.sgld }.validate(n_samples)?;
+                p.nbeta_is_default = true;
+                Ok(p)
+            }
+            _ => self.sgld.validate(n_samples),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Between-chain convergence statistics on scalar traces: split-R̂ and an autocorrelation-based
-//! effective sample size (neither exists in devinterp).
+//! effective sample size (neither exists in devinterp). The autocovariances come from an FFT,
+//! so the ESS of C chains of T draws costs O(C·T log T).
 
 /// Split-R̂ (Gelman et al., *Bayesian Data Analysis*, 3rd ed., §11.4): each chain is cut into two
 /// halves (the middle element of an odd-length chain is dropped), then with `W` the mean of the
@@ -44,7 +45,8 @@ pub fn split_rhat(chains: &[&[f64]]) -> Option<f64> {
 /// combined autocorrelation ρ_k = 1 − (W − mean_c γ_c(k)) / var⁺ (γ_c the biased autocovariance
 /// of chain c, W the mean within-chain variance, var⁺ = (T − 1)/T·W + B/T), Geyer's initial
 /// positive sequence of pair sums P_k = ρ_{2k} + ρ_{2k+1} truncated at the first negative one and
-/// made monotone, τ = −1 + 2Σ P_k, ESS = C·T/τ.
+/// made monotone, τ = −1 + 2Σ P_k, ESS = C·T/τ. The autocovariances of all lags come from one
+/// FFT per chain: O(C·T log T) (4 × 100,000 draws take milliseconds).
 ///
 /// `None` for no chains, unequal lengths, fewer than 4 draws per chain, or constant traces.
 pub fn effective_sample_size(chains: &[&[f64]]) -> Option<f64> {
@@ -54,14 +56,14 @@ pub fn effective_sample_size(chains: &[&[f64]]) -> Option<f64> {
     }
     let nf = n as f64;
     let means: Vec<f64> = chains.iter().map(|c| mean(c)).collect();
-    let acov = |k: usize| -> f64 {
-        chains
-            .iter()
-            .zip(&means)
-            .map(|(c, &m)| c[..n - k].iter().zip(&c[k..]).map(|(a, b)| (a - m) * (b - m)).sum::<f64>() / nf)
-            .sum::<f64>()
-            / chains.len() as f64
-    };
+    // Mean over chains of each chain's biased autocovariance at every lag.
+    let mut acov = vec![0.0; n];
+    for (c, &m) in chains.iter().zip(&means) {
+        for (a, v) in acov.iter_mut().zip(autocovariance(c, m)) {
+            *a += v / chains.len() as f64;
+        }
+    }
+    let acov = |k: usize| acov[k];
     let acov0 = acov(0);
     let w = acov0 * nf / (nf - 1.0);
     let b_over_n = if chains.len() > 1 { variance_ddof1(&means) } else { 0.0 };
@@ -85,6 +87,73 @@ pub fn effective_sample_size(chains: &[&[f64]]) -> Option<f64> {
     }
     let tau = tau.max(1.0 / nf.log10().max(1.0));
     Some(chains.len() as f64 * nf / tau)
+}
+
+/// The biased autocovariance γ(k) = Σ_t (x_t − m)(x_{t+k} − m) / T of `x` for every lag
+/// k < T, by FFT (zero-padded to a power of two ≥ 2T, so the circular correlation is the linear
+/// one): O(T log T) instead of the O(T²) of summing lag by lag.
+pub(crate) fn autocovariance(x: &[f64], m: f64) -> Vec<f64> {
+    let n = x.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let size = (2 * n).next_power_of_two();
+    let mut re: Vec<f64> = x.iter().map(|v| v - m).chain(std::iter::repeat(0.0)).take(size).collect();
+    let mut im = vec![0.0; size];
+    fft(&mut re, &mut im, false);
+    for (r, i) in re.iter_mut().zip(im.iter_mut()) {
+        *r = *r * *r + *i * *i;
+        *i = 0.0;
+    }
+    fft(&mut re, &mut im, true);
+    let scale = 1.0 / (size as f64 * n as f64);
+    re.truncate(n);
+    re.iter_mut().for_each(|v| *v *= scale);
+    re
+}
+
+/// In-place iterative radix-2 FFT of `(re, im)` (length a power of two), without the 1/N of the
+/// inverse. Twiddles are computed directly (not by recurrence), so the error stays at a few
+/// ulps times log N.
+fn fft(re: &mut [f64], im: &mut [f64], inverse: bool) {
+    let n = re.len();
+    debug_assert!(n.is_power_of_two() && im.len() == n);
+    let mut j = 0;
+    for i in 1..n {
+        let mut bit = n >> 1;
+        while j & bit != 0 {
+            j ^= bit;
+            bit >>= 1;
+        }
+        j |= bit;
+        if i < j {
+            re.swap(i, j);
+            im.swap(i, j);
+        }
+    }
+    let sign = if inverse { 1.0 } else { -1.0 };
+    let twiddles: Vec<(f64, f64)> = (0..n / 2)
+        .map(|k| {
+            let a = sign * 2.0 * std::f64::consts::PI * k as f64 / n as f64;
+            (a.cos(), a.sin())
+        })
+        .collect();
+    let mut len = 2;
+    while len <= n {
+        let (half, stride) = (len / 2, n / len);
+        for start in (0..n).step_by(len) {
+            for k in 0..half {
+                let (cr, ci) = twiddles[k * stride];
+                let (a, b) = (start + k, start + k + half);
+                let (tr, ti) = (re[b] * cr - im[b] * ci, re[b] * ci + im[b] * cr);
+                re[b] = re[a] - tr;
+                im[b] = im[a] - ti;
+                re[a] += tr;
+                im[a] += ti;
+            }
+        }
+        len <<= 1;
+    }
 }
 
 pub(crate) fn mean(v: &[f64]) -> f64 {
@@ -130,6 +199,20 @@ mod tests {
         let ess = effective_sample_size(&refs).unwrap();
         assert!((ess / 10_000.0 - 1.0).abs() < 0.15, "white-noise ess {ess}");
         assert!(split_rhat(&refs).unwrap() < 1.01);
+    }
+
+    #[test]
+    fn fft_autocovariance_equals_the_lag_by_lag_sum() {
+        for (n, seed) in [(1, 0), (2, 1), (7, 2), (64, 3), (1000, 4), (1537, 5)] {
+            let x = ar1(0.7, n, seed);
+            let m = mean(&x);
+            let fast = autocovariance(&x, m);
+            let scale = fast[0].abs().max(1e-300);
+            for k in 0..n {
+                let direct = x[..n - k].iter().zip(&x[k..]).map(|(a, b)| (a - m) * (b - m)).sum::<f64>() / n as f64;
+                assert!((fast[k] - direct).abs() <= 1e-12 * scale, "n {n} lag {k}: {} vs {direct}", fast[k]);
+            }
+        }
     }
 
     #[test]

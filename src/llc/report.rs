@@ -1,8 +1,10 @@
 //! [`LlcReport`]: the estimate, its traces and diagnostics, serialisable to JSON.
 
 use super::chain::Divergence;
-use super::config::LlcConfig;
+use super::config::{LlcConfig, Sampler};
 use super::convergence::{effective_sample_size, mean, split_rhat};
+use super::restrict::ParamSubset;
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -71,24 +73,28 @@ pub struct DiagnosticTraces {
 /// The result of [`super::LlcEstimator::estimate`].
 ///
 /// Two estimates are reported, both as nβ·(mean sampled minibatch loss − `init_loss`) per chain,
-/// then mean and population std (ddof 0) over the chains that did not diverge:
+/// then mean and std (population, ddof 0, unless [`LlcConfig::chain_std`] says otherwise) over
+/// the chains that did not diverge:
 /// * `llc_*`: the mean over **all** steps including burn-in (devinterp 2.0.1's `llc_per_chain`);
 /// * `llc_draws_*`: the mean over the draws only (after burn-in, every `num_steps_bw_draws`-th
 ///   step; devinterp 1.x's convention). Equal to the first with no burn-in and no thinning.
 ///
 /// A diverged chain has `NaN` (JSON `null`) in the per-chain vectors, a [`Divergence`] in
-/// `divergences`, a line in `warnings`, and its traces stop where it diverged.
+/// `divergences`, a line in `warnings`, and its traces stop where it diverged;
+/// `n_excluded_chains` counts them. [`super::LlcEstimator::estimate`] never returns a report
+/// without a healthy chain: that is [`Error::NoHealthyChain`], which carries the report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlcReport {
     /// Mean of `llc_per_chain` over healthy chains (NaN if none).
     pub llc_mean: f64,
-    /// Population std (ddof 0) of `llc_per_chain` over healthy chains.
+    /// Std of `llc_per_chain` over healthy chains (population, ddof 0, by default; see
+    /// [`LlcConfig::chain_std`]).
     pub llc_std: f64,
     /// nβ·(mean over all steps of the minibatch loss − `init_loss`) per chain.
     pub llc_per_chain: Vec<f64>,
     /// Mean of `llc_draws_per_chain` over healthy chains.
     pub llc_draws_mean: f64,
-    /// Population std of `llc_draws_per_chain` over healthy chains.
+    /// Std of `llc_draws_per_chain` over healthy chains (same ddof as `llc_std`).
     pub llc_draws_std: f64,
     /// nβ·(mean over the draws of the minibatch loss − `init_loss`) per chain.
     pub llc_draws_per_chain: Vec<f64>,
@@ -105,6 +111,12 @@ pub struct LlcReport {
     pub n_samples: usize,
     /// Number of parameters d.
     pub n_params: usize,
+    /// Number of parameters sampled (k = d unless the estimate was restricted).
+    pub n_sampled_params: usize,
+    /// The label of the sampled subset (`None`: every parameter).
+    pub sampled_params: Option<String>,
+    /// Chains that diverged and were left out of every estimate.
+    pub n_excluded_chains: usize,
     /// The configuration, as run.
     pub config: LlcConfig,
     /// Minibatch loss at every step, `[chain][step]`.
@@ -123,12 +135,16 @@ pub struct LlcReport {
     pub traces: DiagnosticTraces,
 }
 
-fn mean_std(values: &[f64]) -> (f64, f64) {
+/// Mean and std with `ddof` (NaN where undefined: no value, or ddof 1 with one value).
+fn mean_std(values: &[f64], ddof: usize) -> (f64, f64) {
     if values.is_empty() {
         return (f64::NAN, f64::NAN);
     }
     let m = mean(values);
-    (m, (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / values.len() as f64).sqrt())
+    if values.len() <= ddof {
+        return (m, f64::NAN);
+    }
+    (m, (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (values.len() - ddof) as f64).sqrt())
 }
 
 impl LlcReport {
@@ -138,6 +154,7 @@ impl LlcReport {
         nbeta_is_default: bool,
         n_samples: usize,
         n_params: usize,
+        restriction: Option<&ParamSubset>,
         runs: Vec<ChainRun>,
     ) -> LlcReport {
         let init_loss_per_chain: Vec<f64> = runs.iter().map(|r| r.init_loss).collect();
@@ -160,8 +177,9 @@ impl LlcReport {
             }
         }
         let finite = |v: &[f64]| v.iter().copied().filter(|x| !x.is_nan()).collect::<Vec<_>>();
-        let (llc_mean, llc_std) = mean_std(&finite(&llc_per_chain));
-        let (llc_draws_mean, llc_draws_std) = mean_std(&finite(&llc_draws_per_chain));
+        let ddof = config.chain_std.ddof();
+        let (llc_mean, llc_std) = mean_std(&finite(&llc_per_chain), ddof);
+        let (llc_draws_mean, llc_draws_std) = mean_std(&finite(&llc_draws_per_chain), ddof);
 
         let llc_trace_instantaneous: Vec<Vec<f64>> =
             runs.iter().map(|r| r.loss.iter().map(|l| nbeta * (l - init_loss)).collect()).collect();
@@ -210,11 +228,29 @@ impl LlcReport {
                 ));
             }
         }
+        let n_excluded_chains = runs.len() - n_healthy;
         if n_healthy == 0 {
             warnings.push("every chain diverged: no estimate (llc_mean is NaN); lower lr or raise localization".into());
+        } else if n_excluded_chains > 0 {
+            warnings.push(format!(
+                "{n_excluded_chains} of {} chains diverged and were excluded: the estimate is over {n_healthy} chains",
+                runs.len()
+            ));
         }
         if nbeta == 1.0 {
             warnings.push("nbeta = 1: almost surely not intended (the default is n / ln n)".into());
+        }
+        if config.sgld.noise_level != 1.0 {
+            warnings.push(format!(
+                "noise_level = {}: the chains sample the posterior at temperature noise_level² = {}, not the posterior (λ̂ scales with it)",
+                config.sgld.noise_level,
+                config.sgld.noise_level.powi(2)
+            ));
+        }
+        if let Sampler::RmspropSgld { eps, .. } = config.sgld.sampler {
+            warnings.push(format!(
+                "rmsprop_sgld has no Γ correction (as devinterp): with a position-dependent preconditioner G = 1/(√V + {eps}) it samples ∝ e^(-U)/G, not e^(-U), which biases λ̂ upwards where |gradient| is comparable to eps (+16 % on the quadratic of docs/llc.md §2); compare with sgld"
+            ));
         }
         if let Some(r) = r_hat.filter(|&r| r > 1.1) {
             warnings.push(format!("split-R̂ = {r:.3} > 1.1: chains disagree or have not converged"));
@@ -239,6 +275,9 @@ impl LlcReport {
             nbeta_is_default,
             n_samples,
             n_params,
+            n_sampled_params: restriction.map_or(n_params, ParamSubset::len),
+            sampled_params: restriction.map(|s| s.label().to_string()),
+            n_excluded_chains,
             config,
             llc_trace_instantaneous,
             llc_trace_running_mean,
@@ -253,6 +292,22 @@ impl LlcReport {
             },
             loss_trace: runs.into_iter().map(|r| r.loss).collect(),
         }
+    }
+
+    /// The report itself if at least one chain is healthy, otherwise
+    /// [`Error::NoHealthyChain`] carrying it.
+    pub fn checked(self) -> Result<LlcReport> {
+        if self.divergences.iter().any(Option::is_none) {
+            return Ok(self);
+        }
+        Err(Error::NoHealthyChain {
+            what: self
+                .sampled_params
+                .as_ref()
+                .map_or_else(|| "LLC estimate".into(), |s| format!("LLC restricted to {s}")),
+            chains: self.divergences.len(),
+            report: Box::new(self),
+        })
     }
 
     /// Indices of the chains that did not diverge.

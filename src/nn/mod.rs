@@ -21,4 +21,4 @@ pub use network::{Network, NodeLayer};
 pub(crate) use network::{check_nodes, checked_section};
 pub use section::{Chain, FoldedLinear, NodeShape, Section};
 pub use sequential::{NodeSpec, Sequential};
-pub use train::{Optimizer, TrainConfig, TrainReport, evaluate, train, train_with};
+pub use train::{Optimizer, TrainConfig, TrainReport, evaluate, train, train_observed, train_with};

@@ -158,6 +158,18 @@ pub fn train_with(
     config: &TrainConfig,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<TrainReport> {
+    train_observed(model, data, config, &mut |epoch, loss, _| on_epoch(epoch, loss))
+}
+
+/// [`train`], calling `on_epoch(epoch, mean minibatch loss, parameters after the epoch)` after
+/// every epoch: record checkpoints of the run (λ̂ over training, `llc::Checkpoint`) without
+/// changing it.
+pub fn train_observed(
+    model: &mut (impl Layer + ?Sized),
+    data: &Dataset,
+    config: &TrainConfig,
+    on_epoch: &mut dyn FnMut(usize, f64, &[f64]),
+) -> Result<TrainReport> {
     config.validate()?;
     let batch_size = config.batch_size.unwrap_or(data.len());
     evaluate(model, data, config.loss)?; // checks targets, shapes and labels before any update
@@ -196,7 +208,7 @@ pub fn train_with(
             count += 1;
         }
         epoch_losses.push(total / count as f64);
-        on_epoch(epoch_losses.len() - 1, total / count as f64);
+        on_epoch(epoch_losses.len() - 1, total / count as f64, &w);
         if let Some(target) = config.stop_at_accuracy
             && evaluate(model, data, config.loss)?.1.is_some_and(|a| a >= target)
         {
