@@ -139,6 +139,10 @@ fn bench_calibration(c: &mut Criterion) {
             black_box(cal)
         })
     });
+    // A whole estimate with the fixture's settings (4 chains × 2000 draws, γ 1): devinterp's
+    // wall seconds per step is this time / 8000 steps (its recorded 1.40 ms, INDEX.md).
+    let fixture = LlcEstimator::new(base.localization(1.0).num_draws(2000)).unwrap();
+    group.bench_function("dln_estimate_4x2000", |b| b.iter(|| black_box(fixture.estimate(&model, &w).unwrap())));
     // Baseline: the same 32,000 steps as one estimate of 64 chains × 500 draws.
     let one = LlcEstimator::new(base.num_chains(64).num_draws(500)).unwrap();
     group.bench_function("dln_one_estimate_64x500", |b| b.iter(|| black_box(one.estimate(&model, &w).unwrap())));
