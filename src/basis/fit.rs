@@ -92,9 +92,9 @@ fn node_name(net: &dyn Network, k: usize) -> String {
 }
 
 fn node_frame(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<Frame> {
-    let folded = net.node_layers()[k].constant;
+    let node = &net.node_layers()[k];
     let moments = activation_moments(net, stats, k)?;
-    frame(&moments, folded, config.center, config.truncation_threshold, &node_name(net, k))
+    frame(&moments, node.constant, config.center, node.isolated, config.truncation_threshold, &node.name)
 }
 
 fn node_basis(net: &dyn Network, k: usize, formula: Option<BasisFormula>, c: Matrix, c_pinv: Matrix) -> NodeBasis {
@@ -191,7 +191,8 @@ fn interaction_basis(
     let (r, r_pinv) = (f.r(), f.r_pinv());
     let m = m_dash.project(&r_pinv)?;
     let n = m.nrows();
-    let masked = usize::from(f.has_constant);
+    // The constant direction and the isolated coordinates are not rotated (rib's `n_masked`).
+    let masked = usize::from(f.has_constant) + f.isolated;
     let sub = Matrix::from_fn(n - masked, n - masked, |i, j| m[(i + masked, j + masked)]);
     let (sub_values, sub_vectors) = sorted_abs_eigen(&sub)?;
     let v = Matrix::from_fn(n, n, |i, j| match (i < masked, j < masked) {
