@@ -10,6 +10,13 @@
 //! input node layer's index) and `modules.json` (per node layer the module id of each
 //! direction, and Q). `report.json` holds the dimensions per node layer and seconds per phase.
 //!
+//! A transformer (`docs/math.md` §3.3): `"model_config": "model_config.json"` (a TransformerLens
+//! config) marks one; `"model"` is then its TransformerLens state dict in safetensors,
+//! `"inputs"` integer token ids `[n, positions]`, `"node_layers"` rib's module ids (`ln1.0`,
+//! `ln2.0`, `unembed`, `output`, …), and `"last_pos_module_type"` (`add_resid1` or `unembed`)
+//! keeps only the last position from that module on. `"isolate_ln_var"` (default true) keeps
+//! LayerNorm variances as their own directions.
+//!
 //! Beyond one machine (`docs/distributed.md`):
 //! * `"distributed": true` (built with `--features mpi`, run as `mpirun -n K
 //!   target/release/examples/lib_build CONFIG.json`): every pass is split over the ranks by rows
@@ -35,7 +42,8 @@ use degeneracy::graph::{
     EdgeAccumulator, EdgeConfig, EdgeFormula, EdgeNorm, Edges, InteractionGraph, LeidenConfig, accumulate_edges,
     compute_edges, find_modules,
 };
-use degeneracy::{Matrix, Mlp};
+use degeneracy::transformer::{LastPosModule, Transformer, read_tokens};
+use degeneracy::{Matrix, Network};
 use serde::Deserialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -56,7 +64,19 @@ struct Extra {
     /// sums merged) or `"outputs"` (each rank its output directions over all rows).
     #[serde(default)]
     edge_split: Option<String>,
+    /// A transformer's TransformerLens config (the model is then its state dict).
+    #[serde(default)]
+    model_config: Option<String>,
+    /// rib's `last_pos_module_type` (transformers).
+    #[serde(default)]
+    last_pos_module_type: Option<String>,
+    /// rib's `isolate_ln_var` (transformers; default true).
+    #[serde(default)]
+    isolate_ln_var: Option<bool>,
 }
+
+/// The keys of [`Extra`] (split off the shared keys when the config is read).
+const EXTRA_KEYS: [&str; 5] = ["distributed", "edge_split", "model_config", "last_pos_module_type", "isolate_ln_var"];
 
 fn main() {
     common::exit_on_error(run());
@@ -68,7 +88,10 @@ struct Job {
     dir: PathBuf,
     config: LibConfig,
     edge_formula: Option<EdgeFormula>,
-    mlp: Mlp,
+    /// The model: an MLP, or a transformer with `model_config`.
+    net: Box<dyn Network + Send>,
+    /// The transformer keys, for the fingerprints of file-based runs (`Value::Null` for an MLP).
+    transformer_keys: serde_json::Value,
     inputs: Matrix,
     out: PathBuf,
     phases: Phases,
@@ -77,13 +100,13 @@ struct Job {
 fn run() -> AnyResult<()> {
     let cli = common::parse_cli(USAGE, true)?;
     let mut phases = Phases::start();
-    let (keys, extra, dir): (BuildKeys, Extra, _) = read_build_config(USAGE, &["distributed", "edge_split"])?;
+    let (keys, extra, dir): (BuildKeys, Extra, _) = read_build_config(USAGE, &EXTRA_KEYS)?;
     let config = keys.lib_config()?;
     let edge_formula = keys.edge_formula.as_deref().map(EdgeFormula::from_name).transpose()?;
-    let (mlp, inputs) = keys.load(&dir)?;
+    let (net, inputs, transformer_keys) = load_model(&keys, &extra, &dir)?;
     let out = keys.out_dir(&dir)?;
     phases.lap("load");
-    let job = Job { keys, dir, config, edge_formula, mlp, inputs, out, phases };
+    let job = Job { keys, dir, config, edge_formula, net, transformer_keys, inputs, out, phases };
 
     let stage = match cli.stage.as_deref() {
         None | Some("statistics" | "stats") => Stage::Statistics,
@@ -118,6 +141,43 @@ fn run() -> AnyResult<()> {
     }
 }
 
+/// The MLP of `model`, or with `model_config` a transformer; its inputs; the transformer keys.
+fn load_model(
+    keys: &BuildKeys,
+    extra: &Extra,
+    dir: &Path,
+) -> AnyResult<(Box<dyn Network + Send>, Matrix, serde_json::Value)> {
+    let Some(model_config) = &extra.model_config else {
+        for (key, set) in [
+            ("last_pos_module_type", extra.last_pos_module_type.is_some()),
+            ("isolate_ln_var", extra.isolate_ln_var.is_some()),
+        ] {
+            if set {
+                return Err(format!("`{key}` is for transformers: give `model_config` too").into());
+            }
+        }
+        let (mlp, inputs) = keys.load(dir)?;
+        return Ok((Box::new(mlp), inputs, serde_json::Value::Null));
+    };
+    let last_pos = extra.last_pos_module_type.as_deref().map(LastPosModule::from_name).transpose()?;
+    let model = Transformer::load(common::resolve(dir, model_config), common::resolve(dir, &keys.model))?
+        .with_last_pos_module(last_pos)
+        .with_isolate_ln_var(extra.isolate_ln_var.unwrap_or(true));
+    let tokens = read_tokens(common::resolve(dir, &keys.inputs))?;
+    let values = json!({
+        "model_config": std::fs::read_to_string(common::resolve(dir, model_config)).unwrap_or_default(),
+        "last_pos_module_type": extra.last_pos_module_type,
+        "isolate_ln_var": extra.isolate_ln_var,
+    });
+    Ok((Box::new(model), tokens, values))
+}
+
+/// The fingerprint of a stage: the shared keys and files, and the transformer keys.
+fn stage_fingerprint(job: &Job, stage: &str) -> AnyResult<degeneracy::distributed::Fingerprint> {
+    let fp = job.keys.fingerprint(&job.dir, stage)?;
+    Ok(if job.transformer_keys.is_null() { fp } else { fp.json("transformer", &job.transformer_keys)? })
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Stage {
     Statistics,
@@ -132,7 +192,7 @@ fn whole(mut job: Job, comm: Option<&dyn Communicator>, split_outputs: bool) -> 
         Some(s) => s,
         None => &job.inputs,
     };
-    let (mlp, config) = (&job.mlp, &job.config);
+    let (mlp, config): (&dyn Network, _) = (&*job.net, &job.config);
     let nodes = config.node_indices(mlp)?;
     let stats = NodeStatistics::collect(mlp, rows, &nodes, config.statistics_quadrature(), config.batch_size)?;
     job.phases.lap("grams");
@@ -169,21 +229,21 @@ fn bases_file(out: &Path) -> AnyResult<PathBuf> {
 /// The bases written by the statistics merge, checked against this run's config and data.
 fn read_bases(job: &Job) -> AnyResult<(PathBuf, Vec<NodeBasis>)> {
     let path = bases_file(&job.out)?;
-    let fingerprint = job.keys.fingerprint(&job.dir, BASES)?.finish();
+    let fingerprint = stage_fingerprint(job, BASES)?.finish();
     let (_, bases) = read_shard_file::<Vec<NodeBasis>>(&path, BASES, &fingerprint)
         .map_err(|e| format!("{e} (run --stage statistics --merge first)"))?;
     Ok((path, bases))
 }
 
 fn edges_fingerprint(job: &Job, bases: &Path) -> AnyResult<String> {
-    Ok(job.keys.fingerprint(&job.dir, EDGES)?.file("bases", bases)?.finish())
+    Ok(stage_fingerprint(job, EDGES)?.file("bases", bases)?.finish())
 }
 
 /// One worker of a file-based run: its shard's state to `out_dir/shards/`.
 fn shard(mut job: Job, stage: Stage, index: usize, count: usize) -> AnyResult<()> {
     let rows = Shard::new(&job.inputs, index, count)?;
     let total = job.inputs.nrows();
-    let (mlp, config) = (&job.mlp, &job.config);
+    let (mlp, config): (&dyn Network, _) = (&*job.net, &job.config);
     let path = match stage {
         Stage::Statistics => {
             let passes = config.extra_passes(mlp)?;
@@ -198,7 +258,7 @@ fn shard(mut job: Job, stage: Stage, index: usize, count: usize) -> AnyResult<()
             }
             let nodes = config.node_indices(mlp)?;
             let stats = NodeStatistics::collect(mlp, &rows, &nodes, config.statistics_quadrature(), config.batch_size)?;
-            let fingerprint = job.keys.fingerprint(&job.dir, STATISTICS)?.finish();
+            let fingerprint = stage_fingerprint(&job, STATISTICS)?.finish();
             let header = ShardHeader::new(STATISTICS, fingerprint, index, count, rows.rows(), total);
             let path = shard_dir(&job.out)?.join(format!("statistics_{index}_of_{count}.shard"));
             write_shard_file(&path, &header, &stats)?;
@@ -224,15 +284,15 @@ fn shard(mut job: Job, stage: Stage, index: usize, count: usize) -> AnyResult<()
 fn merge(mut job: Job, stage: Stage, files: &[PathBuf]) -> AnyResult<()> {
     match stage {
         Stage::Statistics => {
-            let fingerprint = job.keys.fingerprint(&job.dir, STATISTICS)?.finish();
+            let fingerprint = stage_fingerprint(&job, STATISTICS)?.finish();
             let (stats, headers) =
                 merge_shard_files::<NodeStatistics>(files, STATISTICS, &fingerprint, |a, b| a.merge(&b))?;
             job.phases.lap("merge");
-            let bases = build_bases(&job.mlp, &job.inputs, &stats, &job.config)?;
+            let bases = build_bases(&*job.net, &job.inputs, &stats, &job.config)?;
             job.phases.lap("bases");
             if job.edge_formula.is_some() {
                 let path = bases_file(&job.out)?;
-                let fingerprint = job.keys.fingerprint(&job.dir, BASES)?.finish();
+                let fingerprint = stage_fingerprint(&job, BASES)?.finish();
                 let n = job.inputs.nrows();
                 write_shard_file(&path, &ShardHeader::new(BASES, fingerprint, 0, 1, 0..n, n), &bases)?;
                 println!(

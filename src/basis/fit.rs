@@ -61,11 +61,15 @@ pub fn build_bases(
             formula => {
                 let f = node_frame(net, stats, k, config)?;
                 let section = checked_section(net, k, next)?;
-                let closed =
-                    stats.derivatives(k).zip(section.structure()).filter(|_| formula == BasisFormula::Jacobian);
-                let (m_dash, lambda_dash) = match closed {
-                    Some((s, layer)) => (jacobian_gram::closed_form(layer, &s.finish()?, &c_next, &points), None),
-                    None => {
+                let closed = stats.derivatives(k).filter(|_| formula == BasisFormula::Jacobian);
+                let (m_dash, lambda_dash) = match (closed, section.structure(), section.residual()) {
+                    (Some(s), Some(layer), _) => {
+                        (jacobian_gram::closed_form(layer, &s.finish()?, &c_next, &points), None)
+                    }
+                    (Some(s), None, Some(block)) => {
+                        (jacobian_gram::closed_form_residual(block, &s.finish()?, &c_next, &points)?, None)
+                    }
+                    _ => {
                         let (m, l) = generic_m_dash(net, sampler, k, &*section, &c_next, config, formula)?;
                         (JacobianGram::Dense(m), l)
                     }

@@ -10,7 +10,7 @@ use super::BasisFormula;
 use crate::error::{Error, Result};
 use crate::estimate::{GramAccumulator, Moments, Quadrature, QuadraturePoint};
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{FoldedLinear, Linearized, Section};
+use crate::nn::{FoldedLinear, Linearized, ResidualLayer, Section};
 use crate::scratch::ScratchMatrix;
 use serde::{Deserialize, Serialize};
 
@@ -183,6 +183,45 @@ pub(crate) fn closed_form(
     JacobianGram::Factored { g, core }
 }
 
+/// `M'` of a residual block `f ↦ f + σ(f W_fᵀ) R` (see [`crate::nn::ResidualLayer`]), from the
+/// moments of `s(x) = Σ_α w_α σ'(α p(x))`, `p = W_f f`: with `g_i = K C_i + W_fᵀ (s ⊙ R C_i)`,
+/// `K = Σ_α w_α`,
+///
+/// `M' = K² CCᵀ + K (CCᵀRᵀ diag(E[s]) W_f + W_fᵀ diag(E[s]) R CCᵀ) + W_fᵀ ((R CCᵀ Rᵀ) ⊙ E[ssᵀ]) W_f`,
+///
+/// returned as `Gᵀ Â G` with `G = [I; W_f]` and `Â = [[K² CCᵀ, K CCᵀRᵀ diag(E[s])], [K diag(E[s])
+/// R CCᵀ, (R CCᵀ Rᵀ) ⊙ E[ssᵀ]]]`.
+pub(crate) fn closed_form_residual(
+    block: ResidualLayer<'_>,
+    s: &Moments,
+    c_next: &Matrix,
+    points: &[QuadraturePoint],
+) -> Result<JacobianGram> {
+    let w = block.hidden.folded_weight();
+    let (h, d) = w.shape();
+    if block.readout.shape() != (h, d) || c_next.nrows() != d || s.mean.len() != h {
+        return Err(Error::shape(
+            "residual block: W_f, R [units, width], C_next rows, derivative moments",
+            &[h, d, h, d, d, h],
+            &[h, d, block.readout.nrows(), block.readout.ncols(), c_next.nrows(), s.mean.len()],
+        ));
+    }
+    let k: f64 = points.iter().map(|p| p.weight).sum();
+    let cc = c_next.matmul(&c_next.transpose())?;
+    let rc = block.readout.matmul(c_next)?;
+    let x = rc.matmul(&c_next.transpose())?; // R CCᵀ, [h, d]
+    let q = rc.matmul(&rc.transpose())?; // R CCᵀ Rᵀ, [h, h]
+    let s2 = s.second_moment();
+    let core = Matrix::from_fn(d + h, d + h, |i, j| match (i < d, j < d) {
+        (true, true) => k * k * cc[(i, j)],
+        (true, false) => k * s.mean[j - d] * x[(j - d, i)],
+        (false, true) => k * s.mean[i - d] * x[(i - d, j)],
+        (false, false) => q[(i - d, j - d)] * s2[(i - d, j - d)],
+    });
+    let g = Matrix::from_fn(d + h, d, |i, j| if i < d { f64::from(u8::from(i == j)) } else { w[(i - d, j)] });
+    Ok(JacobianGram::Factored { g, core })
+}
+
 /// The cotangents `(t, i)` for `t` in output positions and `i` in `directions` of `c_out`:
 /// block `b` of `out` (one per pair, `b = t · dirs + i` over the pairs in `pairs`) holds
 /// `C_out[:, i]` at position `t` of every sample and zero elsewhere.
@@ -231,11 +270,19 @@ fn update_jacobian(
     for start in (0..n_pairs).step_by(group) {
         let pairs = start..(start + group).min(n_pairs);
         basis_cotangents(c_next, p_out, n, pairs.clone(), &mut cot);
-        g.resize(pairs.len() * rows_in, width_in);
-        g.fill(0.0);
-        for (p, lin) in points.iter().zip(lins) {
-            lin.vjp(cot.view(), &mut gx)?;
-            g.add_scaled(p.weight, &gx);
+        if let ([point], [lin]) = (points, lins) {
+            // One point (plain gradients): the VJP is the row block itself.
+            lin.vjp(cot.view(), &mut g)?;
+            if point.weight != 1.0 {
+                g.as_mut_slice().iter_mut().for_each(|v| *v *= point.weight);
+            }
+        } else {
+            g.resize(pairs.len() * rows_in, width_in);
+            g.fill(0.0);
+            for (p, lin) in points.iter().zip(lins) {
+                lin.vjp(cot.view(), &mut gx)?;
+                g.add_scaled(p.weight, &gx);
+            }
         }
         acc.update(g.view())?;
     }

@@ -199,8 +199,9 @@ impl LibConfig {
     }
 
     /// How many passes over the data [`build_bases`] makes after the statistics pass: one per
-    /// node layer whose `M'` has no closed form (the `(1-alpha)^2` formula, sections that are not
-    /// one affine + elementwise layer, [`JacobianPath::Generic`]); 0 for PCA, neurons, and the
+    /// node layer whose `M'` has no closed form (the `(1-alpha)^2` formula, sections that are
+    /// neither one affine + elementwise layer nor a residual block around one,
+    /// [`JacobianPath::Generic`]); 0 for PCA, neurons, and the
     /// `jacobian` LIB of an MLP's consecutive node layers.
     pub fn extra_passes(&self, net: &dyn Network) -> Result<usize> {
         if !self.basis_formula.is_interaction() {
@@ -209,7 +210,9 @@ impl LibConfig {
         let nodes = self.node_indices(net)?;
         let mut passes = 0;
         for pair in nodes.windows(2) {
-            let closed = self.statistics_quadrature().is_some() && net.section(pair[0], pair[1])?.structure().is_some();
+            let section = net.section(pair[0], pair[1])?;
+            let structured = section.structure().is_some() || section.residual().is_some();
+            let closed = self.statistics_quadrature().is_some() && structured;
             passes += usize::from(!closed);
         }
         Ok(passes)

@@ -15,7 +15,7 @@ use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
 use crate::estimate::{Quadrature, QuadraturePoint, check_node_rows, check_sampler};
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{FoldedLinear, Linearized, Network, Section, checked_section};
+use crate::nn::{FoldedLinear, Linearized, Network, ResidualLayer, Section, checked_section};
 use crate::scratch::{ScratchMatrices, ScratchMatrix};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -234,11 +234,25 @@ struct EdgePlan<'a> {
     formula: EdgeFormula,
     c_in: &'a Matrix,
     c_in_pinv: &'a Matrix,
+    /// `C_in⁺ᵀ`: maps input gradients to basis coordinates.
+    c_in_pinv_t: Matrix,
     /// The columns of `C_out` of the output directions computed.
     c_out: Matrix,
     /// Product form of a single layer: `B = W_f C_in⁺ᵀ` (`[d_out, dim_in]`), and below it the
     /// row `C_in⁺[:, c]` if the layer carries the constant (the constant as one more unit).
     product: Option<(&'a FoldedLinear, Matrix)>,
+    /// Product form of a residual block (squared edges): see [`ResidualPlan`].
+    residual: Option<ResidualPlan<'a>>,
+}
+
+/// A residual block `f ↦ f + σ(f W_fᵀ) R`: `J_ij = K T[i, j] + Σ_o RC[o, i] s_o(x) B[o, j]` with
+/// `B = W_f C_in⁺ᵀ` (`[units, dim_in]`), `RC = R C_out` (`[units, dim_out]`), the skip
+/// `T = C_outᵀ C_in⁺ᵀ` (`[dim_out, dim_in]`) and `K = Σ_α w_α`.
+struct ResidualPlan<'a> {
+    block: ResidualLayer<'a>,
+    b: Matrix,
+    rc_t: Matrix,
+    t: Matrix,
 }
 
 impl<'a> EdgePlan<'a> {
@@ -265,9 +279,27 @@ impl<'a> EdgePlan<'a> {
             formula: config.formula,
             c_in: input.c(),
             c_in_pinv: input.c_pinv(),
+            c_in_pinv_t: input.c_pinv().transpose(),
             c_out: output.c().select_columns(&outputs.collect::<Vec<_>>()),
+            residual: None,
             product,
         }
+        .with_residual(section, input, config)
+    }
+
+    /// Adds the residual block's product form when the section is one (squared edges only).
+    fn with_residual(mut self, section: &'a dyn Section, input: &'a NodeBasis, config: &EdgeConfig) -> Self {
+        if self.product.is_some() || config.path != JacobianPath::Auto || config.formula != EdgeFormula::Squared {
+            return self;
+        }
+        self.residual = section.residual().and_then(|block| {
+            let c_pinv_t = input.c_pinv().transpose();
+            let b = block.hidden.folded_weight().matmul(&c_pinv_t).ok()?;
+            let rc_t = block.readout.matmul(&self.c_out).ok()?.transpose();
+            let t = self.c_out.transpose().matmul(&c_pinv_t).ok()?;
+            Some(ResidualPlan { block, b, rc_t, t })
+        });
+        self
     }
 
     fn update(&self, acc: &mut EdgeAccumulator, f: MatrixView<'_>, points: &[QuadraturePoint]) -> Result<()> {
@@ -278,7 +310,10 @@ impl<'a> EdgePlan<'a> {
             (Some((layer, b)), EdgeFormula::Functional) => {
                 self.functional_product(acc, layer, b, &f_hat, &rebuilt, points)?
             }
-            (None, EdgeFormula::Squared) => self.squared_generic(acc, &f_hat, &rebuilt, points)?,
+            (None, EdgeFormula::Squared) => match &self.residual {
+                Some(plan) => self.squared_residual(acc, plan, &f_hat, &rebuilt, points),
+                None => self.squared_generic(acc, &f_hat, &rebuilt, points)?,
+            },
             (None, EdgeFormula::Functional) => self.functional_generic(acc, &f_hat, &rebuilt, points)?,
         }
         acc.count += f.nrows() as u64;
@@ -296,7 +331,7 @@ impl<'a> EdgePlan<'a> {
         pairs: Range<usize>,
         weight: Option<&dyn Fn(usize, usize, usize) -> f64>,
     ) -> Result<Matrix> {
-        let (mut cot, mut gx) = (ScratchMatrix::take(), ScratchMatrix::take());
+        let mut cot = ScratchMatrix::take();
         basis_cotangents(&self.c_out, p_out, n, pairs.clone(), &mut cot);
         let rows_out = n * p_out;
         let mut sum = Matrix::default();
@@ -309,10 +344,10 @@ impl<'a> EdgePlan<'a> {
                     }
                 }
             }
-            lin.vjp(cot.view(), &mut gx)?;
-            let coords = gx.matmul(&self.c_in_pinv.transpose())?;
+            let mut coords = Matrix::default();
+            lin.vjp_mapped(cot.view(), &self.c_in_pinv_t, &mut coords)?;
             if sum.nrows() == 0 {
-                sum = coords.scaled_by(p.weight);
+                sum = if p.weight == 1.0 { coords } else { coords.scaled_by(p.weight) };
             } else {
                 sum.add_scaled(p.weight, &coords);
             }
@@ -468,6 +503,60 @@ impl<'a> EdgePlan<'a> {
                     for ((e, &v), &fj) in acc.sum.row_mut(i).iter_mut().zip(a.row(r * dim_out + i)).zip(f) {
                         *e += (v * fj) * (v * fj);
                     }
+                }
+            }
+        }
+    }
+
+    /// The squared edges of a residual block in product form: per chunk of rows one GEMM
+    /// `L B` with rows `(x, i)` of `L` equal to `s(x) ⊙ RC[:, i]`, plus the skip `K T[i, :]`.
+    fn squared_residual(
+        &self,
+        acc: &mut EdgeAccumulator,
+        plan: &ResidualPlan<'_>,
+        f_hat: &Matrix,
+        rebuilt: &Matrix,
+        points: &[QuadraturePoint],
+    ) {
+        let w = plan.block.hidden.folded_weight();
+        let (n, units) = (rebuilt.nrows(), w.nrows());
+        let p = rebuilt.matmul(&w.transpose()).expect("shapes checked");
+        let act = plan.block.hidden.activation();
+        let s = Matrix::from_fn(n, units, |x, o| {
+            points.iter().map(|q| q.weight * act.derivative(q.alpha * p[(x, o)])).sum()
+        });
+        let k: f64 = points.iter().map(|q| q.weight).sum();
+        let (dim_out, dim_in) = (plan.rc_t.nrows(), plan.b.ncols());
+        // One sample at a time over the units with a non-zero derivative only (about half of
+        // them for ReLU): `A_x = (s_x ⊙ RC)[active]ᵀ B[active]`.
+        let (mut l, mut b, mut a) = (ScratchMatrix::take(), ScratchMatrix::take(), ScratchMatrix::take());
+        let mut active = Vec::with_capacity(units);
+        for x in 0..n {
+            active.clear();
+            active.extend((0..units).filter(|&o| s[(x, o)] != 0.0));
+            l.resize(dim_out, active.len());
+            for i in 0..dim_out {
+                let (dst, rc) = (l.row_mut(i), plan.rc_t.row(i));
+                for (v, &o) in dst.iter_mut().zip(&active) {
+                    *v = s[(x, o)] * rc[o];
+                }
+            }
+            b.resize(active.len(), dim_in);
+            for (r, &o) in active.iter().enumerate() {
+                b.row_mut(r).copy_from_slice(plan.b.row(o));
+            }
+            a.resize(dim_out, dim_in);
+            if active.is_empty() {
+                a.fill(0.0);
+            } else {
+                crate::linalg::gemm(a.as_mut_slice(), l.view(), false, b.view(), false, 1.0, false);
+            }
+            let f = f_hat.row(x);
+            for i in 0..dim_out {
+                let (row, skip) = (a.row(i), plan.t.row(i));
+                for (((e, &v), &t), &fj) in acc.sum.row_mut(i).iter_mut().zip(row).zip(skip).zip(f) {
+                    let j = (v + k * t) * fj;
+                    *e += j * j;
                 }
             }
         }

@@ -19,12 +19,12 @@
 use super::config::{PositionalEmbedding, TransformerConfig};
 use super::folded::{FoldedBlock, FoldedGrads};
 use super::layout::{Kind, Stage};
-use super::ops::{Ctx, Op, OpLinearized, add_xt_c, blocks_of, columns, times, times_t};
-use crate::error::Result;
+use super::ops::{Ctx, Op, OpLinearized, add_xt_c, blocks_of, columns, default_vjp_mapped, times, times_t};
+use crate::error::{Error, Result};
 use crate::linalg::gemm;
 use crate::matrix::{Matrix, MatrixView};
 use crate::nn::NodeShape;
-use std::cell::OnceCell;
+use std::cell::{OnceCell, Ref, RefCell};
 
 /// Rotary embedding tables (rib's `calculate_sin_cos_rotary`, base 10000).
 #[derive(Clone, Debug)]
@@ -115,12 +115,17 @@ pub(crate) struct AttentionOp<'a> {
     ctx: Ctx<'a>,
     layer: usize,
     mode: Mode,
+    /// Preceded by `ln1_out`'s `IdentitySplit`: the input is the residual stream alone, read both
+    /// as the attention input and as the residual.
+    split: bool,
     input: NodeShape,
     output: NodeShape,
 }
 
 impl<'a> AttentionOp<'a> {
     pub fn new(ctx: Ctx<'a>, stages: &[Stage], input: NodeShape, output: NodeShape) -> Self {
+        let split = stages[0].kind == Kind::Split;
+        let stages = if split { &stages[1..] } else { stages };
         let (layer, mode) = match (stages[0].kind, stages.get(1).map(|s| s.kind), stages.get(2).map(|s| s.kind)) {
             (Kind::AttnIn(l), Some(Kind::AttnOut(_)), Some(Kind::AddResid { last_pos, keep_residual })) => {
                 (l, Mode::BlockAdd { last_pos, keep_residual })
@@ -130,7 +135,8 @@ impl<'a> AttentionOp<'a> {
             (Kind::AttnOut(l), _, _) => (l, Mode::Out),
             (other, ..) => unreachable!("not an attention module: {other:?}"),
         };
-        AttentionOp { ctx, layer, mode, input, output }
+        debug_assert!(!split || matches!(mode, Mode::Block | Mode::BlockAdd { .. }));
+        AttentionOp { ctx, layer, mode, split, input, output }
     }
 
     fn block(&self) -> &'a FoldedBlock {
@@ -191,10 +197,16 @@ impl Op for AttentionOp<'_> {
                 (Matrix::default(), q, k, v)
             }
             _ => {
-                let xin = columns(x, 0, d);
+                let xin = if self.split { x.to_owned() } else { columns(x, 0, d) };
                 let (q, k, v) = self.qkv(xin.view(), p);
                 (xin, q, k, v)
             }
+        };
+        // Where the residual stream sits in the input rows.
+        let res_at = match self.mode {
+            Mode::Out => 3 * h * e + h,
+            _ if self.split => 0,
+            _ => d,
         };
         if self.mode == Mode::In {
             // (q, k, v, r).
@@ -251,22 +263,21 @@ impl Op for AttentionOp<'_> {
                 for r in 0..n * tq {
                     let src = x.row((r / tq) * p + qpos[r % tq]);
                     let row = y.row_mut(r);
-                    for ((o, a), res) in row[..d].iter_mut().zip(attn.row(r)).zip(&src[d..2 * d]) {
+                    for ((o, a), res) in row[..d].iter_mut().zip(attn.row(r)).zip(&src[res_at..res_at + d]) {
                         *o = a + res;
                     }
                     if keep_residual {
-                        row[d..].copy_from_slice(&src[d..2 * d]);
+                        row[d..].copy_from_slice(&src[res_at..res_at + d]);
                     }
                 }
                 y
             }
             _ => {
                 let mut y = Matrix::zeros(n * p, 2 * d);
-                let rest = if self.mode == Mode::Out { 3 * h * e + h } else { d };
                 for r in 0..n * p {
                     let row = y.row_mut(r);
                     row[..d].copy_from_slice(attn.row(r));
-                    row[d..].copy_from_slice(&x.row(r)[rest..rest + d]);
+                    row[d..].copy_from_slice(&x.row(r)[res_at..res_at + d]);
                 }
                 y
             }
@@ -283,6 +294,14 @@ struct Axpy {
     b: Vec<Matrix>,
     /// The values of each head, `[n·P, d_head + 1]`.
     v: Vec<Matrix>,
+}
+
+/// The axpy form's per-sample vectors mapped by the map of [`OpLinearized::vjp_mapped`] (the
+/// same map for every cotangent group of an edge computation).
+struct MappedAxpy {
+    map: Matrix,
+    a: Vec<Matrix>,
+    b: Vec<Matrix>,
 }
 
 struct AttentionAt<'a> {
@@ -303,6 +322,7 @@ struct AttentionAt<'a> {
     z: Matrix,
     y: Matrix,
     axpy: OnceCell<Axpy>,
+    mapped: RefCell<Option<MappedAxpy>>,
 }
 
 impl<'a> AttentionAt<'a> {
@@ -320,7 +340,7 @@ impl<'a> AttentionAt<'a> {
         y: Matrix,
     ) -> Self {
         let qpos = op.query_positions(p);
-        AttentionAt { op, n, p, qpos, xin, q, k, v, pattern, z, y, axpy: OnceCell::new() }
+        AttentionAt { op, n, p, qpos, xin, q, k, v, pattern, z, y, axpy: OnceCell::new(), mapped: RefCell::new(None) }
     }
 
     fn dims(&self) -> (usize, usize, usize) {
@@ -328,39 +348,50 @@ impl<'a> AttentionAt<'a> {
         (core.heads, core.d_head, self.op.block().wo.ncols())
     }
 
-    /// Splits stacked output cotangents into `ḡ_attn` (`[k·n·T, D]`, at the read positions) and
-    /// the residual's gradient (`[k·n·P, D]`).
-    fn split_cotangents(&self, cot: MatrixView<'_>, kb: usize) -> (Matrix, Matrix) {
+    /// `ḡ_attn`, the cotangents of the attention output (`[k·n·T, D]`, at the read positions).
+    fn attn_cotangents<'c>(&self, cot: MatrixView<'c>, owned: &'c mut Matrix) -> MatrixView<'c> {
+        let (_, _, d) = self.dims();
+        if cot.ncols() == d {
+            return cot;
+        }
+        *owned = columns(cot, 0, d);
+        owned.view()
+    }
+
+    /// Writes the residual stream's gradient (`[k·n·P]` rows, zero where the output does not
+    /// read it) into columns `at..at + D` of `dst`.
+    fn residual_into(&self, cot: MatrixView<'_>, kb: usize, dst: &mut Matrix, at: usize) {
         let (_, _, d) = self.dims();
         let (n, p, tq) = (self.n, self.p, self.qpos.len());
-        let mut g_res = Matrix::zeros(kb * n * p, d);
-        let g_attn = match self.op.mode {
+        match self.op.mode {
             Mode::BlockAdd { keep_residual, .. } => {
+                if tq < p {
+                    for r in 0..kb * n * p {
+                        dst.row_mut(r)[at..at + d].fill(0.0);
+                    }
+                }
                 for r in 0..kb * n * tq {
-                    let dst = g_res.row_mut((r / tq) * p + self.qpos[r % tq]);
-                    let src = cot.row(r);
-                    dst.copy_from_slice(&src[..d]);
+                    let row = dst.row_mut((r / tq) * p + self.qpos[r % tq]);
+                    let (out, src) = (&mut row[at..at + d], cot.row(r));
+                    out.copy_from_slice(&src[..d]);
                     if keep_residual {
-                        for (a, b) in dst.iter_mut().zip(&src[d..2 * d]) {
+                        for (a, b) in out.iter_mut().zip(&src[d..2 * d]) {
                             *a += b;
                         }
                     }
                 }
-                columns(cot, 0, d)
             }
             _ => {
                 for r in 0..kb * n * p {
-                    g_res.row_mut(r).copy_from_slice(&cot.row(r)[d..2 * d]);
+                    dst.row_mut(r)[at..at + d].copy_from_slice(&cot.row(r)[d..2 * d]);
                 }
-                columns(cot, 0, d)
             }
-        };
-        (g_attn, g_res)
+        }
     }
 
     /// The textbook backward from `z̄ = ḡ W_Oᵀ` (`[k·n·T, H·(e+1)]`) to `(q̄, k̄, v̄)` in rotated
     /// coordinates: `[k·n·T, H·e]`, `[k·n·P, H·e]`, `[k·n·P, H·(e+1)]`.
-    fn core_backward(&self, gz: &Matrix, kb: usize) -> (Matrix, Matrix, Matrix) {
+    fn core_backward(&self, gz: MatrixView<'_>, kb: usize) -> (Matrix, Matrix, Matrix) {
         let (h, e, _) = self.dims();
         let (n, p, tq) = (self.n, self.p, self.qpos.len());
         let scale = self.op.core().scale;
@@ -477,8 +508,36 @@ impl<'a> AttentionAt<'a> {
         })
     }
 
-    /// `x̄` by the axpy form: `g_attn` `[k·n·T, D]`, into `gx` `[k·n·P, D]` (zeroed here).
-    fn axpy_backward(&self, g_attn: &Matrix, kb: usize, gx: &mut Matrix) {
+    /// The precomputed vectors times `map` (cached while the map stays the same).
+    fn mapped(&self, map: MatrixView<'_>) -> Ref<'_, Option<MappedAxpy>> {
+        let fresh = self.mapped.borrow().as_ref().is_none_or(|c| c.map.view() != map);
+        if fresh {
+            let ax = self.axpy();
+            let owned = map.to_owned();
+            let mut times_map = |v: &Matrix| {
+                let mut out = Matrix::default();
+                times(v.view(), &owned, &mut out);
+                out
+            };
+            let a = ax.a.iter().map(&mut times_map).collect();
+            let b = ax.b.iter().map(&mut times_map).collect();
+            *self.mapped.borrow_mut() = Some(MappedAxpy { map: owned, a, b });
+        }
+        self.mapped.borrow()
+    }
+
+    /// `x̄` by the axpy form: `g_attn` `[k·n·T, D]`, added into columns `at..at + D` of `gx`
+    /// (`[k·n·P]` rows); with `map` (`[D, m]`) the mapped gradient `x̄ · map` into columns
+    /// `at..at + m` (every vector is mapped once, before the per-cotangent loops). Returns whether
+    /// every block's cotangent was the same for all samples.
+    fn axpy_backward(
+        &self,
+        g_attn: MatrixView<'_>,
+        kb: usize,
+        gx: &mut Matrix,
+        at: usize,
+        map: Option<MatrixView<'_>>,
+    ) -> bool {
         let (h, e, d) = self.dims();
         let (n, p, tq) = (self.n, self.p, self.qpos.len());
         let scale = self.op.core().scale;
@@ -492,7 +551,7 @@ impl<'a> AttentionAt<'a> {
         let reps = if uniform {
             Matrix::from_fn(kb * tq, d, |r, c| g_attn[((r / tq) * n * tq + r % tq, c)])
         } else {
-            g_attn.clone()
+            g_attn.to_owned()
         };
         let mut gz = Vec::with_capacity(h);
         let mut ev = Vec::with_capacity(h);
@@ -502,44 +561,43 @@ impl<'a> AttentionAt<'a> {
             gemm(g.as_mut_slice(), reps.view(), false, wo_h, true, 1.0, false);
             let mut v = Matrix::default();
             times_t(g.view(), &blk.wv_heads[hh], &mut v);
+            if let Some(map) = map {
+                let mut mapped = Matrix::default();
+                times(v.view(), &map.to_owned(), &mut mapped);
+                v = mapped;
+            }
             gz.push(g);
             ev.push(v);
         }
-        gx.resize(kb * n * p, d);
-        gx.fill(0.0);
-        let mut gs = vec![0.0; p];
-        for b in 0..kb {
-            for s in 0..n {
-                for hh in 0..h {
-                    for (t, &qt) in self.qpos.iter().enumerate() {
-                        let rep = if uniform { b * tq + t } else { (b * n + s) * tq + t };
-                        let pat = &self.pattern[((s * h + hh) * tq + t) * p..][..p];
-                        let gzr = gz[hh].row(rep);
-                        let mut sum = 0.0;
-                        for kp in 0..=qt {
-                            gs[kp] = gzr.iter().zip(ax.v[hh].row(s * p + kp)).map(|(a, b)| a * b).sum::<f64>();
-                            sum += pat[kp] * gs[kp];
-                        }
-                        let (arow, evr) = (ax.a[hh].row(s * tq + t), ev[hh].row(rep));
-                        let mut from_q = vec![0.0; d];
-                        for kp in 0..=qt {
-                            let g = pat[kp] * (gs[kp] - sum) / scale;
-                            let brow = ax.b[hh].row(s * p + kp);
-                            for (f, bv) in from_q.iter_mut().zip(brow) {
-                                *f += g * bv;
-                            }
-                            let dst = gx.row_mut((b * n + s) * p + kp);
-                            for ((o, av), vv) in dst.iter_mut().zip(arow).zip(evr) {
-                                *o += g * av + pat[kp] * vv;
-                            }
-                        }
-                        for (o, f) in gx.row_mut((b * n + s) * p + qt).iter_mut().zip(&from_q) {
-                            *o += f;
-                        }
-                    }
-                }
+        let cache;
+        let (a, b, d) = match map {
+            None => (&ax.a, &ax.b, d),
+            Some(map) => {
+                cache = self.mapped(map);
+                let c = cache.as_ref().expect("filled by mapped");
+                // SAFETY-free borrow juggling: the cache lives until the end of this call.
+                (&c.a, &c.b, map.ncols())
             }
-        }
+        };
+        let args = AxpyLoops {
+            n,
+            kb,
+            p,
+            h,
+            d,
+            at,
+            scale,
+            uniform,
+            qpos: &self.qpos,
+            pattern: &self.pattern,
+            gz: &gz,
+            ev: &ev,
+            v: &ax.v,
+            a,
+            b,
+        };
+        args.run(gx);
+        uniform
     }
 }
 
@@ -568,38 +626,96 @@ impl OpLinearized for AttentionAt<'_> {
                 }
             }
             Mode::Out => {
-                let (g_attn, g_res) = self.split_cotangents(cot, kb);
+                let mut owned = Matrix::default();
+                let g_attn = self.attn_cotangents(cot, &mut owned);
                 let mut gz = Matrix::default();
-                times_t(g_attn.view(), &blk.wo, &mut gz);
-                let (gq, gk, gv) = self.core_backward(&gz, kb);
+                times_t(g_attn, &blk.wo, &mut gz);
+                let (gq, gk, gv) = self.core_backward(gz.view(), kb);
                 let w = 3 * h * e + h;
-                *grad_x = Matrix::zeros(kb * n * p, w + d);
+                grad_x.resize(kb * n * p, w + d);
                 for r in 0..kb * n * p {
                     let row = grad_x.row_mut(r);
                     row[..h * e].copy_from_slice(gq.row(r));
                     row[h * e..2 * h * e].copy_from_slice(gk.row(r));
                     row[2 * h * e..w].copy_from_slice(gv.row(r));
-                    row[w..].copy_from_slice(g_res.row(r));
                 }
+                self.residual_into(cot, kb, grad_x, w);
             }
             Mode::Block | Mode::BlockAdd { .. } => {
-                let (g_attn, g_res) = self.split_cotangents(cot, kb);
-                let gx = if self.use_axpy() {
-                    let mut gx = Matrix::default();
-                    self.axpy_backward(&g_attn, kb, &mut gx);
-                    gx
+                let mut owned = Matrix::default();
+                let g_attn = self.attn_cotangents(cot, &mut owned);
+                // Split: x̄ = residual gradient + attention gradient in one buffer; otherwise the
+                // two segments side by side.
+                let at = 0;
+                let width = if self.op.split { d } else { 2 * d };
+                grad_x.resize(kb * n * p, width);
+                let res_at = if self.op.split { 0 } else { d };
+                self.residual_into(cot, kb, grad_x, res_at);
+                if !self.op.split {
+                    for r in 0..kb * n * p {
+                        grad_x.row_mut(r)[..d].fill(0.0);
+                    }
+                }
+                if self.use_axpy() {
+                    self.axpy_backward(g_attn, kb, grad_x, at, None);
                 } else {
                     let mut gz = Matrix::default();
-                    times_t(g_attn.view(), &blk.wo, &mut gz);
-                    let (gq, gk, gv) = self.core_backward(&gz, kb);
-                    self.input_gradient(gq, gk, &gv)
-                };
-                *grad_x = Matrix::zeros(kb * n * p, 2 * d);
-                for r in 0..kb * n * p {
-                    let row = grad_x.row_mut(r);
-                    row[..d].copy_from_slice(gx.row(r));
-                    row[d..].copy_from_slice(g_res.row(r));
+                    times_t(g_attn, &blk.wo, &mut gz);
+                    let (gq, gk, gv) = self.core_backward(gz.view(), kb);
+                    let gx = self.input_gradient(gq, gk, &gv);
+                    for r in 0..kb * n * p {
+                        for (a, b) in grad_x.row_mut(r)[..d].iter_mut().zip(gx.row(r)) {
+                            *a += b;
+                        }
+                    }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn vjp_mapped(&self, cot: MatrixView<'_>, map: &Matrix, out: &mut Matrix) -> Result<()> {
+        let Mode::BlockAdd { keep_residual, .. } = self.op.mode else {
+            return default_vjp_mapped(self, cot, map, out);
+        };
+        if !self.use_axpy() {
+            return default_vjp_mapped(self, cot, map, out);
+        }
+        let kb = blocks_of("attention vjp", cot, self.y.nrows(), self.y.ncols())?;
+        let (_, _, d) = self.dims();
+        let (n, p, tq) = (self.n, self.p, self.qpos.len());
+        let width = if self.op.split { d } else { 2 * d };
+        if map.nrows() != width {
+            return Err(Error::shape("attention vjp_mapped map [input width, m]", &[width], &[map.nrows()]));
+        }
+        let m = map.ncols();
+        let (map_x, map_r) = (map.rows(0..d), if self.op.split { map.rows(0..d) } else { map.rows(d..2 * d) });
+        let mut owned = Matrix::default();
+        let g_attn = self.attn_cotangents(cot, &mut owned);
+        out.resize(kb * n * p, m);
+        out.fill(0.0);
+        let uniform = self.axpy_backward(g_attn, kb, out, 0, Some(map_x));
+        // The residual stream's gradient at the read positions, mapped: the cotangent (and the
+        // kept residual's), once per block when it is the same for every sample.
+        let residual = |r: usize| -> Vec<f64> {
+            let src = cot.row(r);
+            (0..d).map(|c| src[c] + if keep_residual { src[d + c] } else { 0.0 }).collect()
+        };
+        let same = uniform
+            && (!keep_residual
+                || (0..kb).all(|b| {
+                    (1..n).all(|s| (0..tq).all(|t| residual((b * n + s) * tq + t) == residual(b * n * tq + t)))
+                }));
+        let rows: Vec<usize> =
+            if same { (0..kb * tq).map(|r| (r / tq) * n * tq + r % tq).collect() } else { (0..kb * n * tq).collect() };
+        let src = Matrix::from_vec(rows.len(), d, rows.iter().flat_map(|&r| residual(r)).collect())?;
+        let mut mapped = Matrix::default();
+        times(src.view(), &map_r.to_owned(), &mut mapped);
+        for r in 0..kb * n * tq {
+            let k = if same { (r / (n * tq)) * tq + r % tq } else { r };
+            let dst = out.row_mut((r / tq) * p + self.qpos[r % tq]);
+            for (o, v) in dst.iter_mut().zip(mapped.row(k)) {
+                *o += v;
             }
         }
         Ok(())
@@ -613,14 +729,15 @@ impl OpLinearized for AttentionAt<'_> {
         let (gq, gk, gv) = match self.op.mode {
             Mode::In => (columns(cot, 0, h * e), columns(cot, h * e, h * e), columns(cot, 2 * h * e, h * (e + 1))),
             _ => {
-                let (g_attn, _) = self.split_cotangents(cot, 1);
-                add_xt_c(&mut g.wo, self.z.view(), g_attn.view());
+                let mut owned = Matrix::default();
+                let g_attn = self.attn_cotangents(cot, &mut owned);
+                add_xt_c(&mut g.wo, self.z.view(), g_attn);
                 if self.op.mode == Mode::Out {
                     return Ok(());
                 }
                 let mut gz = Matrix::default();
-                times_t(g_attn.view(), &blk.wo, &mut gz);
-                self.core_backward(&gz, 1)
+                times_t(g_attn, &blk.wo, &mut gz);
+                self.core_backward(gz.view(), 1)
             }
         };
         let core = self.op.core();
@@ -645,5 +762,141 @@ impl OpLinearized for AttentionAt<'_> {
         add_xt_c(&mut g.wk, self.xin.view(), gk.view());
         add_xt_c(&mut g.wv, self.xin.view(), gv.view());
         Ok(())
+    }
+}
+
+/// The per-cotangent loops of the axpy form (see the module docs).
+struct AxpyLoops<'a> {
+    n: usize,
+    kb: usize,
+    p: usize,
+    h: usize,
+    d: usize,
+    at: usize,
+    scale: f64,
+    uniform: bool,
+    qpos: &'a [usize],
+    pattern: &'a [f64],
+    gz: &'a [Matrix],
+    ev: &'a [Matrix],
+    v: &'a [Matrix],
+    a: &'a [Matrix],
+    b: &'a [Matrix],
+}
+
+impl AxpyLoops<'_> {
+    /// With AVX2 and FMA where the CPU has them (the crate is built for baseline x86-64, so the
+    /// loops would otherwise run two lanes wide).
+    fn run(&self, gx: &mut Matrix) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                unsafe { self.run_avx2(gx) };
+                return;
+            }
+        }
+        self.run_with::<false>(gx);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, gx: &mut Matrix) {
+        self.run_with::<true>(gx);
+    }
+
+    #[inline(always)]
+    fn run_with<const FMA: bool>(&self, gx: &mut Matrix) {
+        let (n, p, h, d, at) = (self.n, self.p, self.h, self.d, self.at);
+        let tq = self.qpos.len();
+        // Score gradients s_{h,t,k} of one sample and block.
+        let mut g = vec![0.0; h * tq * p];
+        let mut terms: Vec<(f64, &[f64])> = Vec::with_capacity(2 * h * tq + h * p);
+        // Sample-major: a sample's precomputed vectors stay in cache while every cotangent block
+        // passes; each output row gets all its terms in one sweep.
+        for s in 0..n {
+            for b in 0..self.kb {
+                for hh in 0..h {
+                    for (t, &qt) in self.qpos.iter().enumerate() {
+                        let rep = if self.uniform { b * tq + t } else { (b * n + s) * tq + t };
+                        let pat = &self.pattern[((s * h + hh) * tq + t) * p..][..p];
+                        let gzr = self.gz[hh].row(rep);
+                        let gs = &mut g[(hh * tq + t) * p..][..p];
+                        let mut sum = 0.0;
+                        for kp in 0..=qt {
+                            gs[kp] = dot::<FMA>(gzr, self.v[hh].row(s * p + kp));
+                            sum += pat[kp] * gs[kp];
+                        }
+                        for kp in 0..=qt {
+                            gs[kp] = pat[kp] * (gs[kp] - sum) / self.scale;
+                        }
+                    }
+                }
+                let base = (b * n + s) * p;
+                for kp in 0..p {
+                    terms.clear();
+                    for hh in 0..h {
+                        for (t, &qt) in self.qpos.iter().enumerate() {
+                            let rep = if self.uniform { b * tq + t } else { (b * n + s) * tq + t };
+                            if kp <= qt {
+                                let pat = self.pattern[((s * h + hh) * tq + t) * p + kp];
+                                terms.push((g[(hh * tq + t) * p + kp], self.a[hh].row(s * tq + t)));
+                                terms.push((pat, self.ev[hh].row(rep)));
+                            }
+                            if kp == qt {
+                                for k2 in 0..=qt {
+                                    terms.push((g[(hh * tq + t) * p + k2], self.b[hh].row(s * p + k2)));
+                                }
+                            }
+                        }
+                    }
+                    axpy_n::<FMA>(&mut gx.row_mut(base + kp)[at..at + d], &terms);
+                }
+            }
+        }
+    }
+}
+
+/// `y += Σ_j c_j x_j`, four terms per sweep over `y`.
+#[inline(always)]
+fn axpy_n<const FMA: bool>(y: &mut [f64], terms: &[(f64, &[f64])]) {
+    let mut quads = terms.chunks_exact(4);
+    for q in &mut quads {
+        let ((c0, x0), (c1, x1), (c2, x2), (c3, x3)) = (q[0], q[1], q[2], q[3]);
+        let n = y.len().min(x0.len()).min(x1.len()).min(x2.len()).min(x3.len());
+        let (x0, x1, x2, x3) = (&x0[..n], &x1[..n], &x2[..n], &x3[..n]);
+        for (i, o) in y[..n].iter_mut().enumerate() {
+            *o = if FMA {
+                c3.mul_add(x3[i], c2.mul_add(x2[i], c1.mul_add(x1[i], c0.mul_add(x0[i], *o))))
+            } else {
+                *o + c0 * x0[i] + c1 * x1[i] + c2 * x2[i] + c3 * x3[i]
+            };
+        }
+    }
+    for &(c, x) in quads.remainder() {
+        axpy::<FMA>(y, c, x);
+    }
+}
+
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f64], b: &[f64]) -> f64 {
+    // Four partial sums: the compiler keeps them in vector lanes.
+    let mut acc = [0.0; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            acc[l] = if FMA { x[l].mul_add(y[l], acc[l]) } else { acc[l] + x[l] * y[l] };
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// `y += a x`.
+#[inline(always)]
+fn axpy<const FMA: bool>(y: &mut [f64], a: f64, x: &[f64]) {
+    for (o, v) in y.iter_mut().zip(x) {
+        *o = if FMA { a.mul_add(*v, *o) } else { *o + a * v };
     }
 }

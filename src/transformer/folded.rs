@@ -30,6 +30,9 @@ pub(crate) struct FoldedBlock {
     pub w_in: Matrix,
     /// `[d_mlp + 1, D]`: `W_out`, `b_out` in row `d_mlp`, last column 0 (`fold_mlp_out`).
     pub w_out: Matrix,
+    /// The MLP's hidden layer `f ↦ σ(f W_in)` as a folded layer (`[d_mlp + 1, D]` weight
+    /// `W_inᵀ`, the `root_one` unit included), for the closed forms of residual blocks.
+    pub hidden: FoldedLinear,
 }
 
 /// All folded weights of a transformer.
@@ -101,7 +104,14 @@ impl Folded {
                     (false, true) => b.b_out.data[j],
                     _ => 0.0,
                 });
+                let linear = Linear::new(
+                    Matrix::from_fn(m + 1, d, |o, i| w_in[(i, o)]),
+                    Some((0..=m).map(|o| w_in[(d, o)]).collect()),
+                )
+                .expect("finite weights (checked when loaded)");
+                let hidden = FoldedLinear::new(&linear, config.act_fn, false);
                 FoldedBlock {
+                    hidden,
                     wq_heads: heads(&wq, e),
                     wk_heads: heads(&wk, e),
                     wv_heads: heads(&wv, e + 1),

@@ -8,7 +8,8 @@ use super::layout::{Kind, Stage};
 use crate::error::{Error, Result};
 use crate::linalg::gemm;
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{Activation, FoldedLinear, Linearized, NodeShape, Section};
+use crate::nn::{Activation, FoldedLinear, Linearized, NodeShape, ResidualLayer, Section};
+use crate::scratch::ScratchMatrix;
 
 /// Everything an op needs from its model.
 #[derive(Clone, Copy)]
@@ -29,6 +30,10 @@ pub(crate) trait Op: Send + Sync {
     fn structure(&self) -> Option<&FoldedLinear> {
         None
     }
+    /// The map as a residual block around one such layer, when it is one.
+    fn residual(&self) -> Option<ResidualLayer<'_>> {
+        None
+    }
 }
 
 /// An op at a batch: its output, VJPs of stacked cotangent blocks, and weight gradients of one
@@ -36,10 +41,30 @@ pub(crate) trait Op: Send + Sync {
 pub(crate) trait OpLinearized {
     fn output(&self) -> MatrixView<'_>;
     fn vjp(&self, cotangents: MatrixView<'_>, grad_x: &mut Matrix) -> Result<()>;
+    /// `out ← vjp(cotangents) · map` (see [`Linearized::vjp_mapped`]).
+    fn vjp_mapped(&self, cotangents: MatrixView<'_>, map: &Matrix, out: &mut Matrix) -> Result<()> {
+        default_vjp_mapped(self, cotangents, map, out)
+    }
     /// `grads += ∂(Σ cotangent · output)/∂(folded weights)`; the default: no weights.
     fn param_grads(&self, _cotangent: MatrixView<'_>, _grads: &mut FoldedGrads) -> Result<()> {
         Ok(())
     }
+}
+
+/// The VJP, then one product with `map`.
+pub(crate) fn default_vjp_mapped(
+    lin: &(impl OpLinearized + ?Sized),
+    cotangents: MatrixView<'_>,
+    map: &Matrix,
+    out: &mut Matrix,
+) -> Result<()> {
+    let mut grad = ScratchMatrix::take();
+    lin.vjp(cotangents, &mut grad)?;
+    if grad.ncols() != map.nrows() {
+        return Err(Error::shape("vjp_mapped map [input width, m]", &[grad.ncols()], &[map.nrows()]));
+    }
+    times(grad.view(), map, out);
+    Ok(())
 }
 
 /// An [`Op`] as a [`Section`].
@@ -63,6 +88,9 @@ impl Section for OpSection<'_> {
     fn structure(&self) -> Option<&FoldedLinear> {
         self.0.structure()
     }
+    fn residual(&self) -> Option<ResidualLayer<'_>> {
+        self.0.residual()
+    }
 }
 
 struct AsLinearized<'a>(Box<dyn OpLinearized + 'a>);
@@ -73,6 +101,9 @@ impl Linearized for AsLinearized<'_> {
     }
     fn vjp(&self, cotangents: MatrixView<'_>, grad_x: &mut Matrix) -> Result<()> {
         self.0.vjp(cotangents, grad_x)
+    }
+    fn vjp_mapped(&self, cotangents: MatrixView<'_>, map: &Matrix, out: &mut Matrix) -> Result<()> {
+        self.0.vjp_mapped(cotangents, map, out)
     }
 }
 
@@ -96,11 +127,13 @@ pub(crate) fn blocks_of(op: &'static str, cotangents: MatrixView<'_>, rows: usiz
 pub(crate) fn build_op<'a>(ctx: Ctx<'a>, stages: &[Stage], output: NodeShape) -> Box<dyn Op + 'a> {
     let first = &stages[0];
     let input = NodeShape { positions: first.positions, width: first.width() };
-    match first.kind {
+    let split = first.kind == Kind::Split && stages.len() > 1;
+    let block = if split { stages[1].kind } else { first.kind };
+    match block {
         Kind::AttnIn(_) | Kind::AttnOut(_) => Box::new(AttentionOp::new(ctx, stages, input, output)),
         Kind::MlpIn(l) if stages.len() > 1 => {
             let add = matches!(stages.last().map(|s| s.kind), Some(Kind::AddResid { .. }));
-            Box::new(MlpBlock { ctx, layer: l, add, stages: stages.len(), input, output })
+            Box::new(MlpBlock { ctx, layer: l, add, split, input, output })
         }
         kind => Box::new(Module { ctx, kind, segments: first.segments.clone(), input, output }),
     }
@@ -109,14 +142,21 @@ pub(crate) fn build_op<'a>(ctx: Ctx<'a>, stages: &[Stage], output: NodeShape) ->
 /// How many stages from `stages[0]` one op takes: an attention block (`attn_in`, `attn_out` and
 /// a following `add_resid1`) and an MLP block (`mlp_in` … `mlp_out`, and `add_resid2`) are fused
 /// when all of their modules are in the run.
+///
+/// Without normalisation the `IdentitySplit` before a whole block joins it: the block then reads
+/// the residual stream once, as its input and as its residual.
 pub(crate) fn fused_len(stages: &[Stage]) -> usize {
-    let kinds: Vec<Kind> = stages.iter().take(4).map(|s| s.kind).collect();
-    match kinds.as_slice() {
+    let kinds: Vec<Kind> = stages.iter().take(5).map(|s| s.kind).collect();
+    let block = |kinds: &[Kind]| match kinds {
         [Kind::AttnIn(_), Kind::AttnOut(_), Kind::AddResid { .. }, ..] => 3,
         [Kind::AttnIn(_), Kind::AttnOut(_), ..] => 2,
-        [Kind::MlpIn(_), Kind::MlpAct, Kind::MlpOut(_), Kind::AddResid { .. }] => 4,
+        [Kind::MlpIn(_), Kind::MlpAct, Kind::MlpOut(_), Kind::AddResid { .. }, ..] => 4,
         [Kind::MlpIn(_), Kind::MlpAct, Kind::MlpOut(_), ..] => 3,
-        _ => 1,
+        _ => 0,
+    };
+    match kinds.as_slice() {
+        [Kind::Split, rest @ ..] if block(rest) > 0 => 1 + block(rest),
+        _ => block(&kinds).max(1),
     }
 }
 
@@ -510,12 +550,12 @@ impl OpLinearized for ModuleAt<'_> {
 }
 
 /// `mlp_in` … `mlp_out` (and `add_resid2`): `(x, r) ↦ (σ(x W_in) W_out, r)` or
-/// `r + σ(x W_in) W_out`.
+/// `r + σ(x W_in) W_out`; after a split (`ln2_out` without normalisation) `x = r`.
 struct MlpBlock<'a> {
     ctx: Ctx<'a>,
     layer: usize,
     add: bool,
-    stages: usize,
+    split: bool,
     input: NodeShape,
     output: NodeShape,
 }
@@ -535,11 +575,16 @@ impl Op for MlpBlock<'_> {
         Ok(())
     }
 
+    fn residual(&self) -> Option<ResidualLayer<'_>> {
+        let b = &self.ctx.folded.blocks[self.layer];
+        (self.split && self.add).then_some(ResidualLayer { hidden: &b.hidden, readout: &b.w_out })
+    }
+
     fn linearize_op<'s>(&'s self, x: MatrixView<'_>) -> Result<Box<dyn OpLinearized + 's>> {
-        debug_assert!(self.stages >= 3);
         let b = &self.ctx.folded.blocks[self.layer];
         let d = b.w_out.ncols();
-        let xin = columns(x, 0, d);
+        let xin = if self.split { x.to_owned() } else { columns(x, 0, d) };
+        let res_at = if self.split { 0 } else { d };
         let mut pre = Matrix::default();
         times(xin.view(), &b.w_in, &mut pre);
         let act = self.ctx.act;
@@ -548,10 +593,10 @@ impl Op for MlpBlock<'_> {
         let mut out = Matrix::default();
         times(post.view(), &b.w_out, &mut out);
         let y = if self.add {
-            add_cols(&mut out, 0, x, d, d);
+            add_cols(&mut out, 0, x, res_at, d);
             out
         } else {
-            concat(&out, x, d, d)
+            concat(&out, x, res_at, d)
         };
         let mut deriv = pre;
         deriv.as_mut_slice().iter_mut().for_each(|v| *v = act.derivative(*v));
@@ -594,10 +639,23 @@ impl OpLinearized for MlpBlockAt<'_> {
     fn vjp(&self, cot: MatrixView<'_>, gx: &mut Matrix) -> Result<()> {
         blocks_of("MLP block vjp", cot, self.y.nrows(), self.y.ncols())?;
         let d = self.xin.ncols();
-        let g_out = columns(cot, 0, d);
-        let (_, g_x) = self.backward(g_out.view());
-        // The residual: the same cotangent (add), or its own segment.
-        *gx = concat(&g_x, cot, if self.block.add { 0 } else { d }, d);
+        let owned;
+        let g_out = if cot.ncols() == d {
+            cot
+        } else {
+            owned = columns(cot, 0, d);
+            owned.view()
+        };
+        let (_, mut g_x) = self.backward(g_out);
+        // The residual: the same cotangent (add), or its own segment; added to the input's
+        // gradient after a split.
+        let res_at = if self.block.add { 0 } else { d };
+        if self.block.split {
+            add_cols(&mut g_x, 0, cot, res_at, d);
+            *gx = g_x;
+        } else {
+            *gx = concat(&g_x, cot, res_at, d);
+        }
         Ok(())
     }
 
