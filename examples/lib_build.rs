@@ -15,7 +15,9 @@
 //! `"inputs"` integer token ids `[n, positions]`, `"node_layers"` rib's module ids (`ln1.0`,
 //! `ln2.0`, `unembed`, `output`, …), and `"last_pos_module_type"` (`add_resid1` or `unembed`)
 //! keeps only the last position from that module on. `"isolate_ln_var"` (default true) keeps
-//! LayerNorm variances as their own directions.
+//! LayerNorm variances as their own directions. rib's `"n_stochastic_sources_basis_pos"`,
+//! `"n_stochastic_sources_basis_hidden"` and `"n_stochastic_sources_edges"` (with `"seed"`)
+//! replace sums over output positions / directions by random sources (long contexts).
 //!
 //! Beyond one machine (`docs/distributed.md`):
 //! * `"distributed": true` (built with `--features mpi`, run as `mpirun -n K
@@ -32,12 +34,12 @@
 mod common;
 
 use common::{AnyResult, BuildKeys, Mode, NpyOut, Phases, file_node, read_build_config, shard_dir, write_json};
-use degeneracy::basis::{Basis, LibConfig, NodeBasis, build_bases};
+use degeneracy::basis::{Basis, JacobianPath, LibConfig, NodeBasis, build_bases};
 use degeneracy::data::ActivationSampler;
 use degeneracy::distributed::{
     Communicator, Shard, ShardHeader, compute_edges_by_outputs, merge_shard_files, read_shard_file, write_shard_file,
 };
-use degeneracy::estimate::NodeStatistics;
+use degeneracy::estimate::{NodeStatistics, StochasticSources};
 use degeneracy::graph::{
     EdgeAccumulator, EdgeConfig, EdgeFormula, EdgeNorm, Edges, InteractionGraph, LeidenConfig, accumulate_edges,
     compute_edges, find_modules,
@@ -73,10 +75,31 @@ struct Extra {
     /// rib's `isolate_ln_var` (transformers; default true).
     #[serde(default)]
     isolate_ln_var: Option<bool>,
+    /// rib's stochastic sources: the basis's sums over output positions and directions, the
+    /// edges' sum over output positions (`None`: exact).
+    #[serde(default)]
+    n_stochastic_sources_basis_pos: Option<usize>,
+    #[serde(default)]
+    n_stochastic_sources_basis_hidden: Option<usize>,
+    #[serde(default)]
+    n_stochastic_sources_edges: Option<usize>,
+    /// Seed of the stochastic sources (rib's `seed`).
+    #[serde(default)]
+    seed: u64,
 }
 
 /// The keys of [`Extra`] (split off the shared keys when the config is read).
-const EXTRA_KEYS: [&str; 5] = ["distributed", "edge_split", "model_config", "last_pos_module_type", "isolate_ln_var"];
+const EXTRA_KEYS: [&str; 9] = [
+    "distributed",
+    "edge_split",
+    "model_config",
+    "last_pos_module_type",
+    "isolate_ln_var",
+    "n_stochastic_sources_basis_pos",
+    "n_stochastic_sources_basis_hidden",
+    "n_stochastic_sources_edges",
+    "seed",
+];
 
 fn main() {
     common::exit_on_error(run());
@@ -88,6 +111,8 @@ struct Job {
     dir: PathBuf,
     config: LibConfig,
     edge_formula: Option<EdgeFormula>,
+    /// How the edges' Jacobians are summed (stochastic sources or exact).
+    edge_path: JacobianPath,
     /// The model: an MLP, or a transformer with `model_config`.
     net: Box<dyn Network + Send>,
     /// The transformer keys, for the fingerprints of file-based runs (`Value::Null` for an MLP).
@@ -101,12 +126,26 @@ fn run() -> AnyResult<()> {
     let cli = common::parse_cli(USAGE, true)?;
     let mut phases = Phases::start();
     let (keys, extra, dir): (BuildKeys, Extra, _) = read_build_config(USAGE, &EXTRA_KEYS)?;
-    let config = keys.lib_config()?;
+    let mut config = keys.lib_config()?;
     let edge_formula = keys.edge_formula.as_deref().map(EdgeFormula::from_name).transpose()?;
-    let (net, inputs, transformer_keys) = load_model(&keys, &extra, &dir)?;
+    let (net, inputs, mut transformer_keys) = load_model(&keys, &extra, &dir)?;
+    let (basis_pos, basis_hidden) = (extra.n_stochastic_sources_basis_pos, extra.n_stochastic_sources_basis_hidden);
+    if basis_pos.is_some() || basis_hidden.is_some() {
+        let sources = StochasticSources { positions: basis_pos, hidden: basis_hidden, seed: extra.seed };
+        config.jacobian_path = JacobianPath::Stochastic(sources);
+        config.validate()?;
+    }
+    let edge_path = match extra.n_stochastic_sources_edges {
+        Some(n) => JacobianPath::Stochastic(StochasticSources { positions: Some(n), hidden: None, seed: extra.seed }),
+        None => JacobianPath::Auto,
+    };
+    if edge_path != JacobianPath::Auto || config.jacobian_path != JacobianPath::Auto {
+        let sources = json!({"basis": config.jacobian_path, "edges": edge_path});
+        transformer_keys = json!({"model": transformer_keys, "sources": sources});
+    }
     let out = keys.out_dir(&dir)?;
     phases.lap("load");
-    let job = Job { keys, dir, config, edge_formula, net, transformer_keys, inputs, out, phases };
+    let job = Job { keys, dir, config, edge_formula, edge_path, net, transformer_keys, inputs, out, phases };
 
     let stage = match cli.stage.as_deref() {
         None | Some("statistics" | "stats") => Stage::Statistics,
@@ -172,7 +211,7 @@ fn load_model(
     Ok((Box::new(model), tokens, values))
 }
 
-/// The fingerprint of a stage: the shared keys and files, and the transformer keys.
+/// The fingerprint of a stage: the shared keys and files, and the transformer and source keys.
 fn stage_fingerprint(job: &Job, stage: &str) -> AnyResult<degeneracy::distributed::Fingerprint> {
     let fp = job.keys.fingerprint(&job.dir, stage)?;
     Ok(if job.transformer_keys.is_null() { fp } else { fp.json("transformer", &job.transformer_keys)? })
@@ -200,7 +239,7 @@ fn whole(mut job: Job, comm: Option<&dyn Communicator>, split_outputs: bool) -> 
     job.phases.lap("bases");
     let edges = match job.edge_formula {
         Some(formula) => {
-            let edge_config = edge_config(formula, config);
+            let edge_config = edge_config(formula, config, job.edge_path);
             let edges = match comm {
                 Some(c) if split_outputs => compute_edges_by_outputs(c, mlp, &job.inputs, &bases, &edge_config)?,
                 _ => compute_edges(mlp, rows, &bases, &edge_config)?,
@@ -218,8 +257,8 @@ fn whole(mut job: Job, comm: Option<&dyn Communicator>, split_outputs: bool) -> 
     Ok(())
 }
 
-fn edge_config(formula: EdgeFormula, config: &LibConfig) -> EdgeConfig {
-    EdgeConfig { formula, quadrature: config.quadrature, batch_size: config.batch_size, ..EdgeConfig::default() }
+fn edge_config(formula: EdgeFormula, config: &LibConfig, path: JacobianPath) -> EdgeConfig {
+    EdgeConfig { formula, quadrature: config.quadrature, batch_size: config.batch_size, path }
 }
 
 fn bases_file(out: &Path) -> AnyResult<PathBuf> {
@@ -267,7 +306,7 @@ fn shard(mut job: Job, stage: Stage, index: usize, count: usize) -> AnyResult<()
         Stage::Edges => {
             let (bases_path, bases) = read_bases(&job)?;
             let formula = job.edge_formula.expect("checked in run");
-            let accs = accumulate_edges(mlp, &rows, &bases, &edge_config(formula, config))?;
+            let accs = accumulate_edges(mlp, &rows, &bases, &edge_config(formula, config, job.edge_path))?;
             let header =
                 ShardHeader::new(EDGES, edges_fingerprint(&job, &bases_path)?, index, count, rows.rows(), total);
             let path = shard_dir(&job.out)?.join(format!("edges_{index}_of_{count}.shard"));

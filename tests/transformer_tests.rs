@@ -318,3 +318,98 @@ fn pca_build_matches_rib() {
     let (bases, edges) = fixture_build::build(degeneracy::basis::BasisFormula::Svd);
     compare_run("pca", &bases, &edges);
 }
+
+/// A small random transformer (no LayerNorm unless `ln`), all 5³ token sequences.
+fn small_model(json_extra: &str, seed: u64) -> (Transformer, Matrix) {
+    use degeneracy::transformer::{TransformerConfig, TransformerWeights};
+    let text = format!(
+        r#"{{"n_layers": 1, "d_model": 6, "n_heads": 2, "d_head": 3, "d_mlp": 10, "d_vocab": 5,
+            "n_ctx": 3, "act_fn": "relu", "normalization_type": null {json_extra}}}"#
+    );
+    let config = TransformerConfig::from_json_str(&text).unwrap();
+    let weights = TransformerWeights::random(&config, 0.6, seed).unwrap();
+    let tokens = Matrix::from_fn(125, 3, |i, p| ((i / 5usize.pow(p as u32)) % 5) as f64);
+    (Transformer::new(config, weights).unwrap(), tokens)
+}
+
+mod sources {
+    use super::*;
+    use degeneracy::basis::{BasisFormula, JacobianGramAccumulator, JacobianPath, LibConfig, fit_bases};
+    use degeneracy::estimate::{Quadrature, StochasticSources};
+    use degeneracy::graph::{EdgeConfig, compute_edges};
+
+    /// With one output position a single ±1 source is the exact sum (its sign squares away):
+    /// the fixture's build with `n_stochastic_sources_*_pos: 1` equals the exact one.
+    #[test]
+    fn one_source_on_one_position_is_the_exact_sum() {
+        let model = fixture_model();
+        let tokens = read_tokens(case().join("tokens.npy")).unwrap();
+        let exact_config = fixture_build::config(BasisFormula::Jacobian);
+        let sources = StochasticSources { positions: Some(1), hidden: None, seed: 3 };
+        let stochastic_config = LibConfig { jacobian_path: JacobianPath::Stochastic(sources), ..exact_config.clone() };
+        let exact = fit_bases(&model, &tokens, &exact_config).unwrap();
+        let stochastic = fit_bases(&model, &tokens, &stochastic_config).unwrap();
+        for (a, b) in exact.iter().zip(&stochastic) {
+            if let (Some(la), Some(lb)) = (&a.lambda, &b.lambda) {
+                // Compare the directions above the noise floor of ln2.0 (rounding-level Λ).
+                let top = max_abs(la);
+                let n = la.iter().filter(|&&l| l > 1e-10 * top).count();
+                let e = max_abs_diff(&la[..n], &lb[..n]) / top;
+                assert!(e < 1e-12, "{}: Λ {e:e}", a.node);
+            }
+        }
+        let edges = |path| {
+            let config = EdgeConfig { batch_size: 256, path, ..EdgeConfig::default() };
+            compute_edges(&model, &tokens, &exact[..2], &config).unwrap().remove(0).e_hat
+        };
+        let (e_exact, e_stoch) = (edges(JacobianPath::Auto), edges(JacobianPath::Stochastic(sources)));
+        let e = max_abs_diff(e_exact.as_slice(), e_stoch.as_slice()) / e_exact.max_abs();
+        assert!(e < 1e-12, "edges {e:e}");
+    }
+
+    /// `M'` of the attention section over all 3 output positions: the mean over k seeds of the
+    /// estimate with random sources converges to the exact sum as 1/√k.
+    #[test]
+    fn the_mean_over_seeds_converges_as_one_over_root_k() {
+        let (model, tokens) = small_model("", 5);
+        let (k0, k1) = (model.node_index("ln1.0").unwrap(), model.node_index("ln2.0").unwrap());
+        let section = model.section(k0, k1).unwrap();
+        assert_eq!(section.output().positions, 3);
+        let mut acts = vec![Matrix::default()];
+        model.forward_nodes(tokens.view(), &[k0], &mut acts).unwrap();
+        let c_next = Matrix::from_fn(7, 5, |i, j| ((i * 5 + j * 3) % 7) as f64 / 7.0 - 0.4);
+        let m_dash = |sources: Option<StochasticSources>| {
+            let mut acc = JacobianGramAccumulator::new(BasisFormula::Jacobian, &*section, 5)
+                .unwrap()
+                .with_sources(sources)
+                .unwrap();
+            // Two batches: the sources follow the dataset row, not the batch.
+            acc.update_at(&*section, acts[0].rows(0..180), 0, &c_next, Quadrature::Gradient).unwrap();
+            acc.update_at(&*section, acts[0].rows(180..375), 60, &c_next, Quadrature::Gradient).unwrap();
+            acc.finish().unwrap().0
+        };
+        let exact = m_dash(None);
+        let norm = exact.max_abs();
+        for (positions, hidden) in [(Some(1), None), (Some(2), Some(3)), (None, Some(1))] {
+            // RMS error of the mean of k seeds over 8 disjoint groups of seeds.
+            let error = |k: u64| {
+                let mut sq = 0.0;
+                for g in 0..8 {
+                    let mut mean = Matrix::zeros(exact.nrows(), exact.ncols());
+                    for seed in 0..k {
+                        let s = StochasticSources { positions, hidden, seed: g * 1000 + seed };
+                        mean.add_scaled(1.0 / k as f64, &m_dash(Some(s)));
+                    }
+                    sq += (max_abs_diff(mean.as_slice(), exact.as_slice()) / norm).powi(2);
+                }
+                (sq / 8.0).sqrt()
+            };
+            let (e4, e64) = (error(4), error(64));
+            let ratio = e64 / e4;
+            eprintln!(
+                "sources pos {positions:?} hidden {hidden:?}: error 4 seeds {e4:.2e}, 64 seeds {e64:.2e}, ratio {ratio:.3} (1/√16 = 0.25)"
+            );
+            assert!((0.12..0.5).contains(&ratio), "error does not fall as 1/√k: {e4:e} → {e64:e}");
+        }
+    }
+}

@@ -164,7 +164,8 @@ fn generic_m_dash(
     formula: BasisFormula,
 ) -> Result<(Matrix, Option<Matrix>)> {
     check_sampler(net, sampler)?;
-    let empty = JacobianGramAccumulator::new(formula, section, c_next.ncols())?;
+    let sources = config.jacobian_path.sources().filter(|_| formula == BasisFormula::Jacobian);
+    let empty = JacobianGramAccumulator::new(formula, section, c_next.ncols())?.with_sources(sources)?;
     let quadrature: Quadrature = config.quadrature;
     let acc = map_batches(
         sampler,
@@ -174,7 +175,7 @@ fn generic_m_dash(
             let mut acts = ScratchMatrices::take(1);
             net.forward_nodes(x, &[k], &mut acts)?;
             check_node_rows(net, k, &acts[0], first)?;
-            acc.update(section, acts[0].view(), c_next, quadrature)
+            acc.update_at(section, acts[0].view(), first, c_next, quadrature)
         },
         |a, b| a.merge(&b),
     )?;

@@ -17,7 +17,7 @@ pub use jacobian_gram::JacobianGramAccumulator;
 pub(crate) use jacobian_gram::{basis_cotangents, cotangent_group};
 
 use crate::error::{Error, Result};
-use crate::estimate::Quadrature;
+use crate::estimate::{Quadrature, StochasticSources};
 use crate::matrix::{Matrix, MatrixView};
 use crate::nn::Network;
 use serde::{Deserialize, Serialize};
@@ -125,16 +125,35 @@ impl BasisFormula {
     }
 }
 
-/// How `M'` of the `jacobian` formula is computed.
+/// How `M'` of the `jacobian` formula (and the edges' Jacobians) are computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JacobianPath {
-    /// The closed form wherever the section is a single `Linear → σ` layer (one data pass for
-    /// all node layers), vector–Jacobian products elsewhere.
+    /// The closed form wherever the section is a single `Linear → σ` layer or a residual block
+    /// around one (one data pass for all node layers), vector–Jacobian products elsewhere.
     #[default]
     Auto,
     /// Vector–Jacobian products everywhere (one data pass per node layer): the reference.
     Generic,
+    /// As `Auto`, with the exact sums of the vector–Jacobian products over output positions (and
+    /// optionally directions) replaced by random sources (rib's `n_stochastic_sources_*`): for
+    /// long contexts. The closed forms stay exact.
+    Stochastic(StochasticSources),
+}
+
+impl JacobianPath {
+    /// Whether closed forms are used where a section has one.
+    pub fn closed_forms(self) -> bool {
+        self != JacobianPath::Generic
+    }
+
+    /// The sources, if any.
+    pub fn sources(self) -> Option<StochasticSources> {
+        match self {
+            JacobianPath::Stochastic(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// Settings of a basis build (rib's `RibBuildConfig`, the parts that shape the bases).
@@ -185,6 +204,9 @@ impl LibConfig {
             return Err(Error::invalid("batch_size", 0, "must be at least 1"));
         }
         self.quadrature.validate()?;
+        if let Some(sources) = self.jacobian_path.sources() {
+            sources.validate()?;
+        }
         if self.center && self.basis_formula == BasisFormula::Neuron {
             return Err(Error::invalid("center", true, "centring is not defined for the neuron basis"));
         }
@@ -194,8 +216,7 @@ impl LibConfig {
     /// The rule of the derivative moments [`crate::estimate::NodeStatistics`] must collect for
     /// the closed-form Jacobian Grams (`None` when the build does not use them).
     pub fn statistics_quadrature(&self) -> Option<Quadrature> {
-        (self.basis_formula == BasisFormula::Jacobian && self.jacobian_path == JacobianPath::Auto)
-            .then_some(self.quadrature)
+        (self.basis_formula == BasisFormula::Jacobian && self.jacobian_path.closed_forms()).then_some(self.quadrature)
     }
 
     /// How many passes over the data [`build_bases`] makes after the statistics pass: one per

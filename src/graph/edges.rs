@@ -13,7 +13,7 @@
 use crate::basis::{Basis, JacobianPath, NodeBasis, basis_cotangents, cotangent_group};
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
-use crate::estimate::{Quadrature, QuadraturePoint, check_node_rows, check_sampler};
+use crate::estimate::{Quadrature, QuadraturePoint, StochasticSources, check_node_rows, check_sampler};
 use crate::matrix::{Matrix, MatrixView};
 use crate::nn::{FoldedLinear, Linearized, Network, ResidualLayer, Section, checked_section};
 use crate::scratch::{ScratchMatrices, ScratchMatrix};
@@ -110,7 +110,10 @@ pub struct EdgeConfig {
     pub quadrature: Quadrature,
     /// Rows processed together.
     pub batch_size: usize,
-    /// Product form for single-layer sections, or vector–Jacobian products everywhere.
+    /// Product forms for single-layer sections and residual blocks, or vector–Jacobian products
+    /// everywhere; [`JacobianPath::Stochastic`] replaces the sum over output positions of the
+    /// squared edges' vector–Jacobian path by random sources (its `hidden` count does not apply:
+    /// every output direction has its row; functional edges stay exact).
     pub path: JacobianPath,
 }
 
@@ -119,6 +122,9 @@ impl EdgeConfig {
     pub fn validate(&self) -> Result<()> {
         if self.batch_size == 0 {
             return Err(Error::invalid("batch_size", 0, "must be at least 1"));
+        }
+        if let Some(sources) = self.path.sources() {
+            sources.validate()?;
         }
         self.quadrature.validate()
     }
@@ -222,7 +228,7 @@ pub fn accumulate_edge_outputs(
             let mut acts = ScratchMatrices::take(1);
             net.forward_nodes(x, &[k], &mut acts)?;
             check_node_rows(net, k, &acts[0], first)?;
-            plan.update(acc, acts[0].view(), &points)
+            plan.update(acc, acts[0].view(), first, &points)
         },
         |a, b| a.merge(&b),
     )
@@ -243,6 +249,8 @@ struct EdgePlan<'a> {
     product: Option<(&'a FoldedLinear, Matrix)>,
     /// Product form of a residual block (squared edges): see [`ResidualPlan`].
     residual: Option<ResidualPlan<'a>>,
+    /// Position sources of the squared edges' generic path (rib's `n_stochastic_sources_edges`).
+    sources: Option<StochasticSources>,
 }
 
 /// A residual block `f ↦ f + σ(f W_fᵀ) R`: `J_ij = K T[i, j] + Σ_o RC[o, i] s_o(x) B[o, j]` with
@@ -263,7 +271,7 @@ impl<'a> EdgePlan<'a> {
         outputs: Range<usize>,
         config: &EdgeConfig,
     ) -> Self {
-        let product = section.structure().filter(|_| config.path == JacobianPath::Auto).map(|layer| {
+        let product = section.structure().filter(|_| config.path.closed_forms()).map(|layer| {
             let c_pinv = input.c_pinv();
             let b = layer.folded_weight().matmul(&c_pinv.transpose()).expect("shapes checked");
             if !layer.carries_constant() {
@@ -282,6 +290,11 @@ impl<'a> EdgePlan<'a> {
             c_in_pinv_t: input.c_pinv().transpose(),
             c_out: output.c().select_columns(&outputs.collect::<Vec<_>>()),
             residual: None,
+            sources: config
+                .path
+                .sources()
+                .filter(|s| s.positions.is_some())
+                .map(|s| StochasticSources { hidden: None, ..s }),
             product,
         }
         .with_residual(section, input, config)
@@ -289,7 +302,7 @@ impl<'a> EdgePlan<'a> {
 
     /// Adds the residual block's product form when the section is one (squared edges only).
     fn with_residual(mut self, section: &'a dyn Section, input: &'a NodeBasis, config: &EdgeConfig) -> Self {
-        if self.product.is_some() || config.path != JacobianPath::Auto || config.formula != EdgeFormula::Squared {
+        if self.product.is_some() || !config.path.closed_forms() || config.formula != EdgeFormula::Squared {
             return self;
         }
         self.residual = section.residual().and_then(|block| {
@@ -302,7 +315,13 @@ impl<'a> EdgePlan<'a> {
         self
     }
 
-    fn update(&self, acc: &mut EdgeAccumulator, f: MatrixView<'_>, points: &[QuadraturePoint]) -> Result<()> {
+    fn update(
+        &self,
+        acc: &mut EdgeAccumulator,
+        f: MatrixView<'_>,
+        first_sample: usize,
+        points: &[QuadraturePoint],
+    ) -> Result<()> {
         let f_hat = f.matmul(self.c_in.view())?;
         let rebuilt = f_hat.matmul(self.c_in_pinv)?;
         match (&self.product, self.formula) {
@@ -312,7 +331,7 @@ impl<'a> EdgePlan<'a> {
             }
             (None, EdgeFormula::Squared) => match &self.residual {
                 Some(plan) => self.squared_residual(acc, plan, &f_hat, &rebuilt, points),
-                None => self.squared_generic(acc, &f_hat, &rebuilt, points)?,
+                None => self.squared_generic(acc, &f_hat, &rebuilt, first_sample, points)?,
             },
             (None, EdgeFormula::Functional) => self.functional_generic(acc, &f_hat, &rebuilt, points)?,
         }
@@ -323,6 +342,10 @@ impl<'a> EdgePlan<'a> {
     /// `Σ_α w_α (∂F̂/∂u)(α û)` for a group of cotangents `(t, i)` (output position, output
     /// direction), each weighted per sample and α by `weight(α index, block, row)` when given:
     /// `[group · rows_in, dim_in]`, block by block as the cotangents.
+    ///
+    /// With `sources` (position sources, `first_sample` the batch's first dataset row), block
+    /// `(r, i)` holds `Σ_t φ_r(x, t) e_t ⊗ C_out[:, i]` instead.
+    #[allow(clippy::too_many_arguments)]
     fn coordinate_gradients(
         &self,
         lins: &[Box<dyn Linearized + '_>],
@@ -330,9 +353,13 @@ impl<'a> EdgePlan<'a> {
         (n, p_out): (usize, usize),
         pairs: Range<usize>,
         weight: Option<&dyn Fn(usize, usize, usize) -> f64>,
+        sources: Option<(StochasticSources, usize)>,
     ) -> Result<Matrix> {
         let mut cot = ScratchMatrix::take();
-        basis_cotangents(&self.c_out, p_out, n, pairs.clone(), &mut cot);
+        match sources {
+            Some((s, first)) => s.cotangents(&self.c_out, p_out, n, first, pairs.clone(), &mut cot),
+            None => basis_cotangents(&self.c_out, p_out, n, pairs.clone(), &mut cot),
+        }
         let rows_out = n * p_out;
         let mut sum = Matrix::default();
         for (q, (p, lin)) in points.iter().zip(lins).enumerate() {
@@ -404,16 +431,19 @@ impl<'a> EdgePlan<'a> {
         acc: &mut EdgeAccumulator,
         f_hat: &Matrix,
         rebuilt: &Matrix,
+        first_sample: usize,
         points: &[QuadraturePoint],
     ) -> Result<()> {
         let (p_in, p_out) = (self.section.input().positions.max(1), self.section.output().positions.max(1));
         let n = f_hat.nrows() / p_in;
         let lins = self.linearize_all(rebuilt, points)?;
-        let n_pairs = p_out * self.c_out.ncols();
+        // Position sources replace the sum over output positions outside the square.
+        let sources = self.sources.map(|s| (s, first_sample));
+        let n_pairs = self.sources.map_or(p_out, |s| s.positions.unwrap_or(p_out)) * self.c_out.ncols();
         let group = cotangent_group(n * p_in, self.section.input().width, n * p_out, self.c_out.nrows());
         for start in (0..n_pairs).step_by(group) {
             let pairs = start..(start + group).min(n_pairs);
-            let a = self.coordinate_gradients(&lins, points, (n, p_out), pairs.clone(), None)?;
+            let a = self.coordinate_gradients(&lins, points, (n, p_out), pairs.clone(), None, sources)?;
             self.add_position_sums(acc, &a, f_hat, (n, p_in), pairs, |v| v * v);
         }
         Ok(())
@@ -449,7 +479,7 @@ impl<'a> EdgePlan<'a> {
         let group = cotangent_group(n * p_in, self.section.input().width, n * p_out, self.c_out.nrows());
         for start in (0..n_pairs).step_by(group) {
             let pairs = start..(start + group).min(n_pairs);
-            let a = self.coordinate_gradients(&lins, points, (n, p_out), pairs.clone(), Some(&weight))?;
+            let a = self.coordinate_gradients(&lins, points, (n, p_out), pairs.clone(), Some(&weight), None)?;
             self.add_position_sums(acc, &a, f_hat, (n, p_in), pairs, |v| v);
         }
         Ok(())
