@@ -413,3 +413,646 @@ mod sources {
         }
     }
 }
+
+/// Architectures exercised by the finite-difference and reference tests: (name, config fields).
+const VARIANTS: [(&str, &str); 6] = [
+    ("plain_gelu", r#""normalization_type": null, "act_fn": "gelu""#),
+    ("lnpre_gelu_new", r#""normalization_type": "LNPre", "act_fn": "gelu_new""#),
+    ("ln_affine", r#""normalization_type": "LN", "act_fn": "gelu""#),
+    (
+        "parallel_rotary_neox",
+        r#""normalization_type": "LNPre", "act_fn": "gelu", "parallel_attn_mlp": true, "positional_embedding_type": "rotary", "rotary_dim": 2, "original_architecture": "GPTNeoXForCausalLM""#,
+    ),
+    (
+        "rotary_gptj",
+        r#""normalization_type": "LNPre", "act_fn": "gelu_new", "positional_embedding_type": "rotary", "rotary_dim": 4"#,
+    ),
+    ("no_scale_relu", r#""normalization_type": null, "act_fn": "relu", "use_attn_scale": false"#),
+];
+
+mod reference {
+    //! A direct TransformerLens-style forward pass (no folding, no module split) of the
+    //! parameters as named in the state dict, and the models built from the same tensors.
+    #![allow(clippy::needless_range_loop)]
+    use super::*;
+    use degeneracy::transformer::{TransformerConfig, TransformerWeights};
+    use std::collections::BTreeMap;
+
+    pub struct Case {
+        pub json: String,
+        pub tensors: BTreeMap<String, (Vec<usize>, Vec<f64>)>,
+    }
+
+    fn cfg_json(fields: &str) -> String {
+        format!(
+            r#"{{"n_layers": 2, "d_model": 6, "n_heads": 2, "d_head": 4, "d_mlp": 8, "d_vocab": 7, "n_ctx": 4,
+                "eps": 1e-5, "model_name": "test", {fields}}}"#
+        )
+    }
+
+    /// Random tensors for the variant (LayerNorm weights too with `"LN"`).
+    pub fn case(fields: &str, seed: u64) -> Case {
+        let json = cfg_json(fields);
+        let config = TransformerConfig::from_json_str(&json).unwrap();
+        let w = TransformerWeights::random(&config, 0.5, seed).unwrap();
+        let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f64>)> =
+            w.named().into_iter().map(|(n, t)| (n, (t.shape.clone(), t.data.clone()))).collect();
+        if config.ln_affine {
+            let d = config.d_model;
+            let mut k = seed;
+            let mut next = || {
+                k = k.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((k >> 33) % 1000) as f64 / 1000.0 - 0.5
+            };
+            let mut names = vec!["ln_final".to_string()];
+            for l in 0..config.n_layers {
+                names.push(format!("blocks.{l}.ln1"));
+                names.push(format!("blocks.{l}.ln2"));
+            }
+            for name in names {
+                tensors.insert(format!("{name}.w"), (vec![d], (0..d).map(|_| 1.0 + next()).collect()));
+                tensors.insert(format!("{name}.b"), (vec![d], (0..d).map(|_| next()).collect()));
+            }
+        }
+        config.validate().unwrap();
+        Case { json, tensors }
+    }
+
+    /// Writes the state dict as safetensors.
+    pub fn save(tensors: &BTreeMap<String, (Vec<usize>, Vec<f64>)>, path: &std::path::Path) {
+        use safetensors::tensor::{Dtype, TensorView};
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, (s, v))| (n.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> =
+            bytes.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F64, s.clone(), b).unwrap())).collect();
+        std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+
+    /// The model loaded from the case's files (the loader's folding of `"LN"` included).
+    pub fn model(case: &Case) -> Transformer {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, st) = (dir.path().join("config.json"), dir.path().join("model.safetensors"));
+        std::fs::write(&cfg, &case.json).unwrap();
+        save(&case.tensors, &st);
+        Transformer::load(cfg, st).unwrap()
+    }
+
+    fn act(name: &str, z: f64) -> f64 {
+        match name {
+            "relu" => z.max(0.0),
+            "gelu" => 0.5 * z * (1.0 + libm_erf(z / 2f64.sqrt())),
+            _ => 0.5 * z * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (z + 0.044715 * z * z * z)).tanh()),
+        }
+    }
+
+    fn libm_erf(x: f64) -> f64 {
+        // Abramowitz–Stegun 7.1.26 is too coarse; integrate erf' = 2/√π e^{−t²} (Simpson).
+        let n = 2000;
+        let h = x / n as f64;
+        let f = |t: f64| (-t * t).exp();
+        let mut s = f(0.0) + f(x);
+        for i in 1..n {
+            s += if i % 2 == 1 { 4.0 } else { 2.0 } * f(i as f64 * h);
+        }
+        s * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    /// Logits at the last position of each sequence.
+    pub fn logits(case: &Case, tokens: &Matrix) -> Matrix {
+        let v: serde_json::Value = serde_json::from_str(&case.json).unwrap();
+        let g = |k: &str| v[k].as_u64().unwrap() as usize;
+        let (nl, d, h, e, m, voc) = (g("n_layers"), g("d_model"), g("n_heads"), g("d_head"), g("d_mlp"), g("d_vocab"));
+        let norm = v["normalization_type"].as_str().map(String::from);
+        let act_fn = v["act_fn"].as_str().unwrap().to_string();
+        let parallel = v["parallel_attn_mlp"].as_bool().unwrap_or(false);
+        let rotary = v["positional_embedding_type"].as_str() == Some("rotary");
+        let rdim = v["rotary_dim"].as_u64().unwrap_or(0) as usize;
+        let neox = v["original_architecture"].as_str() == Some("GPTNeoXForCausalLM");
+        let scale = if v["use_attn_scale"].as_bool().unwrap_or(true) { (e as f64).sqrt() } else { 1.0 };
+        let t = |n: &str| &case.tensors[n].1;
+        let ln = |x: &[f64], name: &str| -> Vec<f64> {
+            if norm.is_none() {
+                return x.to_vec();
+            }
+            let mean = x.iter().sum::<f64>() / d as f64;
+            let var = x.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / d as f64;
+            let s = (var + 1e-5).sqrt();
+            (0..d)
+                .map(|i| {
+                    let y = (x[i] - mean) / s;
+                    if norm.as_deref() == Some("LN") {
+                        y * t(&format!("{name}.w"))[i] + t(&format!("{name}.b"))[i]
+                    } else {
+                        y
+                    }
+                })
+                .collect()
+        };
+        let rotate = |q: &mut [f64], pos: usize| {
+            let half = rdim / 2;
+            for i in 0..half {
+                let ang = pos as f64 / 10000f64.powf(i as f64 / half as f64);
+                let (a, b) = if neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+                let (x, y) = (q[a], q[b]);
+                q[a] = x * ang.cos() - y * ang.sin();
+                q[b] = y * ang.cos() + x * ang.sin();
+            }
+        };
+        let p = tokens.ncols();
+        let mut out = Matrix::zeros(tokens.nrows(), voc);
+        for s in 0..tokens.nrows() {
+            let mut x: Vec<Vec<f64>> = (0..p)
+                .map(|pos| {
+                    let tok = tokens[(s, pos)] as usize;
+                    (0..d)
+                        .map(|i| {
+                            t("embed.W_E")[tok * d + i] + if rotary { 0.0 } else { t("pos_embed.W_pos")[pos * d + i] }
+                        })
+                        .collect()
+                })
+                .collect();
+            for l in 0..nl {
+                let b = |n: &str| t(&format!("blocks.{l}.{n}"));
+                let xn: Vec<Vec<f64>> = x.iter().map(|r| ln(r, &format!("blocks.{l}.ln1"))).collect();
+                let proj = |w: &[f64], bias: &[f64], r: &[f64], hh: usize| -> Vec<f64> {
+                    (0..e)
+                        .map(|c| bias[hh * e + c] + (0..d).map(|i| r[i] * w[(hh * d + i) * e + c]).sum::<f64>())
+                        .collect()
+                };
+                let mut attn = vec![vec![0.0; d]; p];
+                for hh in 0..h {
+                    let qs: Vec<Vec<f64>> = (0..p)
+                        .map(|pos| {
+                            let mut q = proj(b("attn.W_Q"), b("attn.b_Q"), &xn[pos], hh);
+                            if rotary {
+                                rotate(&mut q, pos);
+                            }
+                            q
+                        })
+                        .collect();
+                    let ks: Vec<Vec<f64>> = (0..p)
+                        .map(|pos| {
+                            let mut k = proj(b("attn.W_K"), b("attn.b_K"), &xn[pos], hh);
+                            if rotary {
+                                rotate(&mut k, pos);
+                            }
+                            k
+                        })
+                        .collect();
+                    let vs: Vec<Vec<f64>> =
+                        (0..p).map(|pos| proj(b("attn.W_V"), b("attn.b_V"), &xn[pos], hh)).collect();
+                    for qp in 0..p {
+                        let sc: Vec<f64> =
+                            (0..=qp).map(|kp| (0..e).map(|c| qs[qp][c] * ks[kp][c]).sum::<f64>() / scale).collect();
+                        let mx = sc.iter().fold(f64::MIN, |a, &b| a.max(b));
+                        let ex: Vec<f64> = sc.iter().map(|v| (v - mx).exp()).collect();
+                        let z: f64 = ex.iter().sum();
+                        for j in 0..d {
+                            attn[qp][j] += (0..=qp)
+                                .map(|kp| {
+                                    ex[kp] / z
+                                        * (0..e).map(|c| vs[kp][c] * b("attn.W_O")[(hh * e + c) * d + j]).sum::<f64>()
+                                })
+                                .sum::<f64>();
+                        }
+                    }
+                }
+                let mlp = |r: &[f64]| -> Vec<f64> {
+                    let pre: Vec<f64> = (0..m)
+                        .map(|o| b("mlp.b_in")[o] + (0..d).map(|i| r[i] * b("mlp.W_in")[i * m + o]).sum::<f64>())
+                        .collect();
+                    let post: Vec<f64> = pre.iter().map(|&z| act(&act_fn, z)).collect();
+                    (0..d)
+                        .map(|j| b("mlp.b_out")[j] + (0..m).map(|o| post[o] * b("mlp.W_out")[o * d + j]).sum::<f64>())
+                        .collect()
+                };
+                for pos in 0..p {
+                    let a: Vec<f64> = (0..d).map(|j| attn[pos][j] + b("attn.b_O")[j]).collect();
+                    let mlp_in = if parallel { x[pos].clone() } else { (0..d).map(|j| x[pos][j] + a[j]).collect() };
+                    let mo = mlp(&ln(&mlp_in, &format!("blocks.{l}.ln2")));
+                    x[pos] = (0..d).map(|j| x[pos][j] + a[j] + mo[j]).collect();
+                }
+            }
+            let xf = ln(&x[p - 1], "ln_final");
+            for k in 0..voc {
+                out[(s, k)] = t("unembed.b_U")[k] + (0..d).map(|i| xf[i] * t("unembed.W_U")[i * voc + k]).sum::<f64>();
+            }
+        }
+        out
+    }
+}
+
+fn variant_tokens() -> Matrix {
+    Matrix::from_fn(9, 4, |i, p| ((i * 3 + p * 5 + i * p) % 7) as f64)
+}
+
+#[test]
+fn forward_matches_a_direct_transformerlens_computation_for_every_variant() {
+    for (k, (name, fields)) in VARIANTS.iter().enumerate() {
+        let case = reference::case(fields, k as u64);
+        let model = reference::model(&case);
+        let tokens = variant_tokens();
+        let mut y = Matrix::default();
+        model.forward(tokens.view(), &mut y).unwrap();
+        let r = reference::logits(&case, &tokens);
+        let e = common::rel_max_diff(&y, &r);
+        assert!(e < 1e-10, "{name}: {e:e}");
+        // Cut at the unembedding: the same logits. (Cut at add_resid1, rib runs the later
+        // blocks' attention on the last position alone: another function for 2 blocks.)
+        let cut = model.clone().with_last_pos_module(Some(LastPosModule::Unembed));
+        let mut y2 = Matrix::default();
+        cut.forward(tokens.view(), &mut y2).unwrap();
+        assert!(common::rel_max_diff(&y2, &r) < 1e-10, "{name}: cut at unembed");
+    }
+}
+
+/// `Σ cot · F(x)` by a five-point stencil in every input coordinate, against the VJP.
+fn vjp_fd_error(section: &dyn degeneracy::Section, x: &Matrix, cot: &Matrix) -> f64 {
+    let lin = section.linearize(x.view()).unwrap();
+    let mut g = Matrix::default();
+    lin.vjp(cot.view(), &mut g).unwrap();
+    let f = |x: &Matrix| {
+        let mut y = Matrix::default();
+        section.forward(x.view(), &mut y).unwrap();
+        y.as_slice().iter().zip(cot.as_slice()).map(|(a, b)| a * b).sum::<f64>()
+    };
+    let h = 2e-4;
+    let mut worst: f64 = 0.0;
+    for k in 0..x.as_slice().len() {
+        let at = |d: f64| {
+            let mut xd = x.clone();
+            xd.as_mut_slice()[k] += d;
+            f(&xd)
+        };
+        let fd = (at(-2.0 * h) - 8.0 * at(-h) + 8.0 * at(h) - at(2.0 * h)) / (12.0 * h);
+        worst = worst.max((fd - g.as_slice()[k]).abs());
+    }
+    worst / g.max_abs().max(1e-300)
+}
+
+#[test]
+fn section_vjps_match_finite_differences_between_every_pair_of_node_layers() {
+    for (k, (name, fields)) in VARIANTS.iter().enumerate().filter(|(_, (n, _))| !n.contains("relu")) {
+        let case = reference::case(fields, 10 + k as u64);
+        for lp in [None, Some(LastPosModule::AddResid1)] {
+            let model = reference::model(&case).with_last_pos_module(lp);
+            let tokens = variant_tokens().rows(0..2).to_owned();
+            let n_nodes = model.node_layers().len();
+            let all: Vec<usize> = (0..n_nodes).collect();
+            let mut acts = vec![Matrix::default(); n_nodes];
+            model.forward_nodes(tokens.view(), &all, &mut acts).unwrap();
+            for from in 0..n_nodes - 1 {
+                // Every consecutive section, and every section from here to a block boundary.
+                for to in from + 1..n_nodes {
+                    let consecutive = to == from + 1;
+                    let boundary = model.node_layers()[to].name.starts_with("ln") || to == n_nodes - 1;
+                    if !(consecutive || (boundary && to - from <= 12)) {
+                        continue;
+                    }
+                    let section = model.section(from, to).unwrap();
+                    let x = &acts[from];
+                    let out = section.output();
+                    // Two cotangent blocks.
+                    let rows = x.nrows() / section.input().positions * out.positions;
+                    let cot = Matrix::from_fn(2 * rows, out.width, |i, j| (((i * 7 + j * 13) % 11) as f64 - 5.0) / 5.0);
+                    let mut y = Matrix::default();
+                    section.forward(x.view(), &mut y).unwrap();
+                    assert!(common::rel_max_diff(&y, &acts[to]) < 1e-12, "{name}: section {from}→{to} forward");
+                    // Block 0 alone against finite differences; both blocks against block 0 and 1 alone.
+                    let c0 = cot.rows(0..rows).to_owned();
+                    let e = vjp_fd_error(&*section, x, &c0);
+                    let (a, b) = (&model.node_layers()[from].name, &model.node_layers()[to].name);
+                    assert!(e < 1e-7, "{name} {lp:?}: VJP {a} → {b}: {e:e}");
+                    let lin = section.linearize(x.view()).unwrap();
+                    let (mut g2, mut g0, mut g1) = (Matrix::default(), Matrix::default(), Matrix::default());
+                    lin.vjp(cot.view(), &mut g2).unwrap();
+                    lin.vjp(c0.view(), &mut g0).unwrap();
+                    lin.vjp(cot.rows(rows..2 * rows), &mut g1).unwrap();
+                    let half = g0.as_slice().len();
+                    assert_eq!(&g2.as_slice()[..half], g0.as_slice(), "{name}: {a} → {b} block 0");
+                    assert!(
+                        max_abs_diff(&g2.as_slice()[half..], g1.as_slice()) <= 1e-14 * g1.max_abs(),
+                        "{name}: {a} → {b} block 1"
+                    );
+                    // vjp_mapped = vjp · map.
+                    let map = Matrix::from_fn(x.ncols(), 3, |i, j| ((i + 2 * j) % 5) as f64 - 2.0);
+                    let mut mapped = Matrix::default();
+                    lin.vjp_mapped(cot.view(), &map, &mut mapped).unwrap();
+                    let expected = g2.matmul(&map).unwrap();
+                    assert!(common::rel_max_diff(&mapped, &expected) < 1e-12, "{name}: {a} → {b} vjp_mapped");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn parameter_gradients_match_finite_differences() {
+    for (k, (name, fields)) in VARIANTS.iter().enumerate().filter(|(_, (n, _))| !n.contains("relu")) {
+        let case = reference::case(fields, 20 + k as u64);
+        for lp in [None, Some(LastPosModule::AddResid1)] {
+            let mut model = reference::model(&case).with_last_pos_module(lp);
+            let tokens = variant_tokens();
+            let grad_y = Matrix::from_fn(tokens.nrows(), 7, |i, j| (((i * 5 + j * 3) % 7) as f64 - 3.0) / 3.0);
+            let mut gp = vec![0.0; model.n_params()];
+            let mut gx = Matrix::default();
+            model.backward(tokens.view(), grad_y.view(), &mut gx, &mut gp).unwrap();
+            assert!(gx.as_slice().iter().all(|&v| v == 0.0), "token ids have no gradient");
+            let mut p = vec![0.0; model.n_params()];
+            model.copy_params(&mut p).unwrap();
+            let h = 1e-3;
+            let mut worst: f64 = 0.0;
+            let scale = gp.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for i in (0..p.len()).step_by(3) {
+                let mut at = |d: f64| {
+                    let mut q = p.clone();
+                    q[i] += d;
+                    model.set_params(&q).unwrap();
+                    let mut y = Matrix::default();
+                    model.forward(tokens.view(), &mut y).unwrap();
+                    y.as_slice().iter().zip(grad_y.as_slice()).map(|(a, b)| a * b).sum::<f64>()
+                };
+                let fd = (at(-2.0 * h) - 8.0 * at(-h) + 8.0 * at(h) - at(2.0 * h)) / (12.0 * h);
+                worst = worst.max((fd - gp[i]).abs() / scale);
+            }
+            model.set_params(&p).unwrap();
+            assert!(worst < 1e-7, "{name} {lp:?}: parameter gradient {worst:e}");
+        }
+    }
+}
+
+mod invariance {
+    use super::*;
+    use degeneracy::basis::{Basis, LibConfig, NodeBasis, fit_bases};
+    use degeneracy::graph::{EdgeConfig, compute_edges};
+    use degeneracy::transformer::{Tensor, TransformerWeights};
+    use proptest::prelude::*;
+
+    fn inverse(a: &Matrix) -> Matrix {
+        // A⁻¹ = (AᵀA)⁻¹ Aᵀ through the eigendecomposition of AᵀA.
+        let ata = a.transpose().matmul(a).unwrap();
+        let (vals, vecs) = degeneracy::linalg::symmetric_eigen(&ata).unwrap();
+        let inv_diag = Matrix::from_diagonal(&vals.iter().map(|v| 1.0 / v).collect::<Vec<_>>());
+        vecs.matmul(&inv_diag).unwrap().matmul(&vecs.transpose()).unwrap().matmul(&a.transpose()).unwrap()
+    }
+
+    /// `T ← T·A` on the last axis (`[.., d]` tensors) or `T ← A⁻¹ᵀ`-style on the `d_model` axis
+    /// of `[h, d, e]` / `[d, k]` tensors (`left`: `T[.., i, c] ← Σ_j B[i, j] T[.., j, c]`).
+    fn right(t: &mut Tensor, a: &Matrix) {
+        let d = a.nrows();
+        for row in t.data.chunks_mut(d) {
+            let new: Vec<f64> = (0..d).map(|j| (0..d).map(|k| row[k] * a[(k, j)]).sum()).collect();
+            row.copy_from_slice(&new);
+        }
+    }
+
+    fn left(t: &mut Tensor, b: &Matrix) {
+        let d = b.nrows();
+        let cols = t.shape[t.shape.len() - 1];
+        for block in t.data.chunks_mut(d * cols) {
+            let old = block.to_vec();
+            for i in 0..d {
+                for c in 0..cols {
+                    block[i * cols + c] = (0..d).map(|j| b[(i, j)] * old[j * cols + c]).sum();
+                }
+            }
+        }
+    }
+
+    /// The residual stream in another basis: `r ↦ r A` everywhere it is written, `A⁻¹` wherever
+    /// it is read. The function is the same; every residual node layer is mapped by `A`.
+    fn rotate_residual(w: &TransformerWeights, a: &Matrix) -> TransformerWeights {
+        let a_inv = inverse(a);
+        let mut w = w.clone();
+        right(&mut w.w_e, a);
+        right(w.w_pos.as_mut().unwrap(), a);
+        for b in &mut w.blocks {
+            for t in [&mut b.w_q, &mut b.w_k, &mut b.w_v, &mut b.w_in] {
+                left(t, &a_inv);
+            }
+            for t in [&mut b.w_o, &mut b.b_o, &mut b.w_out, &mut b.b_out] {
+                right(t, a);
+            }
+        }
+        left(&mut w.w_u, &a_inv);
+        w
+    }
+
+    fn build(model: &Transformer, tokens: &Matrix) -> (Vec<NodeBasis>, Vec<Matrix>) {
+        let nodes = ["ln1.0", "ln2.0", "unembed", "output"].map(String::from).to_vec();
+        let lib = LibConfig { node_layers: Some(nodes), ..LibConfig::default() };
+        let bases = fit_bases(model, tokens, &lib).unwrap();
+        let edges = compute_edges(model, tokens, &bases, &EdgeConfig::default()).unwrap();
+        (bases, edges.into_iter().map(|e| e.e_hat).collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(8))]
+
+        /// An invertible map of the residual stream at every residual node layer, undone by the
+        /// sections that read it, leaves the kept dimensions, every Λ and every edge unchanged.
+        #[test]
+        fn lib_and_edges_are_invariant_to_a_change_of_residual_basis(seed in 0u64..1000) {
+            let (model, tokens) = small_model("", seed);
+            let model = model.with_last_pos_module(Some(LastPosModule::AddResid1));
+            let d = model.config().d_model;
+            let a = Matrix::from_fn(d, d, |i, j| {
+                1.5 * f64::from(u8::from(i == j)) + 0.6 * ((((i * 7 + j * 3) as u64 + seed) % 11) as f64 / 11.0 - 0.5)
+            });
+            let rotated = Transformer::new(model.config().clone(), rotate_residual(model.weights(), &a))
+                .unwrap()
+                .with_last_pos_module(Some(LastPosModule::AddResid1));
+            let (mut y, mut y2) = (Matrix::default(), Matrix::default());
+            model.forward(tokens.view(), &mut y).unwrap();
+            rotated.forward(tokens.view(), &mut y2).unwrap();
+            prop_assert!(common::rel_max_diff(&y2, &y) < 1e-11, "function changed");
+            let (ba, ea) = build(&model, &tokens);
+            let (bb, eb) = build(&rotated, &tokens);
+            for (a, b) in ba.iter().zip(&bb) {
+                prop_assert_eq!(a.dim(), b.dim(), "{}", a.node);
+                if let (Some(la), Some(lb)) = (&a.lambda, &b.lambda) {
+                    let e = max_abs_diff(la, lb) / max_abs(la);
+                    prop_assert!(e < 1e-8, "{}: Λ {:e}", a.node, e);
+                }
+            }
+            for (k, (a, b)) in ea.iter().zip(&eb).enumerate() {
+                let e = common::rel_max_diff(b, a);
+                prop_assert!(e < 1e-8, "edges {}: {:e}", k, e);
+            }
+        }
+    }
+}
+
+mod loading {
+    use super::*;
+    use degeneracy::Error;
+    use degeneracy::transformer::TransformerConfig;
+    use safetensors::tensor::{Dtype, TensorView};
+    use std::collections::BTreeMap;
+
+    type Tensors = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
+
+    /// Writes `tensors` (and optional raw extra tensors) with `config`; returns the load result.
+    fn load(
+        config: &str,
+        tensors: &Tensors,
+        raw: &[(&str, Dtype, Vec<usize>, Vec<u8>)],
+    ) -> degeneracy::Result<Transformer> {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, st) = (dir.path().join("config.json"), dir.path().join("model.safetensors"));
+        std::fs::write(&cfg, config).unwrap();
+        let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, (s, v))| (n.clone(), Dtype::F64, s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .chain(raw.iter().map(|(n, d, s, b)| (n.to_string(), *d, s.clone(), b.clone())))
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> =
+            bytes.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+        std::fs::write(&st, safetensors::serialize(views, None).unwrap()).unwrap();
+        Transformer::load(cfg, st)
+    }
+
+    fn base() -> reference::Case {
+        reference::case(r#""normalization_type": null, "act_fn": "relu""#, 3)
+    }
+
+    #[test]
+    fn every_tensor_must_be_accounted_for_and_errors_name_it() {
+        let case = base();
+        assert!(load(&case.json, &case.tensors, &[]).is_ok());
+        // Known buffers are accepted (a causal mask is checked).
+        let causal: Vec<u8> = (0..16).map(|k| u8::from(k % 4 <= k / 4)).collect();
+        let buffers = [
+            ("blocks.0.attn.mask", Dtype::BOOL, vec![4, 4], causal.clone()),
+            ("blocks.1.attn.IGNORE", Dtype::F64, vec![], f64::NEG_INFINITY.to_le_bytes().to_vec()),
+        ];
+        assert!(load(&case.json, &case.tensors, &buffers).is_ok());
+        let mut not_causal = causal;
+        not_causal[1] = 1;
+        match load(&case.json, &case.tensors, &[("blocks.0.attn.mask", Dtype::BOOL, vec![4, 4], not_causal)]) {
+            Err(Error::Malformed { reason, .. }) => assert!(reason.contains("blocks.0.attn.mask"), "{reason}"),
+            other => panic!("non-causal mask: {other:?}"),
+        }
+        // Missing.
+        let mut missing = case.tensors.clone();
+        missing.remove("blocks.1.attn.W_K");
+        match load(&case.json, &missing, &[]) {
+            Err(Error::MissingTensor { name, path }) => {
+                assert_eq!(name, "blocks.1.attn.W_K");
+                assert!(path.ends_with("model.safetensors"));
+            }
+            other => panic!("missing tensor: {other:?}"),
+        }
+        // Unexpected (an unknown name, a block the config does not have).
+        for extra in ["blocks.0.attn.W_X", "blocks.2.mlp.W_in"] {
+            let mut more = case.tensors.clone();
+            more.insert(extra.into(), (vec![2], vec![0.0, 1.0]));
+            match load(&case.json, &more, &[]) {
+                Err(Error::Malformed { reason, path, .. }) => {
+                    assert!(reason.contains(extra), "{reason}");
+                    assert!(path.ends_with("model.safetensors"));
+                }
+                other => panic!("unexpected tensor {extra}: {other:?}"),
+            }
+        }
+        // Mis-shaped.
+        let mut bad = case.tensors.clone();
+        bad.insert("blocks.0.attn.W_Q".into(), (vec![2, 6, 3], vec![0.1; 36]));
+        match load(&case.json, &bad, &[]) {
+            Err(Error::Malformed { reason, .. }) => {
+                assert!(reason.contains("blocks.0.attn.W_Q") && reason.contains("[2, 6, 4]"), "{reason}")
+            }
+            other => panic!("mis-shaped tensor: {other:?}"),
+        }
+        // Wrong element type.
+        let mut ints = case.tensors.clone();
+        ints.remove("unembed.b_U");
+        let raw = [("unembed.b_U", Dtype::I64, vec![7], vec![0u8; 56])];
+        match load(&case.json, &ints, &raw) {
+            Err(Error::Dtype { name, .. }) => assert_eq!(name, "unembed.b_U"),
+            other => panic!("integer weights: {other:?}"),
+        }
+        // Non-finite weights.
+        let mut nan = case.tensors.clone();
+        nan.get_mut("blocks.0.mlp.b_in").unwrap().1[3] = f64::NAN;
+        match load(&case.json, &nan, &[]) {
+            Err(Error::NonFinite { what, col: 3, .. }) => assert!(what.contains("blocks.0.mlp.b_in"), "{what}"),
+            other => panic!("NaN weight: {other:?}"),
+        }
+        // "LN" needs every LayerNorm's affine parameters.
+        let ln = reference::case(r#""normalization_type": "LN", "act_fn": "relu""#, 4);
+        let mut no_ln = ln.tensors.clone();
+        no_ln.remove("blocks.1.ln2.b");
+        match load(&ln.json, &no_ln, &[]) {
+            Err(Error::MissingTensor { name, .. }) => assert_eq!(name, "blocks.1.ln2.b"),
+            other => panic!("missing LayerNorm bias: {other:?}"),
+        }
+        // …and without "LN" they are unexpected.
+        match load(&case.json, &ln.tensors, &[]) {
+            Err(Error::Malformed { reason, .. }) => assert!(reason.contains("ln"), "{reason}"),
+            other => panic!("LayerNorm weights for a model without them: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_values_that_change_the_computation_are_refused_by_name() {
+        let ok = r#""n_layers": 1, "d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 16, "d_vocab": 5, "n_ctx": 3"#;
+        let parse = |extra: &str| TransformerConfig::from_json_str(&format!("{{{ok}, {extra}}}"));
+        // Harmless unknown fields (names, seeds, dtypes) are accepted.
+        assert!(
+            parse(r#""act_fn": "relu", "model_name": "x", "seed": 3, "dtype": "float32", "tokenizer_name": null"#)
+                .is_ok()
+        );
+        assert!(TransformerConfig::from_json_file(case().join("model_config.json")).is_ok());
+        for (extra, key) in [
+            (r#""act_fn": "solu_ln""#, "act_fn"),
+            (r#""act_fn": "relu", "normalization_type": "RMS""#, "normalization_type"),
+            (r#""act_fn": "relu", "positional_embedding_type": "alibi""#, "positional_embedding_type"),
+            (r#""act_fn": "relu", "positional_embedding_type": "rotary""#, "rotary_dim"),
+            (r#""act_fn": "relu", "positional_embedding_type": "rotary", "rotary_dim": 3"#, "rotary_dim"),
+            (r#""act_fn": "relu", "attn_only": true"#, "attn_only"),
+            (r#""act_fn": "relu", "attention_dir": "bidirectional""#, "attention_dir"),
+            (r#""act_fn": "relu", "gated_mlp": true"#, "gated_mlp"),
+            (r#""act_fn": "relu", "final_rms": true"#, "final_rms"),
+            (r#""act_fn": "relu", "use_local_attn": true"#, "use_local_attn"),
+            (r#""act_fn": "relu", "n_key_value_heads": 1"#, "n_key_value_heads"),
+            (r#""act_fn": "relu", "d_vocab_out": 7"#, "d_vocab_out"),
+            (r#""act_fn": "relu", "attn_scale": 3.0"#, "attn_scale"),
+            (r#""act_fn": "relu", "parallel_attn_mlp": true"#, "parallel_attn_mlp"),
+            (r#""act_fn": "relu", "eps": "small""#, "eps"),
+        ] {
+            match parse(extra) {
+                Err(Error::InvalidParameter { name, .. }) => assert_eq!(name, key, "{extra}"),
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+        match TransformerConfig::from_json_str(r#"{"n_layers": 1, "d_model": 8}"#) {
+            Err(Error::InvalidParameter { name, .. }) => assert_eq!(name, "n_heads"),
+            other => panic!("missing field: {other:?}"),
+        }
+        assert!(matches!(TransformerConfig::from_json_str("{"), Err(Error::Malformed { .. })));
+    }
+
+    #[test]
+    fn token_ids_are_checked_by_sequence_and_position() {
+        let model = reference::model(&base());
+        let mut y = Matrix::default();
+        let bad = Matrix::from_rows(&[[0.0, 1.0, 2.0, 3.0], [1.0, 7.0, 0.0, 0.0]]).unwrap();
+        match model.forward(bad.view(), &mut y) {
+            Err(Error::InvalidParameter { name, .. }) => assert!(name.contains("sequence 1, position 1"), "{name}"),
+            other => panic!("token 7 of 7: {other:?}"),
+        }
+        let frac = Matrix::from_rows(&[[0.0, 1.5, 2.0, 3.0]]).unwrap();
+        assert!(matches!(model.forward(frac.view(), &mut y), Err(Error::InvalidParameter { .. })));
+        let short = Matrix::from_rows(&[[0.0, 1.0, 2.0]]).unwrap();
+        assert!(matches!(model.forward(short.view(), &mut y), Err(Error::ShapeMismatch { .. })));
+        let dir = tempfile::tempdir().unwrap();
+        io::write_ints(dir.path().join("neg.npy"), &[1, 3], &[0, -1, 2]).unwrap();
+        assert!(matches!(read_tokens(dir.path().join("neg.npy")), Err(Error::InvalidParameter { .. })));
+        io::write_ints(dir.path().join("flat.npy"), &[3], &[0, 1, 2]).unwrap();
+        assert!(matches!(read_tokens(dir.path().join("flat.npy")), Err(Error::Malformed { .. })));
+        assert!(model.clone().with_positions(5).is_err());
+    }
+}
