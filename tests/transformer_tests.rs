@@ -1056,3 +1056,134 @@ mod loading {
         assert!(model.clone().with_positions(5).is_err());
     }
 }
+
+/// A LayerNorm model (LNPre): the variance coordinate of `ln1_out.0` and `ln2_out.0` is its own
+/// LIB direction (rib's `isolate_ln_var`), right after the constant one, end to end.
+#[test]
+fn layer_norm_variance_is_isolated_end_to_end() {
+    use degeneracy::basis::{Basis, JacobianPath, LibConfig, fit_bases};
+    use degeneracy::graph::{EdgeConfig, compute_edges};
+    let case = reference::case(r#""normalization_type": "LNPre", "act_fn": "gelu""#, 31); // 2 blocks
+    let model = reference::model(&case);
+    let tokens =
+        Matrix::from_fn(7usize.pow(3), 4, |i, p| if p == 3 { 0.0 } else { ((i / 7usize.pow(p as u32)) % 7) as f64 });
+    let names = ["ln1_out.0", "ln2_out.0", "ln1_out.1", "unembed", "output"];
+    let nodes: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    for (k, name) in names.iter().enumerate() {
+        let node = &model.node_layers()[model.node_index(name).unwrap()];
+        assert_eq!(node.isolated, usize::from(k < 3), "{name}");
+    }
+    let lib = LibConfig { node_layers: Some(nodes.clone()), truncation_threshold: 1e-12, ..LibConfig::default() };
+    let bases = fit_bases(&model, &tokens, &lib).unwrap();
+    let all: Vec<usize> = names.iter().map(|n| model.node_index(n).unwrap()).collect();
+    let mut acts = vec![Matrix::default(); all.len()];
+    model.forward_nodes(tokens.view(), &all, &mut acts).unwrap();
+    for (b, f) in bases.iter().zip(&acts).take(3) {
+        let (c, width) = (b.c(), b.orig_dim());
+        let mean = &b.mean;
+        // Column 1 = e_0 − μ₀ e_c, scaled: only the variance and the constant coordinate.
+        assert!((1..width - 1).all(|i| c[(i, 1)] == 0.0), "{}: column 1 touches other coordinates", b.node);
+        assert!(((c[(width - 1, 1)] / c[(0, 1)]) + mean[0]).abs() < 1e-12, "{}: centring of column 1", b.node);
+        // Its Λ is its mean square: E[(f C)₁²] = Λ₁ (the isolated Gram diagonal is its variance).
+        let coords = f.matmul(c).unwrap();
+        let sq: f64 = (0..coords.nrows()).map(|i| coords[(i, 1)] * coords[(i, 1)]).sum::<f64>() / coords.nrows() as f64;
+        let l1 = b.lambda.as_ref().unwrap()[1];
+        assert!(((sq - l1) / l1).abs() < 1e-9, "{}: E[f̂₁²] {sq} vs Λ₁ {l1}", b.node);
+    }
+    // The generic path gives the same bases; without isolation column 1 mixes coordinates.
+    let generic =
+        fit_bases(&model, &tokens, &LibConfig { jacobian_path: JacobianPath::Generic, ..lib.clone() }).unwrap();
+    for (a, b) in bases.iter().zip(&generic) {
+        if let (Some(la), Some(lb)) = (&a.lambda, &b.lambda) {
+            assert!(max_abs_diff(la, lb) < 1e-10 * max_abs(la), "{}", a.node);
+        }
+    }
+    let mixed = fit_bases(&model.clone().with_isolate_ln_var(false), &tokens, &lib).unwrap();
+    assert!((1..mixed[0].orig_dim() - 1).any(|i| mixed[0].c()[(i, 1)].abs() > 1e-8));
+    let edges = compute_edges(&model, &tokens, &bases, &EdgeConfig::default()).unwrap();
+    // The variance direction of ln2_out.0 interacts with the next layer.
+    let out_of_variance: f64 = (0..edges[1].e_hat.nrows()).map(|i| edges[1].e_hat[(i, 1)]).sum();
+    assert!(
+        out_of_variance > 0.0 && edges.iter().all(|e| e.e_hat.as_slice().iter().all(|v| v.is_finite() && *v >= 0.0))
+    );
+}
+
+mod lib_build_job {
+    use super::*;
+    use std::process::Command;
+
+    fn run(config: &serde_json::Value) -> (bool, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.json");
+        std::fs::write(&cfg, serde_json::to_string_pretty(config).unwrap()).unwrap();
+        let out = Command::new(env!("CARGO"))
+            .args(["run", "--release", "--quiet", "--example", "lib_build", "--"])
+            .arg(&cfg)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), dir)
+    }
+
+    fn config(out: &std::path::Path) -> serde_json::Value {
+        let c = case().canonicalize().unwrap();
+        serde_json::json!({
+            "model": c.join("model.safetensors"), "model_config": c.join("model_config.json"),
+            "inputs": c.join("tokens.npy"), "last_pos_module_type": "add_resid1",
+            "node_layers": ["ln1.0", "ln2.0", "unembed", "output"], "basis_formula": "jacobian",
+            "edge_formula": "squared", "integration_method": "gradient", "center": true,
+            "truncation_threshold": 1e-15, "batch_size": 256, "out_dir": out,
+        })
+    }
+
+    #[test]
+    fn lib_build_runs_the_fixture_transformer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let (ok, stderr, _dir) = run(&config(&out));
+        assert!(ok, "{stderr}");
+        for k in 0..3 {
+            let node = ["ln1_0", "ln2_0", "unembed"][k];
+            for what in ["C", "C_pinv", "Lambda", "gram_eigvals"] {
+                assert!(out.join(format!("{what}_{k}_{node}.npy")).exists(), "{what}_{k}_{node}.npy");
+            }
+        }
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        let dims: Vec<u64> = report["nodes"].as_array().unwrap().iter().map(|n| n["dim"].as_u64().unwrap()).collect();
+        assert_eq!(dims[0], 115);
+        assert_eq!(report["n_samples"], 3830);
+        assert!(out.join("modules.json").exists());
+        // The edges that rib's tolerances pin down to 1e-9 of the largest.
+        for (file, rows, cols) in
+            [("E_hat_1_ln2_0__unembed.npy", dims[2], dims[1]), ("E_hat_2_unembed__output.npy", 114, dims[2])]
+        {
+            let e = io::read_matrix(out.join(file)).unwrap();
+            assert_eq!(e.shape(), (rows as usize, cols as usize), "{file}");
+            let (shape, r) = floats(case().join("jacobian_squared").join(file));
+            let top = max_abs(&r);
+            let worst = (0..e.nrows())
+                .flat_map(|i| (0..e.ncols()).map(move |j| (i, j)))
+                .fold(0.0f64, |m, (i, j)| m.max((e[(i, j)] - r[i * shape[1] + j]).abs()));
+            assert!(worst / top < 1e-9, "{file}: {:e}", worst / top);
+        }
+        eprintln!("lib_build on the fixture: {}", report["seconds"]);
+    }
+
+    #[test]
+    fn lib_build_refuses_transformer_keys_without_a_transformer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(&tmp.path().join("out"));
+        cfg["last_pos_module_type"] = "add_resid2".into();
+        let (ok, stderr, _d) = run(&cfg);
+        assert!(!ok && stderr.contains("last_pos_module_type"), "{stderr}");
+        let mut mlp = config(&tmp.path().join("out"));
+        mlp.as_object_mut().unwrap().remove("model_config");
+        let (ok, stderr, _d) = run(&mlp);
+        assert!(!ok && stderr.contains("model_config"), "{stderr}");
+        let mut unknown = config(&tmp.path().join("out"));
+        unknown["node_layers"] = serde_json::json!(["ln1.0", "ln3.0", "output"]);
+        let (ok, stderr, _d) = run(&unknown);
+        assert!(!ok && stderr.contains("ln3.0"), "{stderr}");
+    }
+}
