@@ -1187,3 +1187,35 @@ mod lib_build_job {
         assert!(!ok && stderr.contains("ln3.0"), "{stderr}");
     }
 }
+
+/// The transformer as a `Layer`: it trains on modular addition (cross-entropy at the last
+/// position), and the LLC of its training loss runs.
+#[test]
+fn a_small_transformer_trains_and_has_an_llc() {
+    use degeneracy::nn::{Optimizer, TrainConfig, evaluate, train};
+    use degeneracy::transformer::{TransformerConfig, TransformerWeights};
+    use degeneracy::{Dataset, LayerLoss, LlcConfig, LlcEstimator, Loss, Targets};
+    let p = 7;
+    let config = TransformerConfig::from_json_str(&format!(
+        r#"{{"n_layers": 1, "d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 32, "d_vocab": {},
+            "n_ctx": 3, "act_fn": "relu", "normalization_type": null}}"#,
+        p + 1
+    ))
+    .unwrap();
+    let mut model = Transformer::new(config.clone(), TransformerWeights::random(&config, 0.3, 2).unwrap())
+        .unwrap()
+        .with_last_pos_module(Some(LastPosModule::AddResid1));
+    let tokens = Matrix::from_fn(p * p, 3, |i, k| [(i / p) as f64, (i % p) as f64, p as f64][k]);
+    let labels: Vec<usize> = (0..p * p).map(|i| (i / p + i % p) % p).collect();
+    let data = Dataset::new(tokens, Targets::Labels(labels)).unwrap();
+    let before = evaluate(&model, &data, Loss::CrossEntropy).unwrap().0;
+    let cfg = TrainConfig { optimizer: Optimizer::adam(1e-2), epochs: 300, ..TrainConfig::default() };
+    train(&mut model, &data, &cfg).unwrap();
+    let (after, accuracy) = evaluate(&model, &data, Loss::CrossEntropy).unwrap();
+    assert!(after < 0.1 * before, "cross-entropy {before} → {after}");
+    assert!(accuracy.unwrap() > 0.9, "{accuracy:?}");
+    let loss = LayerLoss::new(&model, Loss::CrossEntropy, data).unwrap();
+    let llc = LlcConfig::new(1e-4).localization(100.0).batch_size(49).num_chains(2).num_draws(100).seed(0);
+    let report = LlcEstimator::new(llc).unwrap().estimate(&loss, &loss.params()).unwrap();
+    assert!(report.llc_mean.is_finite() && report.llc_mean > 0.0, "{}", report.llc_mean);
+}

@@ -7,7 +7,7 @@
 //! position sums, the LayerNorm split, the folding) are in `docs/math.md` §3.3.
 //!
 //! ```
-//! use degeneracy::basis::{LibConfig, fit_bases};
+//! use degeneracy::basis::{Basis, LibConfig, fit_bases};
 //! use degeneracy::transformer::{LastPosModule, Transformer, TransformerConfig, TransformerWeights};
 //! use degeneracy::Matrix;
 //! let config = TransformerConfig::from_json_str(
