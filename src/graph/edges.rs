@@ -15,7 +15,7 @@ use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
 use crate::estimate::{Quadrature, QuadraturePoint, StochasticSources, check_node_rows, check_sampler};
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{FoldedLinear, Linearized, Network, ResidualLayer, Section, checked_section};
+use crate::nn::{Activation, FoldedLinear, Linearized, Network, ResidualLayer, Section, checked_section};
 use crate::scratch::{ScratchMatrices, ScratchMatrix};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -497,8 +497,12 @@ impl<'a> EdgePlan<'a> {
         points: &[QuadraturePoint],
     ) {
         let (n, d_out) = (rebuilt.nrows(), layer.folded_weight().nrows());
-        let p = rebuilt.matmul(&layer.folded_weight().transpose()).expect("shapes checked");
         let act = layer.activation();
+        if act == Activation::Identity {
+            // A linear layer: J is the same for every sample, `E_ij = J_ij² · Σ_x f̂_j(x)² / N`.
+            return self.squared_linear(acc, layer, b, f_hat, points);
+        }
+        let p = rebuilt.matmul(&layer.folded_weight().transpose()).expect("shapes checked");
         let s = Matrix::from_fn(n, d_out, |x, o| {
             points.iter().map(|q| q.weight * act.derivative(q.alpha * p[(x, o)])).sum()
         });
@@ -534,6 +538,36 @@ impl<'a> EdgePlan<'a> {
                         *e += (v * fj) * (v * fj);
                     }
                 }
+            }
+        }
+    }
+
+    /// Squared edges of a layer without activation: `Σ_α w_α J = K_σ C_hᵀ B + K_κ C_cᵀ C_in⁺[:, c]`
+    /// with `K_σ = Σ_α w_α` (σ' = 1) and the carrier's `K_κ = Σ_α w_α κ'(α c) = K_σ` (κ(c) = c),
+    /// the same for every sample.
+    fn squared_linear(
+        &self,
+        acc: &mut EdgeAccumulator,
+        layer: &FoldedLinear,
+        b: &Matrix,
+        f_hat: &Matrix,
+        points: &[QuadraturePoint],
+    ) {
+        let k: f64 = points.iter().map(|q| q.weight).sum();
+        // C_out's rows are the units and, when carried, the constant: B's rows in that order.
+        debug_assert_eq!(self.c_out.nrows(), b.nrows());
+        debug_assert!(layer.activation() == Activation::Identity);
+        let j = self.c_out.transpose().matmul(b).expect("shapes checked");
+        let dim_in = b.ncols();
+        let mut sq = vec![0.0; dim_in];
+        for x in 0..f_hat.nrows() {
+            for (s, &v) in sq.iter_mut().zip(f_hat.row(x)) {
+                *s += v * v;
+            }
+        }
+        for i in 0..j.nrows() {
+            for ((e, &v), &s) in acc.sum.row_mut(i).iter_mut().zip(j.row(i)).zip(&sq) {
+                *e += (k * v) * (k * v) * s;
             }
         }
     }

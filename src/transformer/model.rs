@@ -253,15 +253,19 @@ impl Network for Transformer {
         }
         let mut x = self.embed(inputs)?;
         let mut y = Matrix::default();
-        let last = nodes[nodes.len() - 1];
-        for k in 0..=last {
-            if let Some(slot) = nodes.iter().position(|&n| n == k) {
-                acts[slot].clone_from(&x);
-            }
-            if k < last {
-                let op = build_op(self.ctx(), &self.stages[k..k + 1], self.nodes[k + 1].shape());
+        // From node to requested node through the fused ops (an attention block cut to the last
+        // position computes that query only).
+        let mut at = 0;
+        for (slot, &k) in nodes.iter().enumerate() {
+            for op in self.ops(at, k) {
                 op.forward(x.view(), &mut y)?;
                 std::mem::swap(&mut x, &mut y);
+            }
+            at = k;
+            if slot + 1 == nodes.len() {
+                acts[slot] = std::mem::take(&mut x);
+            } else {
+                acts[slot].clone_from(&x);
             }
         }
         Ok(())
