@@ -279,7 +279,10 @@ pub(crate) fn basis_cotangents(
     let (width, dirs) = (c_out.nrows(), c_out.ncols());
     let rows = n * positions;
     out.resize(pairs.len() * rows, width);
-    out.fill(0.0);
+    if positions > 1 {
+        // Only position t of each sample is written below.
+        out.fill(0.0);
+    }
     for (b, pair) in pairs.enumerate() {
         let (t, i) = (pair / dirs, pair % dirs);
         for x in 0..n {

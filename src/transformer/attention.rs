@@ -389,6 +389,31 @@ impl<'a> AttentionAt<'a> {
         }
     }
 
+    /// Adds the residual stream's gradient into columns `at..at + D` of `dst` (rows the output
+    /// reads only: the others get nothing).
+    fn residual_add(&self, cot: MatrixView<'_>, kb: usize, dst: &mut Matrix, at: usize) {
+        let (_, _, d) = self.dims();
+        let (n, p, tq) = (self.n, self.p, self.qpos.len());
+        match self.op.mode {
+            Mode::BlockAdd { keep_residual, .. } => {
+                for r in 0..kb * n * tq {
+                    let row = dst.row_mut((r / tq) * p + self.qpos[r % tq]);
+                    let src = cot.row(r);
+                    for (c, o) in row[at..at + d].iter_mut().enumerate() {
+                        *o += src[c] + if keep_residual { src[d + c] } else { 0.0 };
+                    }
+                }
+            }
+            _ => {
+                for r in 0..kb * n * p {
+                    for (o, v) in dst.row_mut(r)[at..at + d].iter_mut().zip(&cot.row(r)[d..2 * d]) {
+                        *o += v;
+                    }
+                }
+            }
+        }
+    }
+
     /// The textbook backward from `z̄ = ḡ W_Oᵀ` (`[k·n·T, H·(e+1)]`) to `(q̄, k̄, v̄)` in rotated
     /// coordinates: `[k·n·T, H·e]`, `[k·n·P, H·e]`, `[k·n·P, H·(e+1)]`.
     fn core_backward(&self, gz: MatrixView<'_>, kb: usize) -> (Matrix, Matrix, Matrix) {
@@ -526,10 +551,10 @@ impl<'a> AttentionAt<'a> {
         self.mapped.borrow()
     }
 
-    /// `x̄` by the axpy form: `g_attn` `[k·n·T, D]`, added into columns `at..at + D` of `gx`
-    /// (`[k·n·P]` rows); with `map` (`[D, m]`) the mapped gradient `x̄ · map` into columns
-    /// `at..at + m` (every vector is mapped once, before the per-cotangent loops). Returns whether
-    /// every block's cotangent was the same for all samples.
+    /// `x̄` by the axpy form: `g_attn` `[k·n·T, D]`, written into columns `at..at + D` of `gx`
+    /// (`[k·n·P]` rows, every row written); with `map` (`[D, m]`) the mapped gradient `x̄ · map`
+    /// into columns `at..at + m` (every vector is mapped once, before the per-cotangent loops).
+    /// Returns whether every block's cotangent was the same for all samples.
     fn axpy_backward(
         &self,
         g_attn: MatrixView<'_>,
@@ -646,19 +671,24 @@ impl OpLinearized for AttentionAt<'_> {
                 let g_attn = self.attn_cotangents(cot, &mut owned);
                 // Split: x̄ = residual gradient + attention gradient in one buffer; otherwise the
                 // two segments side by side.
-                let at = 0;
                 let width = if self.op.split { d } else { 2 * d };
                 grad_x.resize(kb * n * p, width);
-                let res_at = if self.op.split { 0 } else { d };
-                self.residual_into(cot, kb, grad_x, res_at);
-                if !self.op.split {
-                    for r in 0..kb * n * p {
-                        grad_x.row_mut(r)[..d].fill(0.0);
-                    }
-                }
                 if self.use_axpy() {
-                    self.axpy_backward(g_attn, kb, grad_x, at, None);
+                    // The axpy loops write every row of x̄'s first D columns; then the residual.
+                    self.axpy_backward(g_attn, kb, grad_x, 0, None);
+                    if self.op.split {
+                        self.residual_add(cot, kb, grad_x, 0);
+                    } else {
+                        self.residual_into(cot, kb, grad_x, d);
+                    }
                 } else {
+                    let res_at = if self.op.split { 0 } else { d };
+                    self.residual_into(cot, kb, grad_x, res_at);
+                    if !self.op.split {
+                        for r in 0..kb * n * p {
+                            grad_x.row_mut(r)[..d].fill(0.0);
+                        }
+                    }
                     let mut gz = Matrix::default();
                     times_t(g_attn, &blk.wo, &mut gz);
                     let (gq, gk, gv) = self.core_backward(gz.view(), kb);
@@ -693,7 +723,6 @@ impl OpLinearized for AttentionAt<'_> {
         let mut owned = Matrix::default();
         let g_attn = self.attn_cotangents(cot, &mut owned);
         out.resize(kb * n * p, m);
-        out.fill(0.0);
         let uniform = self.axpy_backward(g_attn, kb, out, 0, Some(map_x));
         // The residual stream's gradient at the read positions, mapped: the cotangent (and the
         // kept residual's), once per block when it is the same for every sample.
@@ -850,7 +879,9 @@ impl AxpyLoops<'_> {
                             }
                         }
                     }
-                    axpy_n::<FMA>(&mut gx.row_mut(base + kp)[at..at + d], &terms);
+                    let row = &mut gx.row_mut(base + kp)[at..at + d];
+                    row.fill(0.0);
+                    axpy_n::<FMA>(row, &terms);
                 }
             }
         }
