@@ -1219,3 +1219,30 @@ fn a_small_transformer_trains_and_has_an_llc() {
     let report = LlcEstimator::new(llc).unwrap().estimate(&loss, &loss.params()).unwrap();
     assert!(report.llc_mean.is_finite() && report.llc_mean > 0.0, "{}", report.llc_mean);
 }
+
+/// The sections that are one affine layer say so, with their node's shape: the unembedding
+/// (all positions, or the last one), not the attention.
+#[test]
+fn the_unembedding_is_a_structured_section_of_its_node_shape() {
+    let (model, _) = small_model("", 1);
+    for lp in [None, Some(LastPosModule::AddResid1), Some(LastPosModule::Unembed)] {
+        let model = model.clone().with_last_pos_module(lp);
+        let (u, out) = (model.node_index("unembed").unwrap(), model.node_index("output").unwrap());
+        let section = model.section(u, out).unwrap();
+        let shape = model.node_layers()[u].shape();
+        match section.structure() {
+            Some(layer) => {
+                assert_ne!(lp, Some(LastPosModule::Unembed));
+                assert_eq!(degeneracy::Section::input(layer), shape);
+            }
+            None => assert_eq!(lp, Some(LastPosModule::Unembed)),
+        }
+        // ln_final → output drops the identities: still one layer.
+        let ln_final = model.node_index("ln_final").unwrap();
+        assert_eq!(model.section(ln_final, out).unwrap().structure().is_some(), lp != Some(LastPosModule::Unembed));
+        let (a, b) = (model.node_index("ln1.0").unwrap(), model.node_index("ln2.0").unwrap());
+        assert!(model.section(a, b).unwrap().structure().is_none());
+        let (m, e) = (model.node_index("ln2.0").unwrap(), model.node_index("ln_final").unwrap());
+        assert!(model.section(m, e).unwrap().residual().is_some(), "the MLP block is a residual block");
+    }
+}

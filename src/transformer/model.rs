@@ -131,6 +131,14 @@ impl Transformer {
         nodes.push(NodeLayer::new(OUTPUT_NODE, l.output_width, false, l.output_positions));
         self.stages = l.stages;
         self.nodes = nodes;
+        self.position_unembed();
+    }
+
+    /// The unembedding's folded layer acts on every position of its node (its closed forms
+    /// read the section's shape from it).
+    fn position_unembed(&mut self) {
+        let positions = self.stages.last().map_or(1, |s| s.positions);
+        self.folded.unembed = self.folded.unembed.clone().with_positions(positions);
     }
 
     /// The architecture.
@@ -234,6 +242,7 @@ impl Transformer {
     /// Rebuilds the folded weights after the parameters changed.
     fn refold(&mut self) {
         self.folded = Folded::new(&self.config, &self.weights);
+        self.position_unembed();
     }
 }
 
