@@ -48,6 +48,7 @@ fn forward_matches_the_fixture_logits_and_node_activations() {
     assert_eq!(shape, [3830, 114]);
     let e = max_abs_diff(logits.as_slice(), &reference) / max_abs(&reference);
     assert!(e < 1e-12, "logits: max |Δ| / max |logit| = {e:e}");
+    eprintln!("logits: max |Δ| / max |logit| = {e:.1e}");
 
     let first = tokens.rows(0..256).to_owned();
     let names = ["ln1.0", "ln2.0", "unembed", "output"];
@@ -60,6 +61,7 @@ fn forward_matches_the_fixture_logits_and_node_activations() {
         assert_eq!(a.ncols(), shape[2], "{name}");
         let e = max_abs_diff(a.as_slice(), &reference) / max_abs(&reference).max(1.0);
         assert!(e < 1e-13, "{name}: {e:e}");
+        eprintln!("node activations {name}: max |Δ| / max(1, max |a|) = {e:.1e}");
     }
 }
 
