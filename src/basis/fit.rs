@@ -1,6 +1,6 @@
 //! Building the bases of all selected node layers, from the output backwards.
 
-use super::frame::{Frame, frame, sorted_abs_eigen};
+use super::frame::{Frame, frame, gram_spectrum, sorted_abs_eigen};
 use super::jacobian_gram::{self, JacobianGram, JacobianGramAccumulator};
 use super::{BasisFormula, LibConfig, NodeBasis};
 use crate::data::{ActivationSampler, map_batches};
@@ -144,7 +144,7 @@ fn pca_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibCo
 fn neuron_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
     // C = I; the (uncentred) Gram spectrum is still reported.
     let moments = activation_moments(net, stats, k)?;
-    let (eigenvalues, _) = sorted_abs_eigen(&moments.second_moment())?;
+    let eigenvalues = gram_spectrum(&moments, false)?;
     let orig = moments.mean.len();
     let mut b = node_basis(net, k, Some(BasisFormula::Neuron), Matrix::identity(orig), Matrix::identity(orig));
     b.gram_kept = eigenvalues.iter().copied().filter(|&v| v > config.truncation_threshold).collect();

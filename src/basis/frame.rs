@@ -69,25 +69,24 @@ pub(crate) fn frame(
     }
     let has_constant = folded && center;
     let (values, vectors) = if has_constant {
-        let (vals, vecs) = masked_abs_eigen(&moments.covariance, isolated)?;
+        let (vals, vecs) = gram_eigen(moments, true, isolated, threshold)?;
         // U = blockdiag over (hidden rows, constant row) with the constant direction first.
-        let u = Matrix::from_fn(d + 1, d + 1, |i, j| match (i == d, j == 0) {
+        let u = Matrix::from_fn(d + 1, vecs.ncols() + 1, |i, j| match (i == d, j == 0) {
             (true, true) => 1.0,
             (false, false) => vecs[(i, j - 1)],
             _ => 0.0,
         });
         (std::iter::once(1.0).chain(vals).collect::<Vec<_>>(), u)
     } else if folded {
-        masked_abs_eigen(&folded_moments.second_moment(), isolated)?
-    } else if center {
-        masked_abs_eigen(&moments.covariance, isolated)?
+        gram_eigen(folded_moments, false, isolated, threshold)?
     } else {
-        masked_abs_eigen(&moments.second_moment(), isolated)?
+        gram_eigen(moments, center, isolated, threshold)?
     };
     let mut gram_eigenvalues = values.clone();
     gram_eigenvalues.sort_by(|a, b| b.total_cmp(a));
 
-    let keep: Vec<usize> = (0..values.len()).filter(|&j| values[j] > threshold).collect();
+    // Values beyond the vectors' columns are the kernel side's exact zeros, never kept.
+    let keep: Vec<usize> = (0..vectors.ncols()).filter(|&j| values[j] > threshold).collect();
     if keep.is_empty() {
         return Err(Error::RankZero { node: node.to_string(), matrix: "gram", threshold });
     }
@@ -114,6 +113,107 @@ pub(crate) fn frame(
             (u, ut)
         };
     Ok(Frame { gram_eigenvalues, kept, w, w_pinv, has_constant, isolated })
+}
+
+/// The eigenpairs of a node's Gram — the covariance of `m` if `centred`, else its uncentred
+/// second moment — with the first `isolated` coordinates held apart ([`masked_abs_eigen`]):
+/// every value, `|λ|` descending, and the vectors of at least every value above `threshold`.
+///
+/// When the moments come from fewer rows than the width decomposed (`Moments::rows`), the
+/// Gram `AᵀA / n` of the (centred) rows `A` has rank ≤ n: its non-zero eigenpairs come from the
+/// `n × n` kernel `A Aᵀ / n` ([`kernel_abs_eigen`], `docs/math.md` §3.5) and the other values are
+/// exactly 0, with no vectors (no positive threshold keeps them).
+pub(crate) fn gram_eigen(m: &Moments, centred: bool, isolated: usize, threshold: f64) -> Result<(Vec<f64>, Matrix)> {
+    let width = m.mean.len();
+    if let Some(rows) = m.rows.as_ref().filter(|r| r.nrows() < width - isolated)
+        && let Some((sub_values, sub_vectors)) =
+            kernel_abs_eigen(&gram_rows(rows, &m.mean, centred, isolated), threshold)?
+    {
+        if isolated == 0 {
+            return Ok((sub_values, sub_vectors));
+        }
+        // The isolated coordinates' values are the Gram's diagonal, as in the dense path.
+        let diagonal =
+            (0..isolated).map(|i| (m.covariance[(i, i)] + if centred { 0.0 } else { m.mean[i] * m.mean[i] }).abs());
+        let cols = isolated + sub_vectors.ncols();
+        let vectors = Matrix::from_fn(width, cols, |i, j| match (i < isolated, j < isolated) {
+            (true, true) => f64::from(u8::from(i == j)),
+            (false, false) => sub_vectors[(i - isolated, j - isolated)],
+            _ => 0.0,
+        });
+        return Ok((diagonal.chain(sub_values).collect(), vectors));
+    }
+    let gram = if centred { m.covariance.clone() } else { m.second_moment() };
+    masked_abs_eigen(&gram, isolated)
+}
+
+/// Every eigenvalue of a node's Gram (`|λ|`, descending), without vectors: from the `n × n`
+/// kernel when the moments hold their `n` rows and `n` is below the width (the other values
+/// exactly 0), else from the `d × d` matrix.
+pub(crate) fn gram_spectrum(m: &Moments, centred: bool) -> Result<Vec<f64>> {
+    let width = m.mean.len();
+    let mut values = match m.rows.as_ref().filter(|r| r.nrows() < width) {
+        Some(rows) => {
+            let a = gram_rows(rows, &m.mean, centred, 0);
+            let mut values = crate::linalg::symmetric_eigenvalues(&kernel(&a))?;
+            values.resize(width, 0.0);
+            values
+        }
+        None => crate::linalg::symmetric_eigenvalues(&if centred { m.covariance.clone() } else { m.second_moment() })?,
+    };
+    values.iter_mut().for_each(|v| *v = v.abs());
+    values.sort_by(|a, b| b.total_cmp(a));
+    Ok(values)
+}
+
+/// The rows `A` whose `AᵀA / n` is the Gram: the columns from `skip` on, centred on `mean` if
+/// `centred`.
+fn gram_rows(rows: &Matrix, mean: &[f64], centred: bool, skip: usize) -> Matrix {
+    Matrix::from_fn(rows.nrows(), rows.ncols() - skip, |i, j| {
+        rows[(i, j + skip)] - if centred { mean[j + skip] } else { 0.0 }
+    })
+}
+
+/// `A Aᵀ / n` for rows `A` (`n × m`).
+fn kernel(a: &Matrix) -> Matrix {
+    let n = a.nrows();
+    let mut k = Matrix::zeros(n, n);
+    crate::linalg::gemm(k.as_mut_slice(), a.view(), false, a.view(), true, 1.0 / n as f64, false);
+    k
+}
+
+/// The eigenpairs of `G = AᵀA / n` for `n` rows `A` (`n × m`, `n < m`) from the kernel
+/// `K = A Aᵀ / n`: `K q = σ q` gives `G u = σ u` with `u = Aᵀ q / ‖Aᵀ q‖` (`‖Aᵀ q‖² = nσ`).
+/// Returns all `m` values (`|σ|` descending, then `m − n` zeros) and the vectors of the values
+/// above `threshold`. Vectors built this way lose orthogonality in proportion to
+/// `ε σ_max / √(σ_i σ_j)`, which the frame's `W⁺ = Uᵀ` would amplify, so they are made
+/// orthonormal by a Cholesky QR in order of decreasing σ (the leading, accurate ones move
+/// least; every change stays within the eigenvectors' own rounding). `None` when that fails
+/// (kept values so close to zero that their vectors are dependent): the caller then uses the
+/// dense `m × m` matrix.
+fn kernel_abs_eigen(a: &Matrix, threshold: f64) -> Result<Option<(Vec<f64>, Matrix)>> {
+    let (n, m) = a.shape();
+    let (sigma, q) = sorted_abs_eigen(&kernel(a))?;
+    let r = sigma.iter().take_while(|&&v| v > threshold).count();
+    let mut u = Matrix::zeros(m, r);
+    let q_kept = q.select_columns(&(0..r).collect::<Vec<_>>());
+    crate::linalg::gemm(u.as_mut_slice(), a.view(), true, q_kept.view(), false, 1.0, false);
+    let norms: Vec<f64> = (0..r).map(|j| (0..m).map(|i| u[(i, j)] * u[(i, j)]).sum::<f64>().sqrt()).collect();
+    if norms.iter().any(|&v| v <= 0.0 || v.is_nan()) {
+        return Ok(None);
+    }
+    for i in 0..m {
+        for (v, norm) in u.row_mut(i).iter_mut().zip(&norms) {
+            *v /= norm;
+        }
+    }
+    if !crate::linalg::orthonormalize_columns(&mut u) {
+        return Ok(None);
+    }
+    let mut values = sigma;
+    values.resize(m.max(n), 0.0);
+    values.truncate(m);
+    Ok(Some((values, u)))
 }
 
 /// [`sorted_abs_eigen`] with the first `isolated` coordinates held apart: each is its own
@@ -221,5 +321,105 @@ mod tests {
         assert_eq!(f.isolated, 0);
         assert_eq!(f.kept.len(), 3);
         assert!(frame(&acc.finish().unwrap(), true, true, 4, 1e-12, "too many").is_err());
+    }
+
+    /// Folded rows `[x, 1]` of width `d + 1` with `n < d` and spectra over several decades.
+    fn wide_rows(n: usize, d: usize) -> Matrix {
+        Matrix::from_fn(n, d + 1, |i, j| {
+            if j == d {
+                return 1.0;
+            }
+            (0..n.min(6))
+                .map(|t| {
+                    let scale = 10f64.powi(1 - t as i32);
+                    scale * ((i * 7 + t * 13 + 1) as f64 * 0.37 + (j * (t + 2)) as f64 * 0.71).sin()
+                })
+                .sum::<f64>()
+                + 0.3 * (j as f64)
+        })
+    }
+
+    fn moments_of(x: &Matrix) -> (Moments, Moments) {
+        let mut acc = GramAccumulator::new(x.ncols());
+        acc.update(x.view()).unwrap();
+        let kernel = acc.finish().unwrap();
+        assert!(kernel.rows.is_some(), "fewer rows than the width keep the rows");
+        let dense = acc.to_dense().unwrap().finish().unwrap();
+        assert!(dense.rows.is_none());
+        (kernel, dense)
+    }
+
+    fn assert_same_frame(a: &Frame, b: &Frame, what: &str) {
+        assert_eq!(a.gram_eigenvalues.len(), b.gram_eigenvalues.len(), "{what}: spectrum length");
+        let top = b.gram_eigenvalues[0];
+        for (x, y) in a.gram_eigenvalues.iter().zip(&b.gram_eigenvalues) {
+            if *y >= 1e-8 * top {
+                assert!((x - y).abs() <= 1e-10 * y, "{what}: eigenvalue {x} vs {y}");
+            } else {
+                assert!(*x <= 1e-8 * top, "{what}: eigenvalue {x} vs {y}");
+            }
+        }
+        assert_eq!((a.kept.len(), a.has_constant, a.isolated), (b.kept.len(), b.has_constant, b.isolated), "{what}");
+        let scale = b.w.max_abs();
+        for j in 0..a.kept.len() {
+            assert!((a.kept[j] - b.kept[j]).abs() <= 1e-10 * b.kept[0].max(b.kept[j]), "{what}: D[{j}]");
+            let gap = b
+                .kept
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != j)
+                .map(|(_, v)| (v - b.kept[j]).abs())
+                .fold(f64::MAX, f64::min);
+            if gap <= 1e-6 * b.kept[j] {
+                continue;
+            }
+            let (ca, cb) = (a.w.col(j), b.w.col(j));
+            let sign = ca.iter().zip(&cb).map(|(x, y)| x * y).sum::<f64>().signum();
+            let e = ca.iter().zip(&cb).fold(0.0_f64, |m, (x, y)| m.max((sign * x - y).abs())) / scale;
+            assert!(e < 1e-9, "{what}: column {j} of W {e:e}");
+        }
+        let (pa, pb) = (a.w.matmul(&a.w_pinv).unwrap(), b.w.matmul(&b.w_pinv).unwrap());
+        let e = pa.as_slice().iter().zip(pb.as_slice()).fold(0.0_f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(e < 1e-9 * pb.max_abs(), "{what}: W W⁺ {e:e}");
+        for f in [a, b] {
+            let id = f.w_pinv.matmul(&f.w).unwrap();
+            let e = (0..id.nrows())
+                .flat_map(|i| (0..id.ncols()).map(move |j| (i, j)))
+                .fold(0.0_f64, |m, (i, j)| m.max((id[(i, j)] - f64::from(u8::from(i == j))).abs()));
+            assert!(e < 1e-12, "{what}: W⁺ W − I {e:e}");
+        }
+    }
+
+    #[test]
+    fn the_kernel_side_equals_the_dense_frame_in_every_case() {
+        for (n, d) in [(7, 12), (3, 40), (11, 12)] {
+            let (kernel, dense) = moments_of(&wide_rows(n, d));
+            for (folded, center) in [(true, true), (true, false), (false, true), (false, false)] {
+                for isolated in [0, 1, 2] {
+                    let what = format!("n {n}, d {d}, folded {folded}, centred {center}, isolated {isolated}");
+                    let a = frame(&kernel, folded, center, isolated, 1e-10, "planted").unwrap();
+                    let b = frame(&dense, folded, center, isolated, 1e-10, "planted").unwrap();
+                    // Rank ≤ n (≤ n − 1 centred), plus the constant and the isolated directions.
+                    assert!(a.kept.len() <= n + 1 + isolated, "{what}: {} kept", a.kept.len());
+                    // The kernel side was taken: the values beyond its rank are exact zeros.
+                    let zeros = a.gram_eigenvalues.iter().filter(|&&v| v == 0.0).count();
+                    assert!(zeros + n + 1 + isolated >= d, "{what}: {zeros} exact zeros");
+                    assert_same_frame(&a, &b, &what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_kernel_spectrum_pads_with_zeros() {
+        let (kernel, dense) = moments_of(&wide_rows(5, 30));
+        for centred in [true, false] {
+            let (a, b) = (gram_spectrum(&kernel, centred).unwrap(), gram_spectrum(&dense, centred).unwrap());
+            assert_eq!(a.len(), 31);
+            assert!(a[5..].iter().all(|&v| v == 0.0 || v < 1e-13 * a[0]), "{a:?}");
+            for (x, y) in a.iter().zip(&b).filter(|&(_, y)| *y >= 1e-8 * b[0]) {
+                assert!((x - y).abs() <= 1e-10 * y, "{x} vs {y}");
+            }
+        }
     }
 }

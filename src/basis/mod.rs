@@ -13,6 +13,7 @@ mod frame;
 mod jacobian_gram;
 
 pub use fit::{build_bases, fit_bases};
+pub(crate) use frame::gram_spectrum;
 pub use jacobian_gram::JacobianGramAccumulator;
 pub(crate) use jacobian_gram::{basis_cotangents, cotangent_group};
 

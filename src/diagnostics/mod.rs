@@ -14,11 +14,10 @@ mod firing;
 
 pub use firing::{FiringPartition, ReluGroups};
 
-use crate::basis::basis_cotangents;
+use crate::basis::{basis_cotangents, gram_spectrum};
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
-use crate::estimate::{GramAccumulator, check_node_rows, check_sampler};
-use crate::linalg::symmetric_eigen;
+use crate::estimate::{GramAccumulator, Moments, check_node_rows, check_sampler};
 use crate::matrix::{Matrix, MatrixView};
 use crate::nn::{Activation, FoldedLinear, Network, Section, checked_section};
 use crate::scratch::{ScratchMatrices, ScratchMatrix};
@@ -250,10 +249,10 @@ pub struct Rank {
 }
 
 impl Rank {
-    fn of(m: &Matrix, rank_tol: f64) -> Result<Self> {
-        let (values, _) = symmetric_eigen(m)?;
-        let mut spectrum: Vec<f64> = values.iter().map(|v| v.abs()).collect();
-        spectrum.sort_by(|a, b| b.total_cmp(a));
+    /// The rank of the second moment `scale · E[x xᵀ]` of `m`: its spectrum from the `n × n`
+    /// kernel when the moments hold fewer rows than their width (`docs/math.md` §3.5).
+    fn of(m: &Moments, scale: f64, rank_tol: f64) -> Result<Self> {
+        let spectrum: Vec<f64> = gram_spectrum(m, false)?.into_iter().map(|v| v * scale).collect();
         let cut = rank_tol * spectrum.first().copied().unwrap_or(0.0);
         let rank = spectrum.iter().filter(|&&v| v > cut && v > 0.0).count();
         Ok(Rank {
@@ -371,18 +370,19 @@ pub fn diagnose_from(net: &dyn Network, stats: &DegeneracyStatistics, rank_tol: 
     // The rows were one per sample, output coordinate (and position): the Grams sum over the
     // output coordinates, E_x Σ_o.
     let outputs = layers.last().map_or(1, |o| o.positions * o.width) as f64;
-    let gram = |acc: &GramAccumulator, what: String| -> Result<Matrix> {
-        Ok(acc.finish()?.checked(&what)?.second_moment().scaled_by(outputs))
-    };
+    let gram = |acc: &GramAccumulator, what: String| -> Result<Moments> { acc.finish()?.checked(&what) };
     let mut nodes = Vec::with_capacity(sections.len());
     for (k, section) in sections.iter().enumerate() {
         let name = &layers[k].name;
         let moments = stats.activations[k].finish()?.checked(&format!("Gram of node layer {name}"))?;
-        let activation = Rank::of(&moments.second_moment(), rank_tol)?;
-        let jacobian = Rank::of(&gram(&stats.jacobians[k], format!("Jacobian Gram at node layer {name}"))?, rank_tol)?;
+        let activation = Rank::of(&moments, 1.0, rank_tol)?;
+        let jacobian =
+            Rank::of(&gram(&stats.jacobians[k], format!("Jacobian Gram at node layer {name}"))?, outputs, rank_tol)?;
         let preactivation_jacobian = stats.preactivation_jacobians[k]
             .as_ref()
-            .map(|a| Rank::of(&gram(a, format!("pre-activation Jacobian Gram after node layer {name}"))?, rank_tol))
+            .map(|a| {
+                Rank::of(&gram(a, format!("pre-activation Jacobian Gram after node layer {name}"))?, outputs, rank_tol)
+            })
             .transpose()?;
         let relu = k.checked_sub(1).and_then(|w| stats.firing[w].as_ref()).map(FiringPartition::groups);
         let free_directions = match (section.structure(), &preactivation_jacobian) {
@@ -393,7 +393,7 @@ pub fn diagnose_from(net: &dyn Network, stats: &DegeneracyStatistics, rank_tol: 
                 let r_a = if in_k == node.width {
                     activation.rank
                 } else {
-                    Rank::of(&moments.without_constant().second_moment(), rank_tol)?.rank
+                    Rank::of(&moments.without_constant(), 1.0, rank_tol)?.rank
                 };
                 let (r_a, r_b) = (r_a.min(in_k), r_b.rank.min(out_k));
                 let synchronised = relu.as_ref().map_or(0, |g| {

@@ -77,6 +77,16 @@ impl GramAccumulator {
         Ok(())
     }
 
+    /// The same state in its `dim × dim` form: rows kept while fewer than the width had been
+    /// seen are folded into mean and scatter. The bases then decompose the `d × d` Gram instead
+    /// of its `n × n` kernel side (`docs/math.md` §3.5) — how the two paths are checked against
+    /// each other — and the state's size no longer depends on the rows seen.
+    pub fn to_dense(&self) -> Result<GramAccumulator> {
+        let mut dense = self.clone();
+        dense.leave_rows_mode()?;
+        Ok(dense)
+    }
+
     /// Row width.
     pub fn dim(&self) -> usize {
         self.mean.len()

@@ -135,6 +135,20 @@ impl NodeStatistics {
         Ok(())
     }
 
+    /// The same statistics with every accumulator in its `d × d` form
+    /// ([`GramAccumulator::to_dense`]): bases built from them decompose the `d × d` Grams even
+    /// where fewer rows than the width were seen.
+    pub fn to_dense(&self) -> Result<Self> {
+        let mut dense = self.clone();
+        for acc in &mut dense.activations {
+            *acc = acc.to_dense()?;
+        }
+        for acc in dense.derivatives.iter_mut().flatten() {
+            *acc = acc.to_dense()?;
+        }
+        Ok(dense)
+    }
+
     /// The node indices.
     pub fn nodes(&self) -> &[usize] {
         &self.nodes
