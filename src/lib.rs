@@ -68,6 +68,7 @@ pub mod llc;
 mod matrix;
 pub mod nn;
 pub mod plot;
+pub mod profile;
 mod scratch;
 pub mod transformer;
 

@@ -19,6 +19,19 @@ fn parallelism(flops: usize) -> Par {
     if flops < PARALLEL_FLOP_THRESHOLD || rayon::current_thread_index().is_some() { Par::Seq } else { Par::rayon(0) }
 }
 
+/// Eigendecompositions at least this wide are split into [`EVD_TASKS`] parallel tasks; smaller
+/// ones run on the calling thread (faer's parallel decomposition gains little below ~1500).
+const EVD_PARALLEL_DIM: usize = 1536;
+/// A fixed number of tasks, not the pool's size: faer's parallel eigendecomposition rounds
+/// differently for different splits, and a fixed split gives the same bits on any machine and
+/// thread count (measured: 1, 2 and 4 threads). Concurrent decompositions of different node
+/// layers use further cores.
+const EVD_TASKS: usize = 2;
+
+fn evd_parallelism(n: usize) -> Par {
+    if n >= EVD_PARALLEL_DIM { Par::rayon(EVD_TASKS) } else { Par::Seq }
+}
+
 fn faer_ref(m: MatrixView<'_>) -> MatRef<'_, f64> {
     MatRef::from_row_major_slice(m.as_slice(), m.nrows(), m.ncols())
 }
@@ -116,7 +129,7 @@ pub fn symmetric_eigen(m: &Matrix) -> Result<(Vec<f64>, Matrix)> {
     }
     // The low-level call lets small decompositions run on the calling thread (the high-level
     // one uses faer's global parallelism, whose thread hand-offs dominate at these sizes).
-    let par = parallelism(n * n * n);
+    let par = evd_parallelism(n);
     let params = Default::default();
     let req = faer::linalg::evd::self_adjoint_evd_scratch::<f64>(n, ComputeEigenvectors::Yes, par, params);
     let mut mem = faer::dyn_stack::MemBuffer::new(req);
@@ -150,7 +163,7 @@ pub(crate) fn symmetric_eigenvalues(m: &Matrix) -> Result<Vec<f64>> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    let par = parallelism(n * n * n);
+    let par = evd_parallelism(n);
     let params = Default::default();
     let req = faer::linalg::evd::self_adjoint_evd_scratch::<f64>(n, ComputeEigenvectors::No, par, params);
     let mut mem = faer::dyn_stack::MemBuffer::new(req);
@@ -182,7 +195,9 @@ pub(crate) fn orthonormalize_columns(u: &mut Matrix) -> bool {
     let mut s = Matrix::zeros(r, r);
     gemm(s.as_mut_slice(), u.view(), true, u.view(), false, 1.0, false);
     let norms2: Vec<f64> = (0..r).map(|i| s[(i, i)]).collect();
-    let par = parallelism(u.nrows() * r * r);
+    // On the calling thread: faer's parallel factorisation and solve need not round alike for
+    // different thread counts.
+    let par = Par::Seq;
     let params = Default::default();
     let req = faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<f64>(r, par, params);
     let mut mem = faer::dyn_stack::MemBuffer::new(req);

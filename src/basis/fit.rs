@@ -49,39 +49,82 @@ pub fn build_bases(
         ));
     }
     let points = config.quadrature.points();
+    // Steps 1–3 of every node depend on its own moments only: they run for all nodes at once,
+    // each eigendecomposition on one thread (the same result for any thread count). Errors are
+    // reported in the order of the sequential build (from the output backwards).
+    let mut prepared: Vec<Option<Result<Prepared>>> = {
+        use rayon::prelude::*;
+        let _span = crate::profile::span("bases/frames");
+        let last = nodes.len() - 1;
+        nodes.par_iter().enumerate().map(|(slot, &k)| Some(prepare(net, stats, k, slot == last, config))).collect()
+    };
+    let mut take = |slot: usize| prepared[slot].take().expect("each node is taken once");
     let mut bases: Vec<NodeBasis> = Vec::with_capacity(nodes.len());
-    let last = *nodes.last().expect("validated non-empty");
-    bases.push(final_basis(net, stats, last, config)?);
+    let mut slot = nodes.len() - 1;
+    bases.push(take(slot)?.into_basis());
     for pair in nodes.windows(2).rev() {
+        slot -= 1;
         let (k, next) = (pair[0], pair[1]);
-        let c_next = bases.last().expect("pushed above").c.clone();
-        let basis = match config.basis_formula {
-            BasisFormula::Neuron => neuron_basis(net, stats, k, config)?,
-            BasisFormula::Svd => pca_basis(net, stats, k, config)?,
-            formula => {
-                let f = node_frame(net, stats, k, config)?;
-                let section = checked_section(net, k, next)?;
-                let closed = stats.derivatives(k).filter(|_| formula == BasisFormula::Jacobian);
-                let (m_dash, lambda_dash) = match (closed, section.structure(), section.residual()) {
-                    (Some(s), Some(layer), _) => {
-                        (jacobian_gram::closed_form(layer, &s.finish()?, &c_next, &points), None)
-                    }
-                    (Some(s), None, Some(block)) => {
-                        (jacobian_gram::closed_form_residual(block, &s.finish()?, &c_next, &points)?, None)
-                    }
-                    _ => {
-                        let (m, l) = generic_m_dash(net, sampler, k, &*section, &c_next, config, formula)?;
-                        (JacobianGram::Dense(m), l)
-                    }
-                };
-                let mean = activation_moments(net, stats, k)?.mean;
-                interaction_basis(net, k, f, mean, &m_dash, lambda_dash.as_ref(), config)?
+        let (f, mean) = match take(slot)? {
+            Prepared::Frame { frame, mean } => (frame, mean),
+            done => {
+                bases.push(done.into_basis());
+                continue;
             }
         };
-        bases.push(basis);
+        let formula = config.basis_formula;
+        let c_next = &bases.last().expect("pushed above").c;
+        let section = checked_section(net, k, next)?;
+        let closed = stats.derivatives(k).filter(|_| formula == BasisFormula::Jacobian);
+        let span = crate::profile::span("bases/m_dash");
+        let (m_dash, lambda_dash) = match (closed, section.structure(), section.residual()) {
+            (Some(s), Some(layer), _) => (jacobian_gram::closed_form(layer, &s.finish()?, c_next, &points), None),
+            (Some(s), None, Some(block)) => {
+                (jacobian_gram::closed_form_residual(block, &s.finish()?, c_next, &points)?, None)
+            }
+            _ => {
+                let (m, l) = generic_m_dash(net, sampler, k, &*section, c_next, config, formula)?;
+                (JacobianGram::Dense(m), l)
+            }
+        };
+        drop(span);
+        bases.push(interaction_basis(net, k, f, mean, &m_dash, lambda_dash.as_ref(), config)?);
     }
     bases.reverse();
     Ok(bases)
+}
+
+/// A node's basis as far as it depends on the node alone.
+enum Prepared {
+    /// Complete (neuron, PCA, an unrotated final node).
+    Done(NodeBasis),
+    /// Steps 1–3 of an interaction basis, and the activations' mean.
+    Frame { frame: Frame, mean: Vec<f64> },
+}
+
+impl Prepared {
+    fn into_basis(self) -> NodeBasis {
+        match self {
+            Prepared::Done(b) => b,
+            Prepared::Frame { .. } => unreachable!("the last node's basis needs no interaction step"),
+        }
+    }
+}
+
+/// Everything of node `k`'s basis that does not need the next node's basis.
+fn prepare(net: &dyn Network, stats: &NodeStatistics, k: usize, last: bool, config: &LibConfig) -> Result<Prepared> {
+    if last {
+        return final_basis(net, stats, k, config).map(Prepared::Done);
+    }
+    match config.basis_formula {
+        BasisFormula::Neuron => neuron_basis(net, stats, k, config).map(Prepared::Done),
+        BasisFormula::Svd => pca_basis(net, stats, k, config).map(Prepared::Done),
+        _ => {
+            let moments = activation_moments(net, stats, k)?;
+            let frame = moments_frame(net, &moments, k, config)?;
+            Ok(Prepared::Frame { frame, mean: moments.mean })
+        }
+    }
 }
 
 fn activation_moments(net: &dyn Network, stats: &NodeStatistics, k: usize) -> Result<Moments> {
@@ -96,10 +139,9 @@ fn node_name(net: &dyn Network, k: usize) -> String {
     net.node_layers().get(k).map_or_else(|| format!("node {k}"), |n| n.name.clone())
 }
 
-fn node_frame(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<Frame> {
+fn moments_frame(net: &dyn Network, moments: &Moments, k: usize, config: &LibConfig) -> Result<Frame> {
     let node = &net.node_layers()[k];
-    let moments = activation_moments(net, stats, k)?;
-    frame(&moments, node.constant, config.center, node.isolated, config.truncation_threshold, &node.name)
+    frame(moments, node.constant, config.center, node.isolated, config.truncation_threshold, &node.name)
 }
 
 fn node_basis(net: &dyn Network, k: usize, formula: Option<BasisFormula>, c: Matrix, c_pinv: Matrix) -> NodeBasis {
@@ -136,9 +178,10 @@ fn with_frame(mut b: NodeBasis, f: &Frame, mean: Vec<f64>) -> NodeBasis {
 }
 
 fn pca_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
-    let f = node_frame(net, stats, k, config)?;
+    let moments = activation_moments(net, stats, k)?;
+    let f = moments_frame(net, &moments, k, config)?;
     let b = node_basis(net, k, Some(BasisFormula::Svd), f.w.clone(), f.w_pinv.clone());
-    Ok(with_frame(b, &f, activation_moments(net, stats, k)?.mean))
+    Ok(with_frame(b, &f, moments.mean))
 }
 
 fn neuron_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
@@ -198,8 +241,11 @@ fn interaction_basis(
     let n = r_pinv.nrows();
     // The constant direction and the isolated coordinates are not rotated (rib's `n_masked`).
     let masked = usize::from(f.has_constant) + f.isolated;
+    let span = crate::profile::span("bases/whitened_eigen");
     let (masked_diagonal, sub_values, sub_vectors) =
         whitened_eigen(m_dash, &r_pinv, masked, config.truncation_threshold > 0.0)?;
+    drop(span);
+    let _span = crate::profile::span("bases/c");
     let v = Matrix::from_fn(n, n, |i, j| match (i < masked, j < masked) {
         (true, true) => f64::from(u8::from(i == j)),
         (false, false) => sub_vectors[(i - masked, j - masked)],
