@@ -10,6 +10,15 @@
 //! input node layer's index) and `modules.json` (per node layer the module id of each
 //! direction, and Q). `report.json` holds the dimensions per node layer and seconds per phase.
 //!
+//! A transformer (`docs/math.md` §3.3): `"model_config": "model_config.json"` (a TransformerLens
+//! config) marks one; `"model"` is then its TransformerLens state dict in safetensors,
+//! `"inputs"` integer token ids `[n, positions]`, `"node_layers"` rib's module ids (`ln1.0`,
+//! `ln2.0`, `unembed`, `output`, …), and `"last_pos_module_type"` (`add_resid1` or `unembed`)
+//! keeps only the last position from that module on. `"isolate_ln_var"` (default true) keeps
+//! LayerNorm variances as their own directions. rib's `"n_stochastic_sources_basis_pos"`,
+//! `"n_stochastic_sources_basis_hidden"` and `"n_stochastic_sources_edges"` (with `"seed"`)
+//! replace sums over output positions / directions by random sources (long contexts).
+//!
 //! Beyond one machine (`docs/distributed.md`):
 //! * `"distributed": true` (built with `--features mpi`, run as `mpirun -n K
 //!   target/release/examples/lib_build CONFIG.json`): every pass is split over the ranks by rows
@@ -25,17 +34,18 @@
 mod common;
 
 use common::{AnyResult, BuildKeys, Mode, NpyOut, Outputs, Phases, file_node, read_build_config, shard_dir};
-use degeneracy::basis::{Basis, LibConfig, NodeBasis, build_bases};
+use degeneracy::basis::{Basis, JacobianPath, LibConfig, NodeBasis, build_bases};
 use degeneracy::data::ActivationSampler;
 use degeneracy::distributed::{Communicator, Shard, StagedBuild, compute_edges_by_outputs};
-use degeneracy::estimate::NodeStatistics;
+use degeneracy::estimate::{NodeStatistics, StochasticSources};
 use degeneracy::graph::{
     EdgeConfig, EdgeFormula, EdgeNorm, Edges, InteractionGraph, LeidenConfig, compute_edges, find_modules,
 };
-use degeneracy::{Matrix, Mlp};
+use degeneracy::transformer::{LastPosModule, Transformer, read_tokens};
+use degeneracy::{Matrix, Network};
 use serde::Deserialize;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const USAGE: &str = "lib_build CONFIG.json [--stage statistics|edges] [--shard I/K | --merge FILE…]";
 
@@ -50,7 +60,40 @@ struct Extra {
     /// sums merged) or `"outputs"` (each rank its output directions over all rows).
     #[serde(default)]
     edge_split: Option<String>,
+    /// A transformer's TransformerLens config (the model is then its state dict).
+    #[serde(default)]
+    model_config: Option<String>,
+    /// rib's `last_pos_module_type` (transformers).
+    #[serde(default)]
+    last_pos_module_type: Option<String>,
+    /// rib's `isolate_ln_var` (transformers; default true).
+    #[serde(default)]
+    isolate_ln_var: Option<bool>,
+    /// rib's stochastic sources: the basis's sums over output positions and directions, the
+    /// edges' sum over output positions (`None`: exact).
+    #[serde(default)]
+    n_stochastic_sources_basis_pos: Option<usize>,
+    #[serde(default)]
+    n_stochastic_sources_basis_hidden: Option<usize>,
+    #[serde(default)]
+    n_stochastic_sources_edges: Option<usize>,
+    /// Seed of the stochastic sources (rib's `seed`).
+    #[serde(default)]
+    seed: u64,
 }
+
+/// The keys of [`Extra`] (split off the shared keys when the config is read).
+const EXTRA_KEYS: [&str; 9] = [
+    "distributed",
+    "edge_split",
+    "model_config",
+    "last_pos_module_type",
+    "isolate_ln_var",
+    "n_stochastic_sources_basis_pos",
+    "n_stochastic_sources_basis_hidden",
+    "n_stochastic_sources_edges",
+    "seed",
+];
 
 fn main() {
     common::exit_on_error(run());
@@ -62,7 +105,12 @@ struct Job {
     dir: PathBuf,
     config: LibConfig,
     edge_formula: Option<EdgeFormula>,
-    mlp: Mlp,
+    /// How the edges' Jacobians are summed (stochastic sources or exact).
+    edge_path: JacobianPath,
+    /// The model: an MLP, or a transformer with `model_config`.
+    net: Box<dyn Network + Send>,
+    /// The transformer keys, for the fingerprints of file-based runs (`Value::Null` for an MLP).
+    transformer_keys: serde_json::Value,
     inputs: Matrix,
     out: PathBuf,
     phases: Phases,
@@ -71,13 +119,27 @@ struct Job {
 fn run() -> AnyResult<()> {
     let cli = common::parse_cli(USAGE, true)?;
     let mut phases = Phases::start();
-    let (keys, extra, dir): (BuildKeys, Extra, _) = read_build_config(USAGE, &["distributed", "edge_split"])?;
-    let config = keys.lib_config()?;
+    let (keys, extra, dir): (BuildKeys, Extra, _) = read_build_config(USAGE, &EXTRA_KEYS)?;
+    let mut config = keys.lib_config()?;
     let edge_formula = keys.edge_formula.as_deref().map(EdgeFormula::from_name).transpose()?;
-    let (mlp, inputs) = keys.load(&dir)?;
+    let (net, inputs, mut transformer_keys) = load_model(&keys, &extra, &dir)?;
+    let (basis_pos, basis_hidden) = (extra.n_stochastic_sources_basis_pos, extra.n_stochastic_sources_basis_hidden);
+    if basis_pos.is_some() || basis_hidden.is_some() {
+        let sources = StochasticSources { positions: basis_pos, hidden: basis_hidden, seed: extra.seed };
+        config.jacobian_path = JacobianPath::Stochastic(sources);
+        config.validate()?;
+    }
+    let edge_path = match extra.n_stochastic_sources_edges {
+        Some(n) => JacobianPath::Stochastic(StochasticSources { positions: Some(n), hidden: None, seed: extra.seed }),
+        None => JacobianPath::Auto,
+    };
+    if edge_path != JacobianPath::Auto || config.jacobian_path != JacobianPath::Auto {
+        let sources = json!({"basis": config.jacobian_path, "edges": edge_path});
+        transformer_keys = json!({"model": transformer_keys, "sources": sources});
+    }
     let out = keys.out_dir(&dir);
     phases.lap("load");
-    let job = Job { keys, dir, config, edge_formula, mlp, inputs, out, phases };
+    let job = Job { keys, dir, config, edge_formula, edge_path, net, transformer_keys, inputs, out, phases };
 
     let stage = match cli.stage.as_deref() {
         None | Some("statistics" | "stats") => Stage::Statistics,
@@ -112,6 +174,43 @@ fn run() -> AnyResult<()> {
     }
 }
 
+/// The MLP of `model`, or with `model_config` a transformer; its inputs; the transformer keys.
+fn load_model(
+    keys: &BuildKeys,
+    extra: &Extra,
+    dir: &Path,
+) -> AnyResult<(Box<dyn Network + Send>, Matrix, serde_json::Value)> {
+    let Some(model_config) = &extra.model_config else {
+        for (key, set) in [
+            ("last_pos_module_type", extra.last_pos_module_type.is_some()),
+            ("isolate_ln_var", extra.isolate_ln_var.is_some()),
+        ] {
+            if set {
+                return Err(format!("`{key}` is for transformers: give `model_config` too").into());
+            }
+        }
+        let (mlp, inputs) = keys.load(dir)?;
+        return Ok((Box::new(mlp), inputs, serde_json::Value::Null));
+    };
+    let last_pos = extra.last_pos_module_type.as_deref().map(LastPosModule::from_name).transpose()?;
+    let model = Transformer::load(common::resolve(dir, model_config), common::resolve(dir, &keys.model))?
+        .with_last_pos_module(last_pos)
+        .with_isolate_ln_var(extra.isolate_ln_var.unwrap_or(true));
+    let tokens = read_tokens(common::resolve(dir, &keys.inputs))?;
+    let values = json!({
+        "model_config": std::fs::read_to_string(common::resolve(dir, model_config)).unwrap_or_default(),
+        "last_pos_module_type": extra.last_pos_module_type,
+        "isolate_ln_var": extra.isolate_ln_var,
+    });
+    Ok((Box::new(model), tokens, values))
+}
+
+/// The fingerprint of a stage: the shared keys and files, and the transformer and source keys.
+fn stage_fingerprint(job: &Job, stage: &str) -> AnyResult<degeneracy::distributed::Fingerprint> {
+    let fp = job.keys.fingerprint(&job.dir, stage)?;
+    Ok(if job.transformer_keys.is_null() { fp } else { fp.json("transformer", &job.transformer_keys)? })
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Stage {
     Statistics,
@@ -128,7 +227,7 @@ fn whole(mut job: Job, comm: Option<&dyn Communicator>, split_outputs: bool) -> 
     };
     // Rank 0 writes; it checks its out_dir before any computation.
     let outputs = comm.is_none_or(|c| c.rank() == 0).then(|| Outputs::prepare(&job.out, &[])).transpose()?;
-    let (mlp, config) = (&job.mlp, &job.config);
+    let (mlp, config): (&dyn Network, _) = (&*job.net, &job.config);
     let nodes = config.node_indices(mlp)?;
     let stats = NodeStatistics::collect(mlp, rows, &nodes, config.statistics_quadrature(), config.batch_size)?;
     job.phases.lap("grams");
@@ -136,7 +235,7 @@ fn whole(mut job: Job, comm: Option<&dyn Communicator>, split_outputs: bool) -> 
     job.phases.lap("bases");
     let edges = match job.edge_formula {
         Some(formula) => {
-            let edge_config = edge_config(formula, config);
+            let edge_config = edge_config(formula, config, job.edge_path);
             let edges = match comm {
                 Some(c) if split_outputs => compute_edges_by_outputs(c, mlp, &job.inputs, &bases, &edge_config)?,
                 _ => compute_edges(mlp, rows, &bases, &edge_config)?,
@@ -154,15 +253,15 @@ fn whole(mut job: Job, comm: Option<&dyn Communicator>, split_outputs: bool) -> 
     Ok(())
 }
 
-fn edge_config(formula: EdgeFormula, config: &LibConfig) -> EdgeConfig {
-    EdgeConfig { formula, quadrature: config.quadrature, batch_size: config.batch_size, ..EdgeConfig::default() }
+fn edge_config(formula: EdgeFormula, config: &LibConfig, path: JacobianPath) -> EdgeConfig {
+    EdgeConfig { formula, quadrature: config.quadrature, batch_size: config.batch_size, path }
 }
 
 /// The library's staged build of this run, its shard files in `out_dir/shards`.
 fn staged(job: &Job) -> AnyResult<StagedBuild<'_>> {
-    let run = job.keys.fingerprint(&job.dir, "lib_build")?.finish();
-    let edges = job.edge_formula.map(|f| edge_config(f, &job.config));
-    StagedBuild::new(&job.mlp, job.config.clone(), edges, &run, shard_dir(&job.out)?).map_err(|e| match e {
+    let run = stage_fingerprint(job, "lib_build")?.finish();
+    let edges = job.edge_formula.map(|f| edge_config(f, &job.config, job.edge_path));
+    StagedBuild::new(&*job.net, job.config.clone(), edges, &run, shard_dir(&job.out)?).map_err(|e| match e {
         degeneracy::Error::InvalidParameter { ref name, .. } if name == "basis_formula" => {
             format!("{e} (in lib_build: \"distributed\": true with mpirun)").into()
         }

@@ -69,6 +69,7 @@ mod matrix;
 pub mod nn;
 pub mod plot;
 mod scratch;
+pub mod transformer;
 
 pub use data::{Dataset, Targets};
 pub use error::{Error, Result, ShardProblem};

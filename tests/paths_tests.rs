@@ -99,7 +99,7 @@ fn generic_path_reproduces_the_closed_forms_on_block_diag() {
 }
 
 /// A wide input (300 → 12 → 4, 600 rows): the closed form's `M'` has rank 13 against a
-/// 300-dimensional frame, so its eigenpairs come from a 13 × 13 problem (`docs/math.md` §3.3);
+/// 300-dimensional frame, so its eigenpairs come from a 13 × 13 problem (`docs/math.md` §3.5);
 /// the generic path decomposes the dense 300 × 300 `M`.
 #[test]
 fn low_rank_whitened_eigen_equals_the_dense_one() {

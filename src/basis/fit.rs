@@ -61,11 +61,15 @@ pub fn build_bases(
             formula => {
                 let f = node_frame(net, stats, k, config)?;
                 let section = checked_section(net, k, next)?;
-                let closed =
-                    stats.derivatives(k).zip(section.structure()).filter(|_| formula == BasisFormula::Jacobian);
-                let (m_dash, lambda_dash) = match closed {
-                    Some((s, layer)) => (jacobian_gram::closed_form(layer, &s.finish()?, &c_next, &points), None),
-                    None => {
+                let closed = stats.derivatives(k).filter(|_| formula == BasisFormula::Jacobian);
+                let (m_dash, lambda_dash) = match (closed, section.structure(), section.residual()) {
+                    (Some(s), Some(layer), _) => {
+                        (jacobian_gram::closed_form(layer, &s.finish()?, &c_next, &points), None)
+                    }
+                    (Some(s), None, Some(block)) => {
+                        (jacobian_gram::closed_form_residual(block, &s.finish()?, &c_next, &points)?, None)
+                    }
+                    _ => {
                         let (m, l) = generic_m_dash(net, sampler, k, &*section, &c_next, config, formula)?;
                         (JacobianGram::Dense(m), l)
                     }
@@ -93,9 +97,9 @@ fn node_name(net: &dyn Network, k: usize) -> String {
 }
 
 fn node_frame(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<Frame> {
-    let folded = net.node_layers()[k].constant;
+    let node = &net.node_layers()[k];
     let moments = activation_moments(net, stats, k)?;
-    frame(&moments, folded, config.center, config.truncation_threshold, &node_name(net, k))
+    frame(&moments, node.constant, config.center, node.isolated, config.truncation_threshold, &node.name)
 }
 
 fn node_basis(net: &dyn Network, k: usize, formula: Option<BasisFormula>, c: Matrix, c_pinv: Matrix) -> NodeBasis {
@@ -161,7 +165,8 @@ fn generic_m_dash(
     formula: BasisFormula,
 ) -> Result<(Matrix, Option<Matrix>)> {
     check_sampler(net, sampler)?;
-    let empty = JacobianGramAccumulator::new(formula, section, c_next.ncols())?;
+    let sources = config.jacobian_path.sources().filter(|_| formula == BasisFormula::Jacobian);
+    let empty = JacobianGramAccumulator::new(formula, section, c_next.ncols())?.with_sources(sources)?;
     let quadrature: Quadrature = config.quadrature;
     let acc = map_batches(
         sampler,
@@ -171,7 +176,7 @@ fn generic_m_dash(
             let mut acts = ScratchMatrices::take(1);
             net.forward_nodes(x, &[k], &mut acts)?;
             check_node_rows(net, k, &acts[0], first)?;
-            acc.update(section, acts[0].view(), c_next, quadrature)
+            acc.update_at(section, acts[0].view(), first, c_next, quadrature)
         },
         |a, b| a.merge(&b),
     )?;
@@ -191,7 +196,8 @@ fn interaction_basis(
 ) -> Result<NodeBasis> {
     let (r, r_pinv) = (f.r(), f.r_pinv());
     let n = r_pinv.nrows();
-    let masked = usize::from(f.has_constant);
+    // The constant direction and the isolated coordinates are not rotated (rib's `n_masked`).
+    let masked = usize::from(f.has_constant) + f.isolated;
     let (masked_diagonal, sub_values, sub_vectors) =
         whitened_eigen(m_dash, &r_pinv, masked, config.truncation_threshold > 0.0)?;
     let v = Matrix::from_fn(n, n, |i, j| match (i < masked, j < masked) {
@@ -236,7 +242,7 @@ fn interaction_basis(
 /// of `M[masked.., masked..]`, |λ| descending, vectors as columns.
 ///
 /// With `M' = Gᵀ Â G` of rank `r` below the width `m` of the block (the closed form of a wide
-/// input, `docs/math.md` §3.3), `M[masked.., masked..] = Bᵀ B` with `B = Â^{1/2} G R⁺ᵀ` (`r × m`):
+/// input, `docs/math.md` §3.5), `M[masked.., masked..] = Bᵀ B` with `B = Â^{1/2} G R⁺ᵀ` (`r × m`):
 /// its non-zero eigenpairs come from the `r × r` matrix `B Bᵀ` (`v = Bᵀ w / √μ`), and the other
 /// `m − r` eigenvalues are 0, so their directions are dropped by any positive threshold
 /// (`zeros_drop`; with a zero threshold the dense path keeps them as rounding noise).

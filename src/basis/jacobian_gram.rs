@@ -8,9 +8,9 @@
 
 use super::BasisFormula;
 use crate::error::{Error, Result};
-use crate::estimate::{GramAccumulator, Moments, Quadrature, QuadraturePoint};
+use crate::estimate::{GramAccumulator, Moments, Quadrature, QuadraturePoint, StochasticSources};
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{FoldedLinear, Linearized, Section};
+use crate::nn::{FoldedLinear, Linearized, ResidualLayer, Section};
 use crate::scratch::ScratchMatrix;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +37,9 @@ pub struct JacobianGramAccumulator {
     directions: usize,
     /// Output positions per sample.
     out_positions: usize,
+    /// Random sources instead of the exact sums over positions / directions.
+    #[serde(default)]
+    sources: Option<StochasticSources>,
     acc: GramAccumulator,
 }
 
@@ -55,15 +58,47 @@ impl JacobianGramAccumulator {
             in_dim,
             directions,
             out_positions: section.output().positions,
+            sources: None,
             acc: GramAccumulator::new(width),
         })
     }
 
-    /// Adds a batch of folded activations `f` of the section's input node.
+    /// The same estimate with random sources replacing the sums over output positions and/or
+    /// directions (`jacobian` formula only; see [`StochasticSources`]).
+    pub fn with_sources(mut self, sources: Option<StochasticSources>) -> Result<Self> {
+        if let Some(s) = &sources {
+            s.validate()?;
+            if self.formula != BasisFormula::Jacobian {
+                return Err(Error::invalid(
+                    "stochastic sources",
+                    self.formula.name(),
+                    "only the jacobian basis has them",
+                ));
+            }
+        }
+        self.sources = sources;
+        Ok(self)
+    }
+
+    /// Adds a batch of folded activations `f` of the section's input node (with random sources,
+    /// as if its first sample were sample 0 of the dataset: use [`Self::update_at`]).
     pub fn update(
         &mut self,
         section: &dyn Section,
         f: MatrixView<'_>,
+        c_next: &Matrix,
+        quadrature: Quadrature,
+    ) -> Result<()> {
+        self.update_at(section, f, 0, c_next, quadrature)
+    }
+
+    /// Adds a batch whose first sample is sample `first_sample` of the dataset (the random
+    /// sources depend on it, so the estimate does not depend on batching).
+    pub fn update_at(
+        &mut self,
+        section: &dyn Section,
+        f: MatrixView<'_>,
+        first_sample: usize,
         c_next: &Matrix,
         quadrature: Quadrature,
     ) -> Result<()> {
@@ -88,7 +123,9 @@ impl JacobianGramAccumulator {
         match self.formula {
             BasisFormula::Jacobian => {
                 let n = f.nrows() / input.positions.max(1);
-                update_jacobian(&mut self.acc, &lins, &points, f.nrows(), (n, output.positions), c_next)
+                let cotangents =
+                    Cotangents { c_next, n, positions: output.positions, first_sample, sources: self.sources };
+                update_jacobian(&mut self.acc, &lins, &points, f.nrows(), &cotangents)
             }
             _ => update_one_minus_alpha_squared(&mut self.acc, section, &lins, &points, f, c_next),
         }
@@ -96,8 +133,8 @@ impl JacobianGramAccumulator {
 
     /// Adds another shard's estimate.
     pub fn merge(&mut self, other: &JacobianGramAccumulator) -> Result<()> {
-        if (other.formula, other.in_dim, other.directions, other.out_positions)
-            != (self.formula, self.in_dim, self.directions, self.out_positions)
+        if (other.formula, other.in_dim, other.directions, other.out_positions, other.sources)
+            != (self.formula, self.in_dim, self.directions, self.out_positions, self.sources)
         {
             return Err(Error::invalid(
                 "JacobianGramAccumulator::merge",
@@ -114,8 +151,15 @@ impl JacobianGramAccumulator {
         let d = self.in_dim;
         Ok(match self.formula {
             // One row per sample, input position and cotangent: E over N·P_in·K rows, M' needs
-            // the sum over the K = P_out · directions cotangents.
-            BasisFormula::Jacobian => (second.scaled_by((self.directions * self.out_positions) as f64), None),
+            // the sum over the K = P_out · directions cotangents (or the K sources, each scaled
+            // by 1/√(number of sources)).
+            BasisFormula::Jacobian => {
+                let blocks = match self.sources {
+                    Some(s) => s.blocks(self.out_positions, self.directions),
+                    None => self.directions * self.out_positions,
+                };
+                (second.scaled_by(blocks as f64), None)
+            }
             _ => (Matrix::from_fn(d, d, |i, j| second[(i, j)]), Some(Matrix::from_fn(d, d, |i, j| second[(i, j + d)]))),
         })
     }
@@ -183,6 +227,45 @@ pub(crate) fn closed_form(
     JacobianGram::Factored { g, core }
 }
 
+/// `M'` of a residual block `f ↦ f + σ(f W_fᵀ) R` (see [`crate::nn::ResidualLayer`]), from the
+/// moments of `s(x) = Σ_α w_α σ'(α p(x))`, `p = W_f f`: with `g_i = K C_i + W_fᵀ (s ⊙ R C_i)`,
+/// `K = Σ_α w_α`,
+///
+/// `M' = K² CCᵀ + K (CCᵀRᵀ diag(E[s]) W_f + W_fᵀ diag(E[s]) R CCᵀ) + W_fᵀ ((R CCᵀ Rᵀ) ⊙ E[ssᵀ]) W_f`,
+///
+/// returned as `Gᵀ Â G` with `G = [I; W_f]` and `Â = [[K² CCᵀ, K CCᵀRᵀ diag(E[s])], [K diag(E[s])
+/// R CCᵀ, (R CCᵀ Rᵀ) ⊙ E[ssᵀ]]]`.
+pub(crate) fn closed_form_residual(
+    block: ResidualLayer<'_>,
+    s: &Moments,
+    c_next: &Matrix,
+    points: &[QuadraturePoint],
+) -> Result<JacobianGram> {
+    let w = block.hidden.folded_weight();
+    let (h, d) = w.shape();
+    if block.readout.shape() != (h, d) || c_next.nrows() != d || s.mean.len() != h {
+        return Err(Error::shape(
+            "residual block: W_f, R [units, width], C_next rows, derivative moments",
+            &[h, d, h, d, d, h],
+            &[h, d, block.readout.nrows(), block.readout.ncols(), c_next.nrows(), s.mean.len()],
+        ));
+    }
+    let k: f64 = points.iter().map(|p| p.weight).sum();
+    let cc = c_next.matmul(&c_next.transpose())?;
+    let rc = block.readout.matmul(c_next)?;
+    let x = rc.matmul(&c_next.transpose())?; // R CCᵀ, [h, d]
+    let q = rc.matmul(&rc.transpose())?; // R CCᵀ Rᵀ, [h, h]
+    let s2 = s.second_moment();
+    let core = Matrix::from_fn(d + h, d + h, |i, j| match (i < d, j < d) {
+        (true, true) => k * k * cc[(i, j)],
+        (true, false) => k * s.mean[j - d] * x[(j - d, i)],
+        (false, true) => k * s.mean[i - d] * x[(i - d, j)],
+        (false, false) => q[(i - d, j - d)] * s2[(i - d, j - d)],
+    });
+    let g = Matrix::from_fn(d + h, d, |i, j| if i < d { f64::from(u8::from(i == j)) } else { w[(i - d, j)] });
+    Ok(JacobianGram::Factored { g, core })
+}
+
 /// The cotangents `(t, i)` for `t` in output positions and `i` in `directions` of `c_out`:
 /// block `b` of `out` (one per pair, `b = t · dirs + i` over the pairs in `pairs`) holds
 /// `C_out[:, i]` at position `t` of every sample and zero elsewhere.
@@ -196,7 +279,10 @@ pub(crate) fn basis_cotangents(
     let (width, dirs) = (c_out.nrows(), c_out.ncols());
     let rows = n * positions;
     out.resize(pairs.len() * rows, width);
-    out.fill(0.0);
+    if positions > 1 {
+        // Only position t of each sample is written below.
+        out.fill(0.0);
+    }
     for (b, pair) in pairs.enumerate() {
         let (t, i) = (pair / dirs, pair % dirs);
         for x in 0..n {
@@ -214,28 +300,61 @@ pub(crate) fn cotangent_group(rows_in: usize, width_in: usize, rows_out: usize, 
     (VJP_CHUNK_VALUES / per).max(1)
 }
 
+/// The cotangents of a batch: every `(t, i)` (output position, direction of `C_next`), or
+/// random sources.
+struct Cotangents<'a> {
+    c_next: &'a Matrix,
+    n: usize,
+    positions: usize,
+    first_sample: usize,
+    sources: Option<StochasticSources>,
+}
+
+impl Cotangents<'_> {
+    fn blocks(&self) -> usize {
+        match self.sources {
+            Some(s) => s.blocks(self.positions, self.c_next.ncols()),
+            None => self.positions * self.c_next.ncols(),
+        }
+    }
+
+    fn fill(&self, blocks: std::ops::Range<usize>, out: &mut Matrix) {
+        match &self.sources {
+            Some(s) => s.cotangents(self.c_next, self.positions, self.n, self.first_sample, blocks, out),
+            None => basis_cotangents(self.c_next, self.positions, self.n, blocks, out),
+        }
+    }
+}
+
 /// Adds a batch to the generic `M'` accumulator of the `jacobian` formula: for every cotangent
-/// `(t, i)`, the rows `g(x)[s] = Σ_α w_α VJP(αf(x), e_t ⊗ C_next[:, i])[s]`.
+/// `(t, i)` (or source), the rows `g(x)[s] = Σ_α w_α VJP(αf(x), e_t ⊗ C_next[:, i])[s]`.
 fn update_jacobian(
     acc: &mut GramAccumulator,
     lins: &[Box<dyn Linearized + '_>],
     points: &[QuadraturePoint],
     rows_in: usize,
-    (n, p_out): (usize, usize),
-    c_next: &Matrix,
+    cotangents: &Cotangents<'_>,
 ) -> Result<()> {
-    let (width_in, rows_out, width_out) = (acc.dim(), n * p_out, c_next.nrows());
-    let n_pairs = p_out * c_next.ncols();
+    let (width_in, rows_out, width_out) = (acc.dim(), cotangents.n * cotangents.positions, cotangents.c_next.nrows());
+    let n_pairs = cotangents.blocks();
     let group = cotangent_group(rows_in, width_in, rows_out, width_out);
     let (mut cot, mut g, mut gx) = (ScratchMatrix::take(), ScratchMatrix::take(), ScratchMatrix::take());
     for start in (0..n_pairs).step_by(group) {
         let pairs = start..(start + group).min(n_pairs);
-        basis_cotangents(c_next, p_out, n, pairs.clone(), &mut cot);
-        g.resize(pairs.len() * rows_in, width_in);
-        g.fill(0.0);
-        for (p, lin) in points.iter().zip(lins) {
-            lin.vjp(cot.view(), &mut gx)?;
-            g.add_scaled(p.weight, &gx);
+        cotangents.fill(pairs.clone(), &mut cot);
+        if let ([point], [lin]) = (points, lins) {
+            // One point (plain gradients): the VJP is the row block itself.
+            lin.vjp(cot.view(), &mut g)?;
+            if point.weight != 1.0 {
+                g.as_mut_slice().iter_mut().for_each(|v| *v *= point.weight);
+            }
+        } else {
+            g.resize(pairs.len() * rows_in, width_in);
+            g.fill(0.0);
+            for (p, lin) in points.iter().zip(lins) {
+                lin.vjp(cot.view(), &mut gx)?;
+                g.add_scaled(p.weight, &gx);
+            }
         }
         acc.update(g.view())?;
     }

@@ -17,7 +17,7 @@ pub use jacobian_gram::JacobianGramAccumulator;
 pub(crate) use jacobian_gram::{basis_cotangents, cotangent_group};
 
 use crate::error::{Error, Result};
-use crate::estimate::Quadrature;
+use crate::estimate::{Quadrature, StochasticSources};
 use crate::matrix::{Matrix, MatrixView};
 use crate::nn::Network;
 use serde::{Deserialize, Serialize};
@@ -125,16 +125,35 @@ impl BasisFormula {
     }
 }
 
-/// How `M'` of the `jacobian` formula is computed.
+/// How `M'` of the `jacobian` formula (and the edges' Jacobians) are computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JacobianPath {
-    /// The closed form wherever the section is a single `Linear → σ` layer (one data pass for
-    /// all node layers), vector–Jacobian products elsewhere.
+    /// The closed form wherever the section is a single `Linear → σ` layer or a residual block
+    /// around one (one data pass for all node layers), vector–Jacobian products elsewhere.
     #[default]
     Auto,
     /// Vector–Jacobian products everywhere (one data pass per node layer): the reference.
     Generic,
+    /// As `Auto`, with the exact sums of the vector–Jacobian products over output positions (and
+    /// optionally directions) replaced by random sources (rib's `n_stochastic_sources_*`): for
+    /// long contexts. The closed forms stay exact.
+    Stochastic(StochasticSources),
+}
+
+impl JacobianPath {
+    /// Whether closed forms are used where a section has one.
+    pub fn closed_forms(self) -> bool {
+        self != JacobianPath::Generic
+    }
+
+    /// The sources, if any.
+    pub fn sources(self) -> Option<StochasticSources> {
+        match self {
+            JacobianPath::Stochastic(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// Settings of a basis build (rib's `RibBuildConfig`, the parts that shape the bases).
@@ -183,6 +202,9 @@ impl LibConfig {
         }
         crate::data::check_batch_size(self.batch_size)?;
         self.quadrature.validate()?;
+        if let Some(sources) = self.jacobian_path.sources() {
+            sources.validate()?;
+        }
         if self.center && self.basis_formula == BasisFormula::Neuron {
             return Err(Error::invalid("center", true, "centring is not defined for the neuron basis"));
         }
@@ -192,13 +214,13 @@ impl LibConfig {
     /// The rule of the derivative moments [`crate::estimate::NodeStatistics`] must collect for
     /// the closed-form Jacobian Grams (`None` when the build does not use them).
     pub fn statistics_quadrature(&self) -> Option<Quadrature> {
-        (self.basis_formula == BasisFormula::Jacobian && self.jacobian_path == JacobianPath::Auto)
-            .then_some(self.quadrature)
+        (self.basis_formula == BasisFormula::Jacobian && self.jacobian_path.closed_forms()).then_some(self.quadrature)
     }
 
     /// How many passes over the data [`build_bases`] makes after the statistics pass: one per
-    /// node layer whose `M'` has no closed form (the `(1-alpha)^2` formula, sections that are not
-    /// one affine + elementwise layer, [`JacobianPath::Generic`]); 0 for PCA, neurons, and the
+    /// node layer whose `M'` has no closed form (the `(1-alpha)^2` formula, sections that are
+    /// neither one affine + elementwise layer nor a residual block around one,
+    /// [`JacobianPath::Generic`]); 0 for PCA, neurons, and the
     /// `jacobian` LIB of an MLP's consecutive node layers.
     pub fn extra_passes(&self, net: &dyn Network) -> Result<usize> {
         if !self.basis_formula.is_interaction() {
@@ -207,7 +229,9 @@ impl LibConfig {
         let nodes = self.node_indices(net)?;
         let mut passes = 0;
         for pair in nodes.windows(2) {
-            let closed = self.statistics_quadrature().is_some() && net.section(pair[0], pair[1])?.structure().is_some();
+            let section = net.section(pair[0], pair[1])?;
+            let structured = section.structure().is_some() || section.residual().is_some();
+            let closed = self.statistics_quadrature().is_some() && structured;
             passes += usize::from(!closed);
         }
         Ok(passes)

@@ -40,7 +40,7 @@ pub struct GramAccumulator {
     scatter: Matrix,
     /// While fewer than `dim` rows have been seen: the rows themselves, row-major (`mean` and
     /// `scatter` unused). Smaller than a `dim × dim` state, and what lets a Gram of rank below
-    /// its width be decomposed on its kernel side (`docs/math.md` §3.3). `None` once the rows
+    /// its width be decomposed on its kernel side (`docs/math.md` §3.5). `None` once the rows
     /// reach `dim` (and in states written before this field existed).
     #[serde(default)]
     rows: Option<Vec<f64>>,

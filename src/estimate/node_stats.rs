@@ -11,7 +11,7 @@ use super::quadrature::Quadrature;
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{Network, Section, check_nodes};
+use crate::nn::{FoldedLinear, Network, Section, check_nodes};
 use crate::scratch::{ScratchMatrices, ScratchMatrix};
 use serde::{Deserialize, Serialize};
 
@@ -27,8 +27,8 @@ pub struct NodeStatistics {
     quadrature: Option<Quadrature>,
     /// Moments of the folded activations (rows = samples × positions) at each node.
     activations: Vec<GramAccumulator>,
-    /// For each node whose section to the next selected node is a [`FoldedLinear`]: moments of
-    /// `s(x) = Σ_α w_α σ'(α z(x))`, `z` its pre-activations.
+    /// For each node whose section to the next selected node is a [`FoldedLinear`] or a
+    /// residual block around one: moments of `s(x) = Σ_α w_α σ'(α z(x))`, `z` its pre-activations.
     derivatives: Vec<Option<GramAccumulator>>,
 }
 
@@ -55,11 +55,11 @@ impl NodeStatistics {
                 (Some(_), Some(&next)) => Some(crate::nn::checked_section(net, k, next)?),
                 _ => None,
             };
-            sections.push(section.filter(|s| s.structure().is_some()));
+            sections.push(section.filter(|s| derivative_layer(&**s).is_some()));
         }
         let derivatives = sections
             .iter()
-            .map(|s| s.as_ref().and_then(|s| s.structure()).map(|f| GramAccumulator::new(f.units())))
+            .map(|s| s.as_ref().and_then(|s| derivative_layer(&**s)).map(|f| GramAccumulator::new(f.units())))
             .collect();
         Ok((NodeStatistics { nodes: nodes.to_vec(), quadrature, activations, derivatives }, sections))
     }
@@ -105,7 +105,7 @@ impl NodeStatistics {
             check_node_rows(net, k, f, first_row)?;
             self.activations[slot].update(f.view())?;
             if let (Some(acc), Some(layer)) =
-                (&mut self.derivatives[slot], sections[slot].as_ref().and_then(|s| s.structure()))
+                (&mut self.derivatives[slot], sections[slot].as_ref().and_then(|s| derivative_layer(&**s)))
             {
                 layer.preactivations(f.view(), &mut z);
                 layer.derivative_vectors(&z, &points, &mut s);
@@ -158,6 +158,12 @@ impl NodeStatistics {
     fn slot(&self, node: usize) -> Option<usize> {
         self.nodes.iter().position(|&k| k == node)
     }
+}
+
+/// The layer whose derivative moments make a section's Jacobian Gram a closed form: the section
+/// itself when it is affine + elementwise, the hidden layer of a residual block.
+pub(crate) fn derivative_layer<'s>(section: &'s (dyn Section + '_)) -> Option<&'s FoldedLinear> {
+    section.structure().or_else(|| section.residual().map(|r| r.hidden))
 }
 
 /// Errors unless the sampler's rows are the network's inputs.

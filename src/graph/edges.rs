@@ -13,9 +13,9 @@
 use crate::basis::{Basis, JacobianPath, NodeBasis, basis_cotangents, cotangent_group};
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
-use crate::estimate::{Quadrature, QuadraturePoint, check_node_rows, check_sampler};
+use crate::estimate::{Quadrature, QuadraturePoint, StochasticSources, check_node_rows, check_sampler};
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{FoldedLinear, Linearized, Network, Section, checked_section};
+use crate::nn::{Activation, FoldedLinear, Linearized, Network, ResidualLayer, Section, checked_section};
 use crate::scratch::{ScratchMatrices, ScratchMatrix};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -138,7 +138,10 @@ pub struct EdgeConfig {
     pub quadrature: Quadrature,
     /// Rows processed together.
     pub batch_size: usize,
-    /// Product form for single-layer sections, or vector–Jacobian products everywhere.
+    /// Product forms for single-layer sections and residual blocks, or vector–Jacobian products
+    /// everywhere; [`JacobianPath::Stochastic`] replaces the sum over output positions of the
+    /// squared edges' vector–Jacobian path by random sources (its `hidden` count does not apply:
+    /// every output direction has its row; functional edges stay exact).
     pub path: JacobianPath,
 }
 
@@ -146,6 +149,9 @@ impl EdgeConfig {
     /// Checks the settings; errors name the offending field.
     pub fn validate(&self) -> Result<()> {
         crate::data::check_batch_size(self.batch_size)?;
+        if let Some(sources) = self.path.sources() {
+            sources.validate()?;
+        }
         self.quadrature.validate()
     }
 }
@@ -248,7 +254,7 @@ pub fn accumulate_edge_outputs(
             let mut acts = ScratchMatrices::take(1);
             net.forward_nodes(x, &[k], &mut acts)?;
             check_node_rows(net, k, &acts[0], first)?;
-            plan.update(acc, acts[0].view(), &points)
+            plan.update(acc, acts[0].view(), first, &points)
         },
         |a, b| a.merge(&b),
     )
@@ -260,11 +266,27 @@ struct EdgePlan<'a> {
     formula: EdgeFormula,
     c_in: &'a Matrix,
     c_in_pinv: &'a Matrix,
+    /// `C_in⁺ᵀ`: maps input gradients to basis coordinates.
+    c_in_pinv_t: Matrix,
     /// The columns of `C_out` of the output directions computed.
     c_out: Matrix,
     /// Product form of a single layer: `B = W_f C_in⁺ᵀ` (`[d_out, dim_in]`), and below it the
     /// row `C_in⁺[:, c]` if the layer carries the constant (the constant as one more unit).
     product: Option<(&'a FoldedLinear, Matrix)>,
+    /// Product form of a residual block (squared edges): see [`ResidualPlan`].
+    residual: Option<ResidualPlan<'a>>,
+    /// Position sources of the squared edges' generic path (rib's `n_stochastic_sources_edges`).
+    sources: Option<StochasticSources>,
+}
+
+/// A residual block `f ↦ f + σ(f W_fᵀ) R`: `J_ij = K T[i, j] + Σ_o RC[o, i] s_o(x) B[o, j]` with
+/// `B = W_f C_in⁺ᵀ` (`[units, dim_in]`), `RC = R C_out` (`[units, dim_out]`), the skip
+/// `T = C_outᵀ C_in⁺ᵀ` (`[dim_out, dim_in]`) and `K = Σ_α w_α`.
+struct ResidualPlan<'a> {
+    block: ResidualLayer<'a>,
+    b: Matrix,
+    rc_t: Matrix,
+    t: Matrix,
 }
 
 impl<'a> EdgePlan<'a> {
@@ -275,7 +297,7 @@ impl<'a> EdgePlan<'a> {
         outputs: Range<usize>,
         config: &EdgeConfig,
     ) -> Self {
-        let product = section.structure().filter(|_| config.path == JacobianPath::Auto).map(|layer| {
+        let product = section.structure().filter(|_| config.path.closed_forms()).map(|layer| {
             let c_pinv = input.c_pinv();
             let b = layer.folded_weight().matmul(&c_pinv.transpose()).expect("shapes checked");
             if !layer.carries_constant() {
@@ -291,12 +313,41 @@ impl<'a> EdgePlan<'a> {
             formula: config.formula,
             c_in: input.c(),
             c_in_pinv: input.c_pinv(),
+            c_in_pinv_t: input.c_pinv().transpose(),
             c_out: output.c().select_columns(&outputs.collect::<Vec<_>>()),
+            residual: None,
+            sources: config
+                .path
+                .sources()
+                .filter(|s| s.positions.is_some())
+                .map(|s| StochasticSources { hidden: None, ..s }),
             product,
         }
+        .with_residual(section, input, config)
     }
 
-    fn update(&self, acc: &mut EdgeAccumulator, f: MatrixView<'_>, points: &[QuadraturePoint]) -> Result<()> {
+    /// Adds the residual block's product form when the section is one (squared edges only).
+    fn with_residual(mut self, section: &'a dyn Section, input: &'a NodeBasis, config: &EdgeConfig) -> Self {
+        if self.product.is_some() || !config.path.closed_forms() || config.formula != EdgeFormula::Squared {
+            return self;
+        }
+        self.residual = section.residual().and_then(|block| {
+            let c_pinv_t = input.c_pinv().transpose();
+            let b = block.hidden.folded_weight().matmul(&c_pinv_t).ok()?;
+            let rc_t = block.readout.matmul(&self.c_out).ok()?.transpose();
+            let t = self.c_out.transpose().matmul(&c_pinv_t).ok()?;
+            Some(ResidualPlan { block, b, rc_t, t })
+        });
+        self
+    }
+
+    fn update(
+        &self,
+        acc: &mut EdgeAccumulator,
+        f: MatrixView<'_>,
+        first_sample: usize,
+        points: &[QuadraturePoint],
+    ) -> Result<()> {
         let f_hat = f.matmul(self.c_in.view())?;
         let rebuilt = f_hat.matmul(self.c_in_pinv)?;
         match (&self.product, self.formula) {
@@ -304,7 +355,10 @@ impl<'a> EdgePlan<'a> {
             (Some((layer, b)), EdgeFormula::Functional) => {
                 self.functional_product(acc, layer, b, &f_hat, &rebuilt, points)?
             }
-            (None, EdgeFormula::Squared) => self.squared_generic(acc, &f_hat, &rebuilt, points)?,
+            (None, EdgeFormula::Squared) => match &self.residual {
+                Some(plan) => self.squared_residual(acc, plan, &f_hat, &rebuilt, points),
+                None => self.squared_generic(acc, &f_hat, &rebuilt, first_sample, points)?,
+            },
             (None, EdgeFormula::Functional) => self.functional_generic(acc, &f_hat, &rebuilt, points)?,
         }
         acc.count += f.nrows() as u64;
@@ -314,6 +368,10 @@ impl<'a> EdgePlan<'a> {
     /// `Σ_α w_α (∂F̂/∂u)(α û)` for a group of cotangents `(t, i)` (output position, output
     /// direction), each weighted per sample and α by `weight(α index, block, row)` when given:
     /// `[group · rows_in, dim_in]`, block by block as the cotangents.
+    ///
+    /// With `sources` (position sources, `first_sample` the batch's first dataset row), block
+    /// `(r, i)` holds `Σ_t φ_r(x, t) e_t ⊗ C_out[:, i]` instead.
+    #[allow(clippy::too_many_arguments)]
     fn coordinate_gradients(
         &self,
         lins: &[Box<dyn Linearized + '_>],
@@ -321,9 +379,13 @@ impl<'a> EdgePlan<'a> {
         (n, p_out): (usize, usize),
         pairs: Range<usize>,
         weight: Option<&dyn Fn(usize, usize, usize) -> f64>,
+        sources: Option<(StochasticSources, usize)>,
     ) -> Result<Matrix> {
-        let (mut cot, mut gx) = (ScratchMatrix::take(), ScratchMatrix::take());
-        basis_cotangents(&self.c_out, p_out, n, pairs.clone(), &mut cot);
+        let mut cot = ScratchMatrix::take();
+        match sources {
+            Some((s, first)) => s.cotangents(&self.c_out, p_out, n, first, pairs.clone(), &mut cot),
+            None => basis_cotangents(&self.c_out, p_out, n, pairs.clone(), &mut cot),
+        }
         let rows_out = n * p_out;
         let mut sum = Matrix::default();
         for (q, (p, lin)) in points.iter().zip(lins).enumerate() {
@@ -335,10 +397,10 @@ impl<'a> EdgePlan<'a> {
                     }
                 }
             }
-            lin.vjp(cot.view(), &mut gx)?;
-            let coords = gx.matmul(&self.c_in_pinv.transpose())?;
+            let mut coords = Matrix::default();
+            lin.vjp_mapped(cot.view(), &self.c_in_pinv_t, &mut coords)?;
             if sum.nrows() == 0 {
-                sum = coords.scaled_by(p.weight);
+                sum = if p.weight == 1.0 { coords } else { coords.scaled_by(p.weight) };
             } else {
                 sum.add_scaled(p.weight, &coords);
             }
@@ -395,16 +457,19 @@ impl<'a> EdgePlan<'a> {
         acc: &mut EdgeAccumulator,
         f_hat: &Matrix,
         rebuilt: &Matrix,
+        first_sample: usize,
         points: &[QuadraturePoint],
     ) -> Result<()> {
         let (p_in, p_out) = (self.section.input().positions.max(1), self.section.output().positions.max(1));
         let n = f_hat.nrows() / p_in;
         let lins = self.linearize_all(rebuilt, points)?;
-        let n_pairs = p_out * self.c_out.ncols();
+        // Position sources replace the sum over output positions outside the square.
+        let sources = self.sources.map(|s| (s, first_sample));
+        let n_pairs = self.sources.map_or(p_out, |s| s.positions.unwrap_or(p_out)) * self.c_out.ncols();
         let group = cotangent_group(n * p_in, self.section.input().width, n * p_out, self.c_out.nrows());
         for start in (0..n_pairs).step_by(group) {
             let pairs = start..(start + group).min(n_pairs);
-            let a = self.coordinate_gradients(&lins, points, (n, p_out), pairs.clone(), None)?;
+            let a = self.coordinate_gradients(&lins, points, (n, p_out), pairs.clone(), None, sources)?;
             self.add_position_sums(acc, &a, f_hat, (n, p_in), pairs, |v| v * v);
         }
         Ok(())
@@ -440,7 +505,7 @@ impl<'a> EdgePlan<'a> {
         let group = cotangent_group(n * p_in, self.section.input().width, n * p_out, self.c_out.nrows());
         for start in (0..n_pairs).step_by(group) {
             let pairs = start..(start + group).min(n_pairs);
-            let a = self.coordinate_gradients(&lins, points, (n, p_out), pairs.clone(), Some(&weight))?;
+            let a = self.coordinate_gradients(&lins, points, (n, p_out), pairs.clone(), Some(&weight), None)?;
             self.add_position_sums(acc, &a, f_hat, (n, p_in), pairs, |v| v);
         }
         Ok(())
@@ -458,8 +523,12 @@ impl<'a> EdgePlan<'a> {
         points: &[QuadraturePoint],
     ) {
         let (n, d_out) = (rebuilt.nrows(), layer.folded_weight().nrows());
-        let p = rebuilt.matmul(&layer.folded_weight().transpose()).expect("shapes checked");
         let act = layer.activation();
+        if act == Activation::Identity {
+            // A linear layer: J is the same for every sample, `E_ij = J_ij² · Σ_x f̂_j(x)² / N`.
+            return self.squared_linear(acc, layer, b, f_hat, points);
+        }
+        let p = rebuilt.matmul(&layer.folded_weight().transpose()).expect("shapes checked");
         let s = Matrix::from_fn(n, d_out, |x, o| {
             points.iter().map(|q| q.weight * act.derivative(q.alpha * p[(x, o)])).sum()
         });
@@ -494,6 +563,90 @@ impl<'a> EdgePlan<'a> {
                     for ((e, &v), &fj) in acc.sum.row_mut(i).iter_mut().zip(a.row(r * dim_out + i)).zip(f) {
                         *e += (v * fj) * (v * fj);
                     }
+                }
+            }
+        }
+    }
+
+    /// Squared edges of a layer without activation: `Σ_α w_α J = K_σ C_hᵀ B + K_κ C_cᵀ C_in⁺[:, c]`
+    /// with `K_σ = Σ_α w_α` (σ' = 1) and the carrier's `K_κ = Σ_α w_α κ'(α c) = K_σ` (κ(c) = c),
+    /// the same for every sample.
+    fn squared_linear(
+        &self,
+        acc: &mut EdgeAccumulator,
+        layer: &FoldedLinear,
+        b: &Matrix,
+        f_hat: &Matrix,
+        points: &[QuadraturePoint],
+    ) {
+        let k: f64 = points.iter().map(|q| q.weight).sum();
+        // C_out's rows are the units and, when carried, the constant: B's rows in that order.
+        debug_assert_eq!(self.c_out.nrows(), b.nrows());
+        debug_assert!(layer.activation() == Activation::Identity);
+        let j = self.c_out.transpose().matmul(b).expect("shapes checked");
+        let dim_in = b.ncols();
+        let mut sq = vec![0.0; dim_in];
+        for x in 0..f_hat.nrows() {
+            for (s, &v) in sq.iter_mut().zip(f_hat.row(x)) {
+                *s += v * v;
+            }
+        }
+        for i in 0..j.nrows() {
+            for ((e, &v), &s) in acc.sum.row_mut(i).iter_mut().zip(j.row(i)).zip(&sq) {
+                *e += (k * v) * (k * v) * s;
+            }
+        }
+    }
+
+    /// The squared edges of a residual block in product form: per chunk of rows one GEMM
+    /// `L B` with rows `(x, i)` of `L` equal to `s(x) ⊙ RC[:, i]`, plus the skip `K T[i, :]`.
+    fn squared_residual(
+        &self,
+        acc: &mut EdgeAccumulator,
+        plan: &ResidualPlan<'_>,
+        f_hat: &Matrix,
+        rebuilt: &Matrix,
+        points: &[QuadraturePoint],
+    ) {
+        let w = plan.block.hidden.folded_weight();
+        let (n, units) = (rebuilt.nrows(), w.nrows());
+        let p = rebuilt.matmul(&w.transpose()).expect("shapes checked");
+        let act = plan.block.hidden.activation();
+        let s = Matrix::from_fn(n, units, |x, o| {
+            points.iter().map(|q| q.weight * act.derivative(q.alpha * p[(x, o)])).sum()
+        });
+        let k: f64 = points.iter().map(|q| q.weight).sum();
+        let (dim_out, dim_in) = (plan.rc_t.nrows(), plan.b.ncols());
+        // One sample at a time over the units with a non-zero derivative only (about half of
+        // them for ReLU): `A_x = (s_x ⊙ RC)[active]ᵀ B[active]`.
+        let (mut l, mut b, mut a) = (ScratchMatrix::take(), ScratchMatrix::take(), ScratchMatrix::take());
+        let mut active = Vec::with_capacity(units);
+        for x in 0..n {
+            active.clear();
+            active.extend((0..units).filter(|&o| s[(x, o)] != 0.0));
+            l.resize(dim_out, active.len());
+            for i in 0..dim_out {
+                let (dst, rc) = (l.row_mut(i), plan.rc_t.row(i));
+                for (v, &o) in dst.iter_mut().zip(&active) {
+                    *v = s[(x, o)] * rc[o];
+                }
+            }
+            b.resize(active.len(), dim_in);
+            for (r, &o) in active.iter().enumerate() {
+                b.row_mut(r).copy_from_slice(plan.b.row(o));
+            }
+            a.resize(dim_out, dim_in);
+            if active.is_empty() {
+                a.fill(0.0);
+            } else {
+                crate::linalg::gemm(a.as_mut_slice(), l.view(), false, b.view(), false, 1.0, false);
+            }
+            let f = f_hat.row(x);
+            for i in 0..dim_out {
+                let (row, skip) = (a.row(i), plan.t.row(i));
+                for (((e, &v), &t), &fj) in acc.sum.row_mut(i).iter_mut().zip(row).zip(skip).zip(f) {
+                    let j = (v + k * t) * fj;
+                    *e += j * j;
                 }
             }
         }

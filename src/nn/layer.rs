@@ -20,6 +20,22 @@ pub trait Linearized {
     /// [`Linearized::output`] (block `b` holds cotangent `b` of every output row); `grad_x` is
     /// resized to `k` blocks shaped like the input.
     fn vjp(&self, cotangents: MatrixView<'_>, grad_x: &mut Matrix) -> Result<()>;
+
+    /// `out ← [c₁ J; c₂ J; …] · map`: the VJP followed by a linear map of the input coordinates
+    /// (`map` is `[input width, m]`; the edges read gradients in basis coordinates this way).
+    ///
+    /// The default runs [`Linearized::vjp`] and one product; a map whose VJP is a combination of
+    /// a few vectors per sample (attention) maps those vectors instead.
+    fn vjp_mapped(&self, cotangents: MatrixView<'_>, map: &Matrix, out: &mut Matrix) -> Result<()> {
+        let mut grad = crate::scratch::ScratchMatrix::take();
+        self.vjp(cotangents, &mut grad)?;
+        if grad.ncols() != map.nrows() {
+            return Err(Error::shape("Linearized::vjp_mapped map [input width, m]", &[grad.ncols()], &[map.nrows()]));
+        }
+        out.resize(grad.nrows(), map.ncols());
+        crate::linalg::gemm(out.as_mut_slice(), grad.view(), false, map.view(), false, 1.0, false);
+        Ok(())
+    }
 }
 
 /// What the estimators may exploit about a [`Layer`] beyond its forward pass and VJP, and how a

@@ -19,6 +19,6 @@ pub use loss::{Loss, TargetsView, accuracy};
 pub use mlp::{ForwardTrace, Mlp, OUTPUT_NODE};
 pub use network::{Network, NodeLayer};
 pub(crate) use network::{check_nodes, checked_section};
-pub use section::{Chain, FoldedLinear, NodeShape, Section};
+pub use section::{Chain, FoldedLinear, NodeShape, ResidualLayer, Section};
 pub use sequential::{NodeSpec, Sequential};
 pub use train::{Optimizer, TrainConfig, TrainReport, evaluate, train, train_observed, train_with};

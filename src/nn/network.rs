@@ -15,12 +15,32 @@ pub struct NodeLayer {
     pub constant: bool,
     /// Rows per sample (sequence positions kept at this node; 1 for an MLP).
     pub positions: usize,
+    /// Leading coordinates each kept as a basis direction of its own (default 0).
+    ///
+    /// The basis then neither mixes them with the other coordinates in the Gram
+    /// eigendecomposition nor rotates them in the interaction step: a LayerNorm's variance
+    /// input stays one readable direction (rib's `isolate_ln_var`, `docs/math.md` §3.3).
+    pub isolated: usize,
 }
 
 impl NodeLayer {
     /// A node of `width` coordinates (constant included) per position.
     pub fn new(name: impl Into<String>, width: usize, constant: bool, positions: usize) -> Self {
-        NodeLayer { name: name.into(), width, constant, positions }
+        NodeLayer { name: name.into(), width, constant, positions, isolated: 0 }
+    }
+
+    /// The same node with its first `isolated` coordinates kept as basis directions of their own
+    /// (see [`NodeLayer::isolated`]).
+    ///
+    /// ```
+    /// use degeneracy::nn::NodeLayer;
+    /// // [variance, residual (4), constant]: the variance stays its own direction.
+    /// let node = NodeLayer::new("ln2_out.0", 6, true, 3).with_isolated(1);
+    /// assert_eq!((node.isolated, node.units()), (1, 5));
+    /// ```
+    pub fn with_isolated(mut self, isolated: usize) -> Self {
+        self.isolated = isolated;
+        self
     }
 
     /// One sample's shape.

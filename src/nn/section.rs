@@ -58,6 +58,13 @@ pub trait Section: Send + Sync {
         None
     }
 
+    /// The section as a residual block `f ↦ f + σ(f W_fᵀ) R` with one folded hidden layer, if it
+    /// is one (a transformer's MLP block without normalisation): the Jacobian Gram and the
+    /// squared edges then have closed forms too (`docs/math.md` §3.1, §4.1).
+    fn residual(&self) -> Option<ResidualLayer<'_>> {
+        None
+    }
+
     /// The section as `rest ∘ first` with an affine + elementwise `first`, if it starts that way
     /// (`rest` is `None` when `first` is all of it): what is linear in the input (ablation running
     /// sums) can then work on the first layer's pre-activations.
@@ -82,9 +89,26 @@ impl<S: Section + ?Sized> Section for &S {
     fn structure(&self) -> Option<&FoldedLinear> {
         (**self).structure()
     }
+    fn residual(&self) -> Option<ResidualLayer<'_>> {
+        (**self).residual()
+    }
     fn split_first(&self) -> Option<(&FoldedLinear, Option<Box<dyn Section + '_>>)> {
         (**self).split_first()
     }
+}
+
+/// A section `f ↦ f + σ(f W_fᵀ) R` on folded rows, position by position: the identity plus one
+/// folded hidden layer read back by `R` (see [`Section::residual`]).
+///
+/// The hidden layer does not carry the constant coordinate; a bias of `R` enters as a hidden unit
+/// fed by the constant (rib's `root_one` unit), and `R`'s column of the constant coordinate is
+/// zero, so the constant passes unchanged.
+#[derive(Clone, Copy, Debug)]
+pub struct ResidualLayer<'a> {
+    /// `f ↦ σ(f W_fᵀ)`, `[units, width]` folded weight, without the constant carrier.
+    pub hidden: &'a FoldedLinear,
+    /// `R`, `[units, width]`.
+    pub readout: &'a Matrix,
 }
 
 /// Errors unless `x` is a batch of whole samples of `shape`; returns the number of samples.
@@ -389,6 +413,13 @@ impl Section for Chain<'_> {
         }
     }
 
+    fn residual(&self) -> Option<ResidualLayer<'_>> {
+        match self.steps.as_slice() {
+            [one] => one.residual(),
+            _ => None,
+        }
+    }
+
     fn split_first(&self) -> Option<(&FoldedLinear, Option<Box<dyn Section + '_>>)> {
         let first = self.steps[0].structure()?;
         if self.steps.len() == 1 {
@@ -421,6 +452,20 @@ impl Linearized for ChainLinearized<'_> {
             current = buffer.view();
         }
         unreachable!("a chain has at least one part")
+    }
+
+    fn vjp_mapped(&self, cotangents: MatrixView<'_>, map: &Matrix, out: &mut Matrix) -> Result<()> {
+        if self.parts.len() == 1 {
+            return self.parts[0].vjp_mapped(cotangents, map, out);
+        }
+        let (mut buffer, mut grad) = (ScratchMatrix::take(), ScratchMatrix::take());
+        let mut current = cotangents;
+        for part in self.parts[1..].iter().rev() {
+            part.vjp(current, &mut grad)?;
+            std::mem::swap(&mut *buffer, &mut *grad);
+            current = buffer.view();
+        }
+        self.parts[0].vjp_mapped(current, map, out)
     }
 }
 
