@@ -25,16 +25,7 @@ fn run_example(name: &str, config: &serde_json::Value) -> (bool, String, tempfil
 
 /// Runs `cargo run --release --example NAME -- ARGS` in `dir`; returns (success, stdout + stderr).
 fn run_in(dir: &Path, name: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "--release", "--quiet", "--manifest-path"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .args(["--example", name, "--"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    run_with_env(dir, name, args, None)
 }
 
 fn abs(p: PathBuf) -> String {
@@ -460,17 +451,18 @@ fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Runs an example with an environment variable set; returns (success, stdout + stderr).
-fn run_with_env(dir: &Path, name: &str, args: &[&str], env: (&str, &str)) -> (bool, String) {
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "--release", "--quiet", "--manifest-path"])
+/// [`run_in`] with an environment variable set.
+fn run_with_env(dir: &Path, name: &str, args: &[&str], env: Option<(&str, &str)>) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["run", "--release", "--quiet", "--manifest-path"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
         .args(["--example", name, "--"])
         .args(args)
-        .current_dir(dir)
-        .env(env.0, env.1)
-        .output()
-        .unwrap();
+        .current_dir(dir);
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -487,7 +479,7 @@ fn output_folders_are_replaced_whole_and_only_when_complete() {
     assert!(first.contains_key("E_hat_2_layers_2__output.npy") && first.contains_key("C_2_layers_2.npy"));
 
     // A write that fails partway (the 4th file) leaves the previous result byte for byte.
-    let (ok, text) = run_with_env(d, "lib_build", &["all.json"], ("DEGENERACY_FAIL_AFTER_FILES", "3"));
+    let (ok, text) = run_with_env(d, "lib_build", &["all.json"], Some(("DEGENERACY_FAIL_AFTER_FILES", "3")));
     assert!(!ok && text.contains("simulated write failure"), "{text}");
     assert_eq!(snapshot(&d.join("out")), first, "the previous result is untouched");
     let leftovers: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();

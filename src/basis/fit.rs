@@ -102,19 +102,16 @@ fn node_frame(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibC
     frame(&moments, node.constant, config.center, node.isolated, config.truncation_threshold, &node.name)
 }
 
-fn node_basis(net: &dyn Network, k: usize, formula: Option<BasisFormula>, c: Matrix, c_pinv: Matrix) -> NodeBasis {
-    NodeBasis {
-        node: node_name(net, k),
-        formula,
-        has_constant_direction: false,
-        c,
-        c_pinv,
-        w: None,
-        lambda: None,
-        gram_eigenvalues: Vec::new(),
-        mean: Vec::new(),
-        gram_kept: Vec::new(),
-    }
+/// The basis of node `k` built here: the public constructor's checks (shapes, finite entries)
+/// and the formula recorded.
+fn node_basis(
+    net: &dyn Network,
+    k: usize,
+    formula: Option<BasisFormula>,
+    c: Matrix,
+    c_pinv: Matrix,
+) -> Result<NodeBasis> {
+    Ok(NodeBasis { formula, ..NodeBasis::new(node_name(net, k), c, c_pinv)? })
 }
 
 /// The last node layer: PCA if `rotate_final_node_layer`, else the identity.
@@ -123,7 +120,7 @@ fn final_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &Lib
         return pca_basis(net, stats, k, config);
     }
     let orig = net.node_layers()[k].width;
-    Ok(node_basis(net, k, None, Matrix::identity(orig), Matrix::identity(orig)))
+    node_basis(net, k, None, Matrix::identity(orig), Matrix::identity(orig))
 }
 
 fn with_frame(mut b: NodeBasis, f: &Frame, mean: Vec<f64>) -> NodeBasis {
@@ -137,7 +134,7 @@ fn with_frame(mut b: NodeBasis, f: &Frame, mean: Vec<f64>) -> NodeBasis {
 
 fn pca_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
     let f = node_frame(net, stats, k, config)?;
-    let b = node_basis(net, k, Some(BasisFormula::Svd), f.w.clone(), f.w_pinv.clone());
+    let b = node_basis(net, k, Some(BasisFormula::Svd), f.w.clone(), f.w_pinv.clone())?;
     Ok(with_frame(b, &f, activation_moments(net, stats, k)?.mean))
 }
 
@@ -146,7 +143,7 @@ fn neuron_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &Li
     let moments = activation_moments(net, stats, k)?;
     let (eigenvalues, _) = sorted_abs_eigen(&moments.second_moment())?;
     let orig = moments.mean.len();
-    let mut b = node_basis(net, k, Some(BasisFormula::Neuron), Matrix::identity(orig), Matrix::identity(orig));
+    let mut b = node_basis(net, k, Some(BasisFormula::Neuron), Matrix::identity(orig), Matrix::identity(orig))?;
     b.gram_kept = eigenvalues.iter().copied().filter(|&v| v > config.truncation_threshold).collect();
     b.gram_eigenvalues = eigenvalues;
     b.mean = moments.mean;
@@ -233,7 +230,7 @@ fn interaction_basis(
     let vt_rp = v_kept.transpose().matmul(&r_pinv)?;
     let c = Matrix::from_fn(rv.nrows(), kept.len(), |i, j| rv[(i, j)] * lambda[j].sqrt());
     let c_pinv = Matrix::from_fn(kept.len(), vt_rp.ncols(), |i, j| vt_rp[(i, j)] / lambda[i].sqrt());
-    let mut b = node_basis(net, k, Some(config.basis_formula), c, c_pinv);
+    let mut b = node_basis(net, k, Some(config.basis_formula), c, c_pinv)?;
     b.lambda = Some(lambda);
     Ok(with_frame(b, &f, mean))
 }
