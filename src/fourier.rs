@@ -11,19 +11,21 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::f64::consts::TAU;
 
-/// The dominant frequency pair of a function `g(a, b)` on the `p × p` grid.
+/// The dominant frequencies of a function `g(a, b)` on the `p × p` grid.
 ///
 /// Frequencies are folded to `0..=p/2`: `k` and `p − k` are one real frequency (a real `g` has
-/// `|G(k_a, k_b)| = |G(p − k_a, p − k_b)|`), and `cos(k_a a + k_b b)` and `cos(k_a a − k_b b)`
-/// share the label `(k_a, k_b)`.
+/// `|G(k_a, k_b)| = |G(p − k_a, p − k_b)|`), so `cos(k_a a + k_b b)` and `cos(k_a a − k_b b)` both
+/// count for `(k_a, k_b)`. The dominant frequency of `a` is the non-zero `k_a` with the most
+/// power summed over `k_b`; likewise for `b`; 0 where `g` does not depend on that input.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FourierLabel {
-    /// The frequency of `a`, in `0..=p/2`.
+    /// The dominant frequency of `a`, in `0..=p/2` (0: `g` does not depend on `a`).
     pub a: usize,
-    /// The frequency of `b`, in `0..=p/2`.
+    /// The dominant frequency of `b`, in `0..=p/2`.
     pub b: usize,
-    /// The fraction of the non-constant power `Σ_{(k_a, k_b) ≠ (0, 0)} |G|²` at this folded pair
-    /// (0 for a constant function).
+    /// The fraction of the non-constant power in the terms of these frequencies, folded
+    /// `(a, b)`, `(a, 0)` and `(0, b)`: 1 for `cos(k(a + b))`, for `cos(k a) + cos(k b)`, for
+    /// `cos(k a) cos(k b)`; 0 for a constant function.
     pub share: f64,
     /// The fraction of the total power in the constant term `|G(0, 0)|²` (1 for a constant
     /// function, 0 for one with mean zero over the grid).
@@ -36,6 +38,9 @@ impl FourierLabel {
         if self.constant >= 1.0 - 1e-12 { "const".into() } else { format!("a{} b{}", self.a, self.b) }
     }
 }
+
+/// Power below this fraction of the non-constant power is rounding, not a frequency.
+const NEGLIGIBLE: f64 = 1e-9;
 
 /// The power spectrum `|G(k_a, k_b)|²` of `values[a · p + b] = g(a, b)`, with
 /// `G(k_a, k_b) = Σ_{a, b} g(a, b) e^{−2πi (k_a a + k_b b)/p}`, as `[k_a · p + k_b]`.
@@ -83,8 +88,10 @@ pub fn power_spectrum(values: &[f64], p: usize) -> Result<Vec<f64>> {
     Ok(power)
 }
 
-/// The dominant folded frequency pair of `values[a · p + b] = g(a, b)` (see [`FourierLabel`]):
-/// the pair with the most power outside the constant term; ties go to the smaller `a`, then `b`.
+/// The dominant frequencies of `values[a · p + b] = g(a, b)` (see [`FourierLabel`]): for `a`,
+/// the non-zero folded `k_a` with the most power summed over every `k_b`; ties go to the smaller
+/// frequency; 0 when the power of every non-zero `k_a` is below 1e-9 of the non-constant power
+/// (rounding). Likewise for `b`.
 ///
 /// ```
 /// use degeneracy::fourier::fourier_label;
@@ -107,6 +114,7 @@ pub fn fourier_label(values: &[f64], p: usize) -> Result<FourierLabel> {
     let total: f64 = power.iter().sum();
     let fold = |k: usize| k.min(p - k);
     let half = p / 2 + 1;
+    // Folded power F[f_a][f_b] without the constant term.
     let mut folded = vec![0.0; half * half];
     for ka in 0..p {
         for kb in 0..p {
@@ -117,16 +125,32 @@ pub fn fourier_label(values: &[f64], p: usize) -> Result<FourierLabel> {
     }
     let rest = total - power[0];
     let constant = if total > 0.0 { power[0] / total } else { 1.0 };
-    let (mut best, mut at) = (0.0, 0);
-    for (k, &v) in folded.iter().enumerate() {
-        if v > best {
-            (best, at) = (v, k);
-        }
-    }
-    if best <= 0.0 || rest <= 0.0 {
+    if rest <= 0.0 {
         return Ok(FourierLabel { a: 0, b: 0, share: 0.0, constant });
     }
-    Ok(FourierLabel { a: at / half, b: at % half, share: (best / rest).min(1.0), constant })
+    let dominant = |marginal: &dyn Fn(usize) -> f64| {
+        let (mut best, mut at) = (NEGLIGIBLE * rest, 0);
+        for k in 1..half {
+            let m = marginal(k);
+            if m > best {
+                (best, at) = (m, k);
+            }
+        }
+        at
+    };
+    let a = dominant(&|k| (0..half).map(|j| folded[k * half + j]).sum());
+    let b = dominant(&|k| (0..half).map(|i| folded[i * half + k]).sum());
+    // The terms {0, a} × {0, b} but (0, 0), each once.
+    let mut terms: Vec<(usize, usize)> = Vec::with_capacity(3);
+    for i in [a, 0] {
+        for j in [b, 0] {
+            if (i, j) != (0, 0) && !terms.contains(&(i, j)) {
+                terms.push((i, j));
+            }
+        }
+    }
+    let explained: f64 = terms.iter().map(|&(i, j)| folded[i * half + j]).sum();
+    Ok(FourierLabel { a, b, share: (explained / rest).min(1.0), constant })
 }
 
 #[cfg(test)]
@@ -177,6 +201,16 @@ mod tests {
         // A function of a alone.
         let only_a = fourier_label(&grid(p, |a, _| (w * 4.0 * a).cos()), p).unwrap();
         assert_eq!((only_a.a, only_a.b), (4, 0));
+        assert!((only_a.share - 1.0).abs() < 1e-12);
+        // A sum of a function of a and one of b (an embedding summed over positions): one
+        // frequency of each, fully explained.
+        let sum = fourier_label(&grid(p, |a, b| (w * 2.0 * a).cos() + 0.7 * (w * 2.0 * b + 1.0).sin()), p).unwrap();
+        assert_eq!((sum.a, sum.b), (2, 2));
+        assert!((sum.share - 1.0).abs() < 1e-12);
+        // Two frequencies: the stronger one labels, the weaker is the rest of the power.
+        let two = fourier_label(&grid(p, |a, b| (w * (a + b)).cos() + 0.5 * (w * 4.0 * (a - b)).cos()), p).unwrap();
+        assert_eq!((two.a, two.b), (1, 1));
+        assert!((two.share - 1.0 / 1.25).abs() < 1e-12, "{}", two.share);
     }
 
     #[test]
