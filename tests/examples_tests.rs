@@ -1130,3 +1130,165 @@ mod transformer_jobs {
         }
     }
 }
+
+/// The paper's experiment as an example (`examples/modadd_transformer.rs`).
+mod modadd_transformer {
+    use super::*;
+    use degeneracy::transformer::{LastPosModule, Transformer, read_tokens};
+    use degeneracy::{Layer, Matrix};
+
+    fn keys(v: &serde_json::Value) -> Vec<String> {
+        super::keys(v)
+    }
+
+    fn svg_texts(path: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(doc.root_element().tag_name().name(), "svg");
+        let texts = doc.descendants().filter(|n| n.is_text()).filter_map(|n| n.text());
+        texts.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
+    }
+
+    /// The default path (a model trained in code; fewer epochs than the default, so it runs in
+    /// seconds): the report's keys, both pictures, and the accuracies against the checkpoint it
+    /// writes, recomputed here.
+    #[test]
+    fn the_default_path_trains_builds_ablates_and_draws() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ok, text) = run_in(dir.path(), "modadd_transformer", &["--out", "out", "--epochs", "400"]);
+        assert!(ok, "{text}");
+        let out = dir.path().join("out");
+        let report = read_json(&out.join("report.json"));
+        assert_eq!(
+            keys(&report),
+            [
+                "dims",
+                "edges_needed",
+                "edges_total",
+                "fourier",
+                "model",
+                "modules",
+                "node_ablation",
+                "pictures",
+                "seconds",
+                "settings"
+            ]
+        );
+        assert_eq!(report["model"]["source"]["kind"], "trained");
+        let p = report["model"]["p"].as_u64().unwrap() as usize;
+
+        // The checkpoint it wrote; the held-out pairs are every pair not in tokens.npy.
+        let model = Transformer::load(out.join("model_config.json"), out.join("model.safetensors"))
+            .unwrap()
+            .with_last_pos_module(Some(LastPosModule::AddResid1));
+        let train = read_tokens(out.join("tokens.npy")).unwrap();
+        let mut seen = vec![false; p * p];
+        for i in 0..train.nrows() {
+            seen[train[(i, 0)] as usize * p + train[(i, 1)] as usize] = true;
+        }
+        let rest: Vec<usize> = (0..p * p).filter(|&k| !seen[k]).collect();
+        let test = Matrix::from_fn(rest.len(), 3, |i, c| [(rest[i] / p) as f64, (rest[i] % p) as f64, p as f64][c]);
+        let mut logits = Matrix::default();
+        model.forward(test.view(), &mut logits).unwrap();
+        let right = (0..rest.len())
+            .filter(|&i| {
+                let row = logits.row(i);
+                let best = (0..row.len()).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+                best == (rest[i] / p + rest[i] % p) % p
+            })
+            .count();
+        let accuracy = right as f64 / rest.len() as f64;
+        assert_eq!(report["model"]["n_test"], rest.len());
+        assert!((report["model"]["test_accuracy"].as_f64().unwrap() - accuracy).abs() < 1e-12);
+
+        for basis in ["lib", "pca"] {
+            let curves = report["node_ablation"][basis].as_object().unwrap();
+            assert_eq!(curves.keys().collect::<Vec<_>>(), ["ln1.0", "ln2.0", "unembed"], "{basis}");
+            for (node, curve) in curves {
+                let last = curve.as_array().unwrap().last().unwrap();
+                // Every direction kept: the model's own held-out accuracy.
+                assert_eq!(last[0], report["dims"][basis][node], "{basis} {node}");
+                assert!((last[1].as_f64().unwrap() - accuracy).abs() < 1e-12, "{basis} {node}: {last}");
+            }
+            let needed = report["edges_needed"][basis].as_object().unwrap();
+            assert_eq!(needed.keys().collect::<Vec<_>>(), ["ln1.0", "ln2.0", "unembed"], "{basis}");
+            let total: u64 = needed.values().map(|v| v.as_u64().unwrap()).sum();
+            assert!(needed.values().all(|v| v.as_u64().unwrap() > 0), "{basis}: {needed:?}");
+            assert_eq!(report["edges_total"][basis], total);
+        }
+        // Fourier labels: folded frequencies, shares in [0, 1], one per LIB direction.
+        for (node, labels) in report["fourier"].as_object().unwrap() {
+            let labels = labels.as_array().unwrap();
+            assert_eq!(labels.len() as u64, report["dims"]["lib"][node].as_u64().unwrap(), "{node}");
+            for l in labels {
+                assert!(l["a"].as_u64().unwrap() as usize <= p / 2 && l["b"].as_u64().unwrap() as usize <= p / 2);
+                assert!((0.0..=1.0).contains(&l["share"].as_f64().unwrap()), "{l}");
+            }
+        }
+        assert!(report["modules"]["Q"].as_f64().unwrap().is_finite());
+        assert_eq!(report["pictures"], serde_json::json!(["ablation.svg", "modules.svg"]));
+        let ablation = svg_texts(&out.join("ablation.svg"));
+        for title in ["node ablation at ln1.0", "node ablation at ln2.0", "node ablation at unembed", "LIB", "PCA"] {
+            assert!(ablation.iter().any(|t| t == title), "ablation.svg lacks `{title}`");
+        }
+        // modules.svg: one label per LIB direction (output left out): "const", "mixed", or
+        // "a{k} b{k} {share}%" with a share of at least 50 %.
+        let modules = svg_texts(&out.join("modules.svg"));
+        let is_label = |t: &str| {
+            let parts: Vec<&str> = t.split(' ').collect();
+            match parts.as_slice() {
+                ["const"] | ["mixed"] => true,
+                [a, b, share] => {
+                    let freq = |s: &str, c: char| s.strip_prefix(c).and_then(|k| k.parse::<usize>().ok());
+                    let pct = share.strip_suffix('%').and_then(|v| v.parse::<f64>().ok());
+                    freq(a, 'a').is_some_and(|k| k <= p / 2)
+                        && freq(b, 'b').is_some_and(|k| k <= p / 2)
+                        && pct.is_some_and(|v| (50.0..=100.0).contains(&v))
+                }
+                _ => false,
+            }
+        };
+        let directions: u64 = report["dims"]["lib"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(modules.iter().filter(|t| is_label(t)).count() as u64, directions, "{modules:?}");
+        // The checkpoint it wrote runs again through --model, to the same results.
+        let (ok, text) = run_in(dir.path(), "modadd_transformer", &["--model", "out", "--out", "again"]);
+        assert!(ok, "{text}");
+        let again = read_json(&dir.path().join("again/report.json"));
+        assert_eq!(again["model"]["source"]["kind"], "checkpoint");
+        for key in ["edges_needed", "node_ablation", "dims", "fourier"] {
+            assert_eq!(again[key], report[key], "{key}");
+        }
+        assert_eq!(again["model"]["test_accuracy"], report["model"]["test_accuracy"]);
+        // Bad arguments are refused by name, before anything is written.
+        for (args, needle) in [(&["--epochs"][..], "--epochs needs a value"), (&["--epoch", "3"][..], "`--epoch`")] {
+            let (ok, text) = run_in(dir.path(), "modadd_transformer", args);
+            assert!(!ok && text.contains(needle), "{text}");
+        }
+    }
+
+    /// On rib's seed-0 checkpoint (the fixture): the edges needed per node layer on the test
+    /// split, against rib's stored results (`notes/paper.md`: LIB 133 / 82 / 633, PCA
+    /// 167 / 114 / 682; the fixture test `edge_ablation_counts_match_the_paper` explains the
+    /// tolerance), and both pictures. About three minutes.
+    #[test]
+    #[ignore = "slow: about three minutes; run with --ignored"]
+    fn on_the_fixture_checkpoint_it_needs_the_papers_edges() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = abs(fixtures().join("modadd_transformer"));
+        let (ok, text) = run_in(dir.path(), "modadd_transformer", &["--model", &fixture, "--out", "out"]);
+        assert!(ok, "{text}");
+        eprintln!("{text}");
+        let report = read_json(&dir.path().join("out/report.json"));
+        assert_eq!((report["model"]["n_train"].as_u64(), report["model"]["n_test"].as_u64()), (Some(3830), Some(8939)));
+        let needed = |basis: &str| -> Vec<u64> {
+            ["ln1.0", "ln2.0", "unembed"].iter().map(|n| report["edges_needed"][basis][n].as_u64().unwrap()).collect()
+        };
+        assert_eq!(needed("pca"), [167, 114, 682]);
+        for (n, paper) in needed("lib").iter().zip([133, 82, 633]) {
+            assert!(n.abs_diff(paper) <= 4, "{:?}", needed("lib"));
+        }
+        for svg in ["ablation.svg", "modules.svg"] {
+            assert!(svg_texts(&dir.path().join("out").join(svg)).len() > 10, "{svg}");
+        }
+    }
+}
