@@ -17,7 +17,10 @@
 //! keeps only the last position from that module on. `"isolate_ln_var"` (default true) keeps
 //! LayerNorm variances as their own directions. rib's `"n_stochastic_sources_basis_pos"`,
 //! `"n_stochastic_sources_basis_hidden"` and `"n_stochastic_sources_edges"` (with `"seed"`)
-//! replace sums over output positions / directions by random sources (long contexts).
+//! replace sums over output positions / directions by random sources (long contexts). The MLP
+//! keys do not apply to a transformer: `"bias": false` and `"tensor_names"` are refused, and
+//! `"activation"` must be left out or equal the config's `act_fn`. The same model keys are read
+//! by `ablate`, `llc` and `diagnose` (`examples/common`).
 //!
 //! Beyond one machine (`docs/distributed.md`):
 //! * `"distributed": true` (built with `--features mpi`, run as `mpirun -n K
