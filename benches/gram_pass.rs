@@ -7,31 +7,11 @@ mod common;
 use criterion::Criterion;
 use degeneracy::estimate::NodeStatistics;
 use degeneracy::{Activation, Matrix, Mlp};
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "../tests/common/counting_alloc.rs"]
+mod counting_alloc;
+
+use counting_alloc::{Counting, peak_during};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded to the system allocator with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -46,10 +26,8 @@ fn main() {
     let mut peaks = Vec::new();
     for rows in [4096, 16384, 65536] {
         let x = Matrix::from_fn(rows, WIDTH, |i, j| ((i * 31 + j * 17) % 101) as f64 / 101.0);
-        let before = CURRENT.load(Ordering::Relaxed);
-        PEAK.store(before, Ordering::Relaxed);
-        black_box(NodeStatistics::collect(&mlp, &x, &[0], None, 1024).unwrap());
-        peaks.push((rows, PEAK.load(Ordering::Relaxed) - before));
+        let (_, peak) = peak_during(|| black_box(NodeStatistics::collect(&mlp, &x, &[0], None, 1024).unwrap()));
+        peaks.push((rows, peak));
         group.bench_function(format!("rows_{rows}"), |b| {
             b.iter(|| black_box(NodeStatistics::collect(&mlp, &x, &[0], None, 1024).unwrap()))
         });

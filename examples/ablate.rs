@@ -10,7 +10,7 @@
 //! - `"eval"`: `"accuracy"`, `"cross_entropy"` or `"mse"`.
 //! - `"ablation_type"`: `"node"` (keep the first n directions of every rotated node layer's basis;
 //!   the neuron basis keeps the constant coordinate first, then the neurons by decreasing mean
-//!   square activation) or `"edge"` (keep the k strongest edges of one layer pair at a time;
+//!   square activation on the build's inputs) or `"edge"` (keep the k strongest edges of one layer pair at a time;
 //!   the edges use `"edge_formula"`, default `"squared"`).
 //! - `"schedule"`: `{"type": "linear", "n_points": 10}`, `{"type": "exponential", "base": 1.05,
 //!   "all_below": 10}` (every n ≤ all_below, then steps ⌈base^x⌉), `{"type": "explicit",
@@ -19,28 +19,43 @@
 //!   for edges.
 //! - `"score_target_difference"`: δ, default 0.001 (within δ: accuracy ≥ base − δ, a loss ≤
 //!   base + δ).
+//! - `"eval_inputs"` and `"eval_labels"`: the data that score the ablations (rib builds on the
+//!   train split and scores on the test split). By default the build's own `"inputs"` with
+//!   `"labels"`/`"targets"`. With `"eval_inputs"`, the bases and edges are still built on
+//!   `"inputs"`; `"eval_labels"` label its rows (required by `accuracy` and `cross_entropy`;
+//!   `mse` without them scores against the model's own outputs on `"eval_inputs"`), and
+//!   `"labels"`/`"targets"` are refused (nothing would read them).
+//!
+//! A transformer takes the `lib_build` model keys (`docs/math.md` §3.3): `"model_config"` (its
+//! TransformerLens config; `"model"` is then its state dict), `"inputs"` (and `"eval_inputs"`)
+//! of integer token ids `[n, positions]`, `"last_pos_module_type"` and `"isolate_ln_var"`. Its
+//! output is the logits at the last position, so `"labels"` hold one class per sequence. For
+//! the paper's modular-addition transformer: `"node_layers": ["ln1.0", "ln2.0", "unembed",
+//! "output"]`, `"last_pos_module_type": "add_resid1"`, the train split as `"inputs"` and the
+//! test split as `"eval_inputs"`.
 //!
 //! Writes `ablation.json` into `out_dir`: for node ablation
 //! `{"no_ablation_result": s, "results": {"layers.1": [[n_kept, score], …], …}}` (n ascending); for
 //! edge ablation also `"n_edges_required": {"layers.0": k, …}` (keyed by the pair's input node
 //! layer; with a static schedule, the smallest scheduled k within δ) and `"results"` with every
 //! probe `[n_edges_kept, score]` in the order evaluated, plus `"log_norm_eps"` (ε per layer for
-//! the by-layer log edge norm). Both also record `"eval"`, `"basis_formula"` and `"seconds"`.
+//! the by-layer log edge norm). Both also record `"eval"`, `"basis_formula"`, `"seconds"`, and
+//! the rows built on and scored on (`"n_build_samples"`, `"n_eval_samples"`).
 
 mod common;
-
-use degeneracy::Network as _;
 
 use common::{AnyResult, Outputs, Phases, read_build_config, resolve};
 use degeneracy::ablation::{Directions, EdgeAblation, Eval, Midpoint, Schedule, evaluate, node_ablation_curve};
 use degeneracy::basis::{Basis, BasisFormula, NodeBasis, build_bases};
+use degeneracy::data::ActivationSampler;
 use degeneracy::estimate::NodeStatistics;
 use degeneracy::graph::{EdgeConfig, EdgeFormula, compute_edges};
-use degeneracy::{Dataset, Layer, Matrix, Targets, io};
+use degeneracy::{Dataset, Matrix, Targets, io};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-const KEYS: [&str; 6] = ["labels", "targets", "eval", "ablation_type", "schedule", "score_target_difference"];
+const KEYS: [&str; 8] =
+    ["labels", "targets", "eval", "ablation_type", "schedule", "score_target_difference", "eval_inputs", "eval_labels"];
 
 fn default_delta() -> f64 {
     0.001
@@ -58,6 +73,12 @@ struct AblateKeys {
     schedule: ScheduleKeys,
     #[serde(default = "default_delta")]
     score_target_difference: f64,
+    /// The inputs that score the ablations (default: the build's `inputs`).
+    #[serde(default)]
+    eval_inputs: Option<String>,
+    /// The labels of `eval_inputs`.
+    #[serde(default)]
+    eval_labels: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,7 +147,7 @@ fn main() {
 fn run() -> AnyResult<()> {
     let mut phases = Phases::start();
     common::only_config_arg("ablate CONFIG.json")?;
-    let (keys, ablate, dir): (_, AblateKeys, _) = read_build_config("ablate CONFIG.json", &KEYS)?;
+    let (keys, transformer, ablate, dir): (_, _, AblateKeys, _) = read_build_config("ablate CONFIG.json", &KEYS)?;
     let config = keys.lib_config()?;
     let eval = Eval::from_name(&ablate.eval)?;
     let plan = ablate.schedule.plan()?;
@@ -142,30 +163,63 @@ fn run() -> AnyResult<()> {
     if !edge && matches!(plan, Plan::Bisect(_)) {
         return Err("schedule.type bisect applies to edge ablation; use a static schedule for nodes".into());
     }
-    let (mlp, inputs) = keys.load(&dir)?;
-    let targets = match (&ablate.labels, &ablate.targets) {
-        (Some(_), Some(_)) => return Err("give either \"labels\" or \"targets\", not both".into()),
-        (Some(l), None) => Targets::Labels(io::read_labels(resolve(&dir, l))?),
-        (None, Some(t)) => Targets::Values(io::read_matrix(resolve(&dir, t))?),
-        (None, None) if eval == Eval::Mse => {
-            let mut own = Matrix::default();
-            mlp.forward(inputs.view(), &mut own)?;
-            Targets::Values(own)
-        }
-        (None, None) => return Err(format!("eval {}: needs \"labels\"", eval.name()).into()),
+    let (model, inputs) = keys.load_model(&transformer, &dir)?;
+    let mlp = model.network();
+    let own_outputs = |x: &Matrix| -> AnyResult<Targets> {
+        let mut own = Matrix::default();
+        model.layer().forward(x.view(), &mut own)?;
+        Ok(Targets::Values(own))
     };
-    let data = Dataset::new(inputs, targets)?;
+    // `build`: the rows the bases and edges are built on when they are not the scoring rows.
+    let (build, data) = match &ablate.eval_inputs {
+        None => {
+            if ablate.eval_labels.is_some() {
+                return Err("`eval_labels` label the rows of `eval_inputs`: give `eval_inputs` too".into());
+            }
+            let targets = match (&ablate.labels, &ablate.targets) {
+                (Some(_), Some(_)) => return Err("give either \"labels\" or \"targets\", not both".into()),
+                (Some(l), None) => Targets::Labels(io::read_labels(resolve(&dir, l))?),
+                (None, Some(t)) => Targets::Values(io::read_matrix(resolve(&dir, t))?),
+                (None, None) if eval == Eval::Mse => own_outputs(&inputs)?,
+                (None, None) => return Err(format!("eval {}: needs \"labels\"", eval.name()).into()),
+            };
+            (None, Dataset::new(inputs, targets)?)
+        }
+        Some(path) => {
+            for (key, set) in [("labels", ablate.labels.is_some()), ("targets", ablate.targets.is_some())] {
+                if set {
+                    return Err(format!(
+                        "`{key}` describe the build's `inputs`, which are not scored when `eval_inputs` is given: label the scored rows with `eval_labels`"
+                    )
+                    .into());
+                }
+            }
+            let eval_inputs = model.read_inputs(&resolve(&dir, path))?;
+            let targets = match &ablate.eval_labels {
+                Some(l) => Targets::Labels(io::read_labels(resolve(&dir, l))?),
+                None if eval == Eval::Mse => own_outputs(&eval_inputs)?,
+                None => return Err(format!("eval {}: needs \"eval_labels\" for `eval_inputs`", eval.name()).into()),
+            };
+            (Some(inputs), Dataset::new(eval_inputs, targets)?)
+        }
+    };
+    let rows: &dyn ActivationSampler = match &build {
+        Some(inputs) => inputs,
+        None => &data,
+    };
     let mut outputs = Outputs::prepare(&keys.out_dir(&dir), &[])?;
     phases.lap("load");
 
-    let nodes = config.node_indices(&mlp)?;
-    let stats = NodeStatistics::collect(&mlp, &data, &nodes, config.statistics_quadrature(), config.batch_size)?;
-    let bases = build_bases(&mlp, &data, &stats, &config)?;
+    let nodes = config.node_indices(mlp)?;
+    let stats = NodeStatistics::collect(mlp, rows, &nodes, config.statistics_quadrature(), config.batch_size)?;
+    let bases = build_bases(mlp, rows, &stats, &config)?;
     phases.lap("bases");
-    let base = evaluate(&mlp, &data, eval)?;
+    let base = evaluate(mlp, &data, eval)?;
 
     let mut report = Map::new();
     report.insert("no_ablation_result".into(), base.into());
+    report.insert("n_build_samples".into(), rows.n_samples().into());
+    report.insert("n_eval_samples".into(), data.len().into());
     let mut results = Map::new();
     if edge {
         let formula = EdgeFormula::from_name(keys.edge_formula.as_deref().unwrap_or("squared"))?;
@@ -175,12 +229,12 @@ fn run() -> AnyResult<()> {
             batch_size: config.batch_size,
             ..EdgeConfig::default()
         };
-        let edges = compute_edges(&mlp, &data, &bases, &edge_config)?;
+        let edges = compute_edges(mlp, rows, &bases, &edge_config)?;
         phases.lap("edges");
         let mut required = Map::new();
         let mut bisects = Vec::new();
         for (pair, e) in bases.windows(2).zip(&edges) {
-            let ablation = EdgeAblation::new(&mlp, &data, &pair[0], &pair[1], e, eval)?;
+            let ablation = EdgeAblation::new(mlp, &data, &pair[0], &pair[1], e, eval)?;
             let (k, probes) = match &plan {
                 Plan::Bisect(midpoint) => {
                     let b = ablation.bisect(delta, *midpoint)?;
@@ -221,10 +275,10 @@ fn run() -> AnyResult<()> {
             let points = schedule.points(b.dim())?;
             let node = mlp.node_index(&b.node)?;
             let curve = if b.formula == Some(BasisFormula::Neuron) {
-                let d = Directions::neurons_by_power(&mlp, &data, node)?;
-                node_ablation_curve(&mlp, &data, node, &d, &points, eval)?
+                let d = Directions::neurons_by_power(mlp, rows, node)?;
+                node_ablation_curve(mlp, &data, node, &d, &points, eval)?
             } else {
-                node_ablation_curve(&mlp, &data, node, b as &NodeBasis, &points, eval)?
+                node_ablation_curve(mlp, &data, node, b as &NodeBasis, &points, eval)?
             };
             results.insert(b.node.clone(), json!(curve.scores.iter().map(|&(n, s)| json!([n, s])).collect::<Vec<_>>()));
         }

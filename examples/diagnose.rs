@@ -7,13 +7,28 @@
 //! `{"nodes": [{"name", "dim", "activation_rank", "jacobian_rank", "relu": null | {"dead",
 //! "always_on", "sync_groups"}, "free_directions": {...}, ...}], "n_params",
 //! "effective_params_bound", ...}`.
+//!
+//! `"node_layers"` (optional, default every node layer of the model) diagnoses at those node
+//! layers only, in order, the last being `output`: the sections then run between consecutive
+//! chosen node layers. `null` values are "not counted": `relu` where the section before a node
+//! exposes no ReLUs, `free_directions`, `preactivation_jacobian_rank` where the section after it
+//! is not affine + elementwise, `n_params` and the bound unless every section is.
+//!
+//! A transformer takes the `lib_build` model keys (`docs/math.md` §3.3): `"model_config"` (its
+//! TransformerLens config; `"model"` is then its state dict), `"inputs"` of integer token ids
+//! `[n, positions]` (read into memory), `"last_pos_module_type"` and `"isolate_ln_var"`; node
+//! layers are rib's module ids. The activation and Jacobian ranks are reported at every chosen
+//! node layer (positions pooled as rows); the ReLU groups of the MLP where a section exposes
+//! them, e.g. at `unembed` for `"node_layers": ["ln1.0", "ln2.0", "unembed", "output"]` (the
+//! section `ln2.0 → unembed` is the MLP block: its `d_mlp` units, then its bias unit).
 
 mod common;
 
-use common::{AnyResult, Outputs, read_config, resolve};
+use common::{AnyResult, MlpKeys, Model, Outputs, TransformerKeys, read_config, resolve};
 use degeneracy::data::{ActivationSampler, NpySampler};
 use degeneracy::diagnostics::{DiagnosticsConfig, Rank, diagnose};
-use degeneracy::{Activation, io};
+use degeneracy::nn::NodeLayer;
+use degeneracy::{Matrix, MatrixView, Network, Section};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -21,9 +36,17 @@ use serde_json::json;
 #[serde(deny_unknown_fields)]
 struct Config {
     model: String,
-    #[serde(default = "relu")]
-    activation: String,
+    #[serde(default)]
+    activation: Option<String>,
     inputs: String,
+    #[serde(default)]
+    model_config: Option<String>,
+    #[serde(default)]
+    last_pos_module_type: Option<String>,
+    #[serde(default)]
+    isolate_ln_var: Option<bool>,
+    #[serde(default)]
+    node_layers: Option<Vec<String>>,
     #[serde(default = "default_tol")]
     rank_tol: f64,
     #[serde(default = "default_out")]
@@ -40,9 +63,6 @@ fn default_true() -> bool {
     true
 }
 
-fn relu() -> String {
-    "relu".into()
-}
 fn default_tol() -> f64 {
     1e-10
 }
@@ -64,12 +84,29 @@ fn gap(r: &Rank) -> serde_json::Value {
 fn run() -> AnyResult<()> {
     common::only_config_arg("diagnose CONFIG.json")?;
     let (config, dir): (Config, _) = read_config("diagnose CONFIG.json")?;
-    let options = common::load_options(config.bias, &config.tensor_names);
-    let mlp = io::load_mlp_with(resolve(&dir, &config.model), Activation::from_name(&config.activation)?, &options)?;
-    // Streamed in chunks: the diagnosis is one pass, so the rows never need to fit in memory.
-    let inputs = NpySampler::open(resolve(&dir, &config.inputs), common::CHUNK_ROWS)?;
+    let mlp_keys =
+        MlpKeys { activation: config.activation.as_deref(), bias: config.bias, tensor_names: &config.tensor_names };
+    let transformer = TransformerKeys {
+        model_config: config.model_config.clone(),
+        last_pos_module_type: config.last_pos_module_type.clone(),
+        isolate_ln_var: config.isolate_ln_var,
+    };
+    let model = common::load_model(&dir, &resolve(&dir, &config.model), &mlp_keys, &transformer)?;
+    let inputs_path = resolve(&dir, &config.inputs);
+    let inputs: Box<dyn ActivationSampler> = match &model {
+        // Streamed in chunks: the diagnosis is one pass, so the rows never need to fit in memory.
+        Model::Mlp(_) => Box::new(NpySampler::open(&inputs_path, common::CHUNK_ROWS)?),
+        Model::Transformer(_) => Box::new(model.read_inputs(&inputs_path)?),
+    };
+    let net = model.network();
+    let subset = config.node_layers.as_deref().map(|names| NodeSubset::new(net, names)).transpose()?;
+    let net: &dyn Network = match &subset {
+        Some(s) => s,
+        None => net,
+    };
     let mut outputs = Outputs::prepare(&resolve(&dir, &config.out_dir), &[])?;
-    let d = diagnose(&mlp, &inputs, &DiagnosticsConfig { rank_tol: config.rank_tol, batch_size: config.batch_size })?;
+    let settings = DiagnosticsConfig { rank_tol: config.rank_tol, batch_size: config.batch_size };
+    let d = diagnose(net, &*inputs, &settings)?;
     let nodes: Vec<serde_json::Value> = d
         .nodes
         .iter()
@@ -99,4 +136,61 @@ fn run() -> AnyResult<()> {
     });
     outputs.json("degeneracy.json", &report)?;
     outputs.commit()
+}
+
+/// A network seen at some of its node layers only (`"node_layers"`): node `k` here is node
+/// `indices[k]` of the model, and the section between two chosen node layers is the model's.
+struct NodeSubset<'a> {
+    net: &'a dyn Network,
+    indices: Vec<usize>,
+    nodes: Vec<NodeLayer>,
+}
+
+impl<'a> NodeSubset<'a> {
+    /// Errors name the key: an unknown node layer, an order that is not the model's, a list
+    /// that does not end at the output (the Jacobians are the output's).
+    fn new(net: &'a dyn Network, names: &[String]) -> AnyResult<Self> {
+        let indices = names.iter().map(|n| net.node_index(n)).collect::<degeneracy::Result<Vec<usize>>>()?;
+        let output = net.node_layers().len() - 1;
+        let bad = |reason: &str| degeneracy::Error::InvalidParameter {
+            name: "node_layers".into(),
+            value: format!("{names:?}"),
+            reason: reason.into(),
+        };
+        if indices.len() < 2 || indices.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad("need at least two node layers, in the model's order").into());
+        }
+        if indices.last() != Some(&output) {
+            let last = &net.node_layers()[output].name;
+            return Err(bad(&format!("the last must be the output node layer `{last}`")).into());
+        }
+        let nodes = indices.iter().map(|&k| net.node_layers()[k].clone()).collect();
+        Ok(NodeSubset { net, indices, nodes })
+    }
+
+    fn index(&self, k: usize) -> degeneracy::Result<usize> {
+        self.indices
+            .get(k)
+            .copied()
+            .ok_or_else(|| degeneracy::Error::UnknownNode { name: format!("node {k}"), available: self.node_names() })
+    }
+}
+
+impl Network for NodeSubset<'_> {
+    fn node_layers(&self) -> &[NodeLayer] {
+        &self.nodes
+    }
+
+    fn input_dim(&self) -> usize {
+        self.net.input_dim()
+    }
+
+    fn forward_nodes(&self, inputs: MatrixView<'_>, nodes: &[usize], acts: &mut [Matrix]) -> degeneracy::Result<()> {
+        let mapped = nodes.iter().map(|&k| self.index(k)).collect::<degeneracy::Result<Vec<usize>>>()?;
+        self.net.forward_nodes(inputs, &mapped, acts)
+    }
+
+    fn section(&self, from: usize, to: usize) -> degeneracy::Result<Box<dyn Section + '_>> {
+        self.net.section(self.index(from)?, self.index(to)?)
+    }
 }

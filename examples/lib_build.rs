@@ -17,7 +17,10 @@
 //! keeps only the last position from that module on. `"isolate_ln_var"` (default true) keeps
 //! LayerNorm variances as their own directions. rib's `"n_stochastic_sources_basis_pos"`,
 //! `"n_stochastic_sources_basis_hidden"` and `"n_stochastic_sources_edges"` (with `"seed"`)
-//! replace sums over output positions / directions by random sources (long contexts).
+//! replace sums over output positions / directions by random sources (long contexts). The MLP
+//! keys do not apply to a transformer: `"bias": false` and `"tensor_names"` are refused, and
+//! `"activation"` must be left out or equal the config's `act_fn`. The same model keys are read
+//! by `ablate`, `llc` and `diagnose` (`examples/common`).
 //!
 //! Beyond one machine (`docs/distributed.md`):
 //! * `"distributed": true` (built with `--features mpi`, run as `mpirun -n K
@@ -41,11 +44,10 @@ use degeneracy::estimate::{NodeStatistics, StochasticSources};
 use degeneracy::graph::{
     EdgeConfig, EdgeFormula, EdgeNorm, Edges, InteractionGraph, LeidenConfig, compute_edges, find_modules,
 };
-use degeneracy::transformer::{LastPosModule, Transformer, read_tokens};
 use degeneracy::{Matrix, Network};
 use serde::Deserialize;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const USAGE: &str = "lib_build CONFIG.json [--stage statistics|edges] [--shard I/K | --merge FILE…]";
 
@@ -60,15 +62,6 @@ struct Extra {
     /// sums merged) or `"outputs"` (each rank its output directions over all rows).
     #[serde(default)]
     edge_split: Option<String>,
-    /// A transformer's TransformerLens config (the model is then its state dict).
-    #[serde(default)]
-    model_config: Option<String>,
-    /// rib's `last_pos_module_type` (transformers).
-    #[serde(default)]
-    last_pos_module_type: Option<String>,
-    /// rib's `isolate_ln_var` (transformers; default true).
-    #[serde(default)]
-    isolate_ln_var: Option<bool>,
     /// rib's stochastic sources: the basis's sums over output positions and directions, the
     /// edges' sum over output positions (`None`: exact).
     #[serde(default)]
@@ -83,12 +76,9 @@ struct Extra {
 }
 
 /// The keys of [`Extra`] (split off the shared keys when the config is read).
-const EXTRA_KEYS: [&str; 9] = [
+const EXTRA_KEYS: [&str; 6] = [
     "distributed",
     "edge_split",
-    "model_config",
-    "last_pos_module_type",
-    "isolate_ln_var",
     "n_stochastic_sources_basis_pos",
     "n_stochastic_sources_basis_hidden",
     "n_stochastic_sources_edges",
@@ -119,10 +109,11 @@ struct Job {
 fn run() -> AnyResult<()> {
     let cli = common::parse_cli(USAGE, true)?;
     let mut phases = Phases::start();
-    let (keys, extra, dir): (BuildKeys, Extra, _) = read_build_config(USAGE, &EXTRA_KEYS)?;
+    let (keys, transformer, extra, dir): (BuildKeys, _, Extra, _) = read_build_config(USAGE, &EXTRA_KEYS)?;
     let mut config = keys.lib_config()?;
     let edge_formula = keys.edge_formula.as_deref().map(EdgeFormula::from_name).transpose()?;
-    let (net, inputs, mut transformer_keys) = load_model(&keys, &extra, &dir)?;
+    let (model, inputs) = keys.load_model(&transformer, &dir)?;
+    let (net, mut transformer_keys) = (model.into_network(), transformer.fingerprint(&dir));
     let (basis_pos, basis_hidden) = (extra.n_stochastic_sources_basis_pos, extra.n_stochastic_sources_basis_hidden);
     if basis_pos.is_some() || basis_hidden.is_some() {
         let sources = StochasticSources { positions: basis_pos, hidden: basis_hidden, seed: extra.seed };
@@ -172,37 +163,6 @@ fn run() -> AnyResult<()> {
         Mode::Shard { index, count } => shard(job, stage, index, count),
         Mode::Merge(files) => merge(job, stage, &files),
     }
-}
-
-/// The MLP of `model`, or with `model_config` a transformer; its inputs; the transformer keys.
-fn load_model(
-    keys: &BuildKeys,
-    extra: &Extra,
-    dir: &Path,
-) -> AnyResult<(Box<dyn Network + Send>, Matrix, serde_json::Value)> {
-    let Some(model_config) = &extra.model_config else {
-        for (key, set) in [
-            ("last_pos_module_type", extra.last_pos_module_type.is_some()),
-            ("isolate_ln_var", extra.isolate_ln_var.is_some()),
-        ] {
-            if set {
-                return Err(format!("`{key}` is for transformers: give `model_config` too").into());
-            }
-        }
-        let (mlp, inputs) = keys.load(dir)?;
-        return Ok((Box::new(mlp), inputs, serde_json::Value::Null));
-    };
-    let last_pos = extra.last_pos_module_type.as_deref().map(LastPosModule::from_name).transpose()?;
-    let model = Transformer::load(common::resolve(dir, model_config), common::resolve(dir, &keys.model))?
-        .with_last_pos_module(last_pos)
-        .with_isolate_ln_var(extra.isolate_ln_var.unwrap_or(true));
-    let tokens = read_tokens(common::resolve(dir, &keys.inputs))?;
-    let values = json!({
-        "model_config": std::fs::read_to_string(common::resolve(dir, model_config)).unwrap_or_default(),
-        "last_pos_module_type": extra.last_pos_module_type,
-        "isolate_ln_var": extra.isolate_ln_var,
-    });
-    Ok((Box::new(model), tokens, values))
 }
 
 /// The fingerprint of a stage: the shared keys and files, and the transformer and source keys.

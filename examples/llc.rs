@@ -37,6 +37,16 @@
 //!   same settings and seeds; writes `trajectory.json` = `[{"checkpoint", "llc_mean", "llc_std",
 //!   "healthy_chains"}, …]`, `trajectory.svg` (one point per checkpoint) and `summary.json`.
 //!
+//! A transformer takes the `lib_build` model keys (`docs/math.md` §3.3): `"model_config"` (its
+//! TransformerLens config; `"model"`, or each of `"checkpoints"`, is then its state dict in
+//! safetensors), `"inputs"` of integer token ids `[n, positions]`, `"last_pos_module_type"` and
+//! `"isolate_ln_var"` (accepted so one config serves every job; the loss reads only the logits,
+//! which they do not change). `"activation"` is then not needed (the config's `act_fn`), and
+//! `"bias"`/`"tensor_names"` do not apply. The model's output is its logits at the **last
+//! position**: loss `cross_entropy` is the training loss there (`labels`: one class per
+//! sequence), `behavioural` is ‖Δlogits‖² there, `mse` compares those logits with `targets`
+//! `[n, d_vocab]`. `parameters` name TransformerLens tensors (`blocks.0.mlp.W_in`, …).
+//!
 //! Unknown keys and bad values are errors that name the key. Writes `out_dir/summary.json`
 //! (estimates, timing, diagnostics, settings), `loss_trace.npy` `[chains, steps]` (a diverged
 //! chain is padded with NaN), `llc_trace_instantaneous.npy`, `llc_trace_running_mean.npy` and
@@ -62,10 +72,11 @@ use degeneracy::distributed::{
     Communicator, Fingerprint, ShardHeader, merge_shard_files, shard_range, write_shard_file,
 };
 use degeneracy::llc::{
-    BehaviouralLoss, CalibrationAxis, CalibrationConfig, ChainRuns, Checkpoint, LlcConfig, LlcEstimator, LlcReport,
-    LossModel, MlpLoss, NbetaDefault, ParamLayout, Sampler,
+    BehaviouralLoss, CalibrationAxis, CalibrationConfig, ChainRuns, Checkpoint, LayerLoss, LlcConfig, LlcEstimator,
+    LlcReport, LossModel, MlpLoss, NbetaDefault, ParamLayout, Sampler,
 };
-use degeneracy::{Activation, Dataset, Error, Layer, Loss, Matrix, Mlp, Targets, io};
+use degeneracy::transformer::Transformer;
+use degeneracy::{Activation, Dataset, Error, Loss, Matrix, Targets, io};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
@@ -75,7 +86,7 @@ use std::time::Instant;
 const USAGE: &str = "llc CONFIG.json [--shard I/K | --merge FILE…]";
 const CHAINS: &str = "llc/chains";
 
-const KEYS: [&str; 28] = [
+const KEYS: [&str; 31] = [
     "model",
     "activation",
     "inputs",
@@ -104,6 +115,9 @@ const KEYS: [&str; 28] = [
     "preset",
     "calibrate",
     "checkpoints",
+    "model_config",
+    "last_pos_module_type",
+    "isolate_ln_var",
 ];
 
 /// Keys of the `calibrate` block.
@@ -119,7 +133,7 @@ const CALIBRATE_KEYS: [&str; 8] = [
 ];
 
 /// Keys naming files: their contents, not their paths, enter the shard fingerprint.
-const PATH_KEYS: [&str; 4] = ["model", "inputs", "targets", "labels"];
+const PATH_KEYS: [&str; 5] = ["model", "inputs", "targets", "labels", "model_config"];
 
 /// What an `llc --shard` worker writes.
 #[derive(Serialize, Deserialize)]
@@ -206,19 +220,36 @@ impl Config {
         Ok(fp.finish())
     }
 
-    /// The model-loading keys `bias` (default true) and `tensor_names`.
-    fn load_options(&self) -> AnyResult<io::LoadOptions> {
-        let bias = match self.get("bias") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => return Err(bad("bias", v, "must be true or false")),
-        };
-        let tensor_names = match self.get("tensor_names") {
-            None => Default::default(),
+    /// The model-loading key `bias` (default true).
+    fn bias(&self) -> AnyResult<bool> {
+        match self.get("bias") {
+            None => Ok(true),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(bad("bias", v, "must be true or false")),
+        }
+    }
+
+    /// The model-loading key `tensor_names`.
+    fn tensor_names(&self) -> AnyResult<std::collections::BTreeMap<String, String>> {
+        match self.get("tensor_names") {
+            None => Ok(Default::default()),
             Some(v) => serde_json::from_value(v.clone())
-                .map_err(|_| bad("tensor_names", v, "must map names in the file to names, as strings"))?,
+                .map_err(|_| bad("tensor_names", v, "must map names in the file to names, as strings")),
+        }
+    }
+
+    /// The transformer keys `model_config`, `last_pos_module_type`, `isolate_ln_var`.
+    fn transformer(&self) -> AnyResult<common::TransformerKeys> {
+        let isolate_ln_var = match self.get("isolate_ln_var") {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(v) => return Err(bad("isolate_ln_var", v, "must be true or false")),
         };
-        Ok(common::load_options(bias, &tensor_names))
+        Ok(common::TransformerKeys {
+            model_config: self.string("model_config")?,
+            last_pos_module_type: self.string("last_pos_module_type")?,
+            isolate_ln_var,
+        })
     }
 
     /// A list of strings (`parameters`, `checkpoints`).
@@ -326,7 +357,16 @@ fn run() -> AnyResult<()> {
         );
     }
 
-    let activation = Activation::from_name(&cfg.required_string("activation")?)?;
+    let transformer = cfg.transformer()?;
+    transformer.check_for_mlp()?;
+    let activation_key = match cfg.string("activation")? {
+        None if !transformer.is_transformer() => return Err("missing required key `activation`".into()),
+        key => key,
+    };
+    let activation = activation_key.as_deref().map(Activation::from_name).transpose()?;
+    let (bias, tensor_names) = (cfg.bias()?, cfg.tensor_names()?);
+    let mlp_keys = common::MlpKeys { activation: activation_key.as_deref(), bias, tensor_names: &tensor_names };
+    let load = |path: &Path| common::load_model(&cfg.dir, path, &mlp_keys, &transformer);
     let checkpoints = cfg.strings("checkpoints")?;
     let calibration = cfg.calibration()?;
     let model_path = match (cfg.path("model")?, &checkpoints) {
@@ -399,20 +439,31 @@ fn run() -> AnyResult<()> {
     }
     let mut estimator = LlcEstimator::new(config)?;
 
-    let mlp = io::load_mlp_with(&model_path, activation, &cfg.load_options()?)?;
+    let net = load(&model_path)?;
     if let Some(names) = cfg.strings("parameters")? {
-        estimator = estimator.restrict(ParamLayout::mlp(&mlp).select(&names)?);
+        let layout = match &net {
+            common::Model::Mlp(m) => ParamLayout::mlp(m),
+            common::Model::Transformer(t) => ParamLayout::transformer(t),
+        };
+        estimator = estimator.restrict(layout.select(&names)?);
     }
-    let inputs = io::read_matrix(&inputs_path)?;
+    let inputs = net.read_inputs(&inputs_path)?;
     let (targets_path, labels_path) = (cfg.path("targets")?, cfg.path("labels")?);
     let loss_name = loss_name.as_str();
-    let (n, d) = (inputs.nrows(), mlp.n_params());
+    let (n, d) = (inputs.nrows(), net.layer().n_params());
+    // The activation as the log and the settings name it: the config's for an MLP, `act_fn` for
+    // a transformer.
+    let activation_name = activation.map_or_else(|| net.activation_name(), |a| a.name());
+    let shape = match &net {
+        common::Model::Mlp(m) => format!("widths {:?}, {activation_name}", m.widths()),
+        common::Model::Transformer(_) => net.describe(),
+    };
     let comm = if distributed { Some(common::communicator()?) } else { None };
     let comm = comm.as_deref();
     let lead = comm.is_none_or(|c| c.rank() == 0);
     if lead {
         println!(
-            "model {} ({} parameters{}, widths {:?}, {}), {} samples, loss {loss_name}, sampler {}",
+            "model {} ({} parameters{}, {shape}), {} samples, loss {loss_name}, sampler {}",
             model_path.display(),
             d,
             estimator.restriction().map_or_else(String::new, |s| format!(
@@ -420,8 +471,6 @@ fn run() -> AnyResult<()> {
                 s.len(),
                 s.label()
             )),
-            mlp.widths(),
-            activation.name(),
             n,
             sampler.name()
         );
@@ -444,10 +493,10 @@ fn run() -> AnyResult<()> {
 
     if let Some(list) = &checkpoints {
         let files: Vec<PathBuf> = list.iter().map(|c| common::resolve(&cfg.dir, c)).collect();
-        let result = run.trajectory(&data, activation, &files, process_start);
+        let result = run.trajectory(&data, &load, &files, process_start);
         return finish(outputs, result);
     }
-    let sampled = run.sample(&data.model(&mlp)?)?;
+    let sampled = run.sample(&data.model(&net)?)?;
     let Some(Sampled { report, wall, calibration }) = sampled else {
         return Ok(()); // a shard worker, or a rank other than 0
     };
@@ -456,7 +505,7 @@ fn run() -> AnyResult<()> {
 
     write_outputs(&write_dir, &report)?;
     let settings = json!({
-        "model": model_path, "activation": activation.name(), "inputs": inputs_path,
+        "model": model_path, "activation": activation_name, "inputs": inputs_path,
         "targets": cfg.path("targets")?, "labels": cfg.path("labels")?, "loss": loss_name,
         "sampler": report.config.sgld.sampler, "lr": report.config.sgld.lr,
         "localization": report.config.sgld.localization, "nbeta": report.nbeta,
@@ -470,6 +519,8 @@ fn run() -> AnyResult<()> {
         "preset": cfg.string("preset")?.unwrap_or_else(|| "default".into()),
         "chain_std": report.config.chain_std, "init_loss": report.config.init_loss,
         "parameters": cfg.strings("parameters")?,
+        "model_config": cfg.path("model_config")?, "last_pos_module_type": transformer.last_pos_module_type,
+        "isolate_ln_var": transformer.isolate_ln_var,
     });
     let mut summary = json!({
         "settings": settings,
@@ -596,55 +647,61 @@ impl Data {
         Ok(Data { dataset, inputs })
     }
 
-    /// The loss model of `mlp` on these data.
-    fn model(&self, mlp: &Mlp) -> AnyResult<Model> {
-        Ok(match &self.dataset {
-            Some((loss, data)) => Model::Layer(MlpLoss::new(mlp, *loss, data.clone())?),
-            None => Model::Behavioural(BehaviouralLoss::new(mlp, self.inputs.clone())?),
+    /// The loss model of `net` on these data.
+    fn model(&self, net: &common::Model) -> AnyResult<Model> {
+        Ok(match (net, &self.dataset) {
+            (common::Model::Mlp(m), Some((loss, data))) => Model::Layer(MlpLoss::new(m, *loss, data.clone())?),
+            (common::Model::Mlp(m), None) => Model::Behavioural(BehaviouralLoss::new(m, self.inputs.clone())?),
+            (common::Model::Transformer(t), Some((loss, data))) => {
+                Model::TransformerLayer(LayerLoss::new(&**t, *loss, data.clone())?)
+            }
+            (common::Model::Transformer(t), None) => {
+                Model::TransformerBehavioural(BehaviouralLoss::new(&**t, self.inputs.clone())?)
+            }
         })
     }
 }
 
-/// The training loss (MSE, cross-entropy) or the behavioural loss of an MLP.
+/// The training loss (MSE, cross-entropy) or the behavioural loss of an MLP or a transformer
+/// (its logits at the last position).
 #[derive(Clone)]
 enum Model {
     Layer(MlpLoss),
     Behavioural(BehaviouralLoss),
+    TransformerLayer(LayerLoss<Transformer>),
+    TransformerBehavioural(BehaviouralLoss<Transformer>),
+}
+
+/// `$body` with `$m` bound to the loss model inside whichever variant `$model` is.
+macro_rules! each {
+    ($model:expr, $m:ident => $body:expr) => {
+        match $model {
+            Model::Layer($m) => $body,
+            Model::Behavioural($m) => $body,
+            Model::TransformerLayer($m) => $body,
+            Model::TransformerBehavioural($m) => $body,
+        }
+    };
 }
 
 impl Model {
     fn params(&self) -> Vec<f64> {
-        match self {
-            Model::Layer(m) => m.params(),
-            Model::Behavioural(m) => m.params(),
-        }
+        each!(self, m => m.params())
     }
 }
 
 impl LossModel for Model {
     fn n_params(&self) -> usize {
-        match self {
-            Model::Layer(m) => m.n_params(),
-            Model::Behavioural(m) => m.n_params(),
-        }
+        each!(self, m => m.n_params())
     }
     fn n_samples(&self) -> usize {
-        match self {
-            Model::Layer(m) => m.n_samples(),
-            Model::Behavioural(m) => m.n_samples(),
-        }
+        each!(self, m => m.n_samples())
     }
     fn loss_and_grad(&mut self, w: &[f64], batch: &[usize], grad: &mut [f64]) -> degeneracy::Result<f64> {
-        match self {
-            Model::Layer(m) => m.loss_and_grad(w, batch, grad),
-            Model::Behavioural(m) => m.loss_and_grad(w, batch, grad),
-        }
+        each!(self, m => m.loss_and_grad(w, batch, grad))
     }
     fn loss(&mut self, w: &[f64], batch: &[usize]) -> degeneracy::Result<f64> {
-        match self {
-            Model::Layer(m) => m.loss(w, batch),
-            Model::Behavioural(m) => m.loss(w, batch),
-        }
+        each!(self, m => m.loss(w, batch))
     }
 }
 
@@ -746,11 +803,16 @@ impl Run<'_> {
 
     /// λ̂ at every checkpoint: `trajectory.json`, `trajectory.svg`, `summary.json`; exit 1 if a
     /// checkpoint has no healthy chain.
-    fn trajectory(&self, data: &Data, activation: Activation, files: &[PathBuf], start: Instant) -> AnyResult<()> {
+    fn trajectory(
+        &self,
+        data: &Data,
+        load: &dyn Fn(&Path) -> AnyResult<common::Model>,
+        files: &[PathBuf],
+        start: Instant,
+    ) -> AnyResult<()> {
         let mut checkpoints = Vec::with_capacity(files.len());
         for (k, file) in files.iter().enumerate() {
-            let mlp = io::load_mlp_with(file, activation, &self.cfg.load_options()?)?;
-            let model = data.model(&mlp)?;
+            let model = data.model(&load(file)?)?;
             let label = file.file_name().map_or_else(|| file.display().to_string(), |f| f.to_string_lossy().into());
             checkpoints.push(Checkpoint { label, position: k as f64, w_star: model.params(), model });
         }

@@ -60,6 +60,7 @@ pub mod diagnostics;
 pub mod distributed;
 mod error;
 pub mod estimate;
+pub mod fourier;
 pub mod graph;
 mod interop;
 pub mod io;

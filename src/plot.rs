@@ -20,13 +20,49 @@ fn colour(k: usize) -> RGBColor {
 /// Draws the graph: one column per node layer (names on top), directions top to bottom,
 /// edge width ∝ weight, nodes coloured by module (grey without modules or for singletons).
 pub fn draw_graph(path: &Path, graph: &InteractionGraph, modules: Option<&Modules>, title: &str) -> Result<()> {
-    let (width, height) = (220 * graph.layers.len().max(2) as u32, 720u32);
-    let root = SVGBackend::new(path, (width, height)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
-    let (top, bottom, left) = (70.0, 30.0, 110.0);
-    let column = |l: usize| left + l as f64 * (width as f64 - 2.0 * left) / (graph.layers.len().max(2) - 1) as f64;
+    draw(path, graph, modules, &[], title)
+}
+
+/// [`draw_graph`] with a text beside every node (`labels[id]` for graph node `id`; empty strings
+/// are left out): directions named by what they compute, such as their Fourier frequencies
+/// ([`crate::fourier`]). The picture grows with the longest column so that labels do not overlap.
+pub fn draw_graph_labelled(
+    path: &Path,
+    graph: &InteractionGraph,
+    modules: Option<&Modules>,
+    labels: &[String],
+    title: &str,
+) -> Result<()> {
+    if labels.len() != graph.nodes.len() {
+        return Err(Error::shape(
+            "draw_graph_labelled: one label per graph node",
+            &[graph.nodes.len()],
+            &[labels.len()],
+        ));
+    }
+    draw(path, graph, modules, labels, title)
+}
+
+fn draw(
+    path: &Path,
+    graph: &InteractionGraph,
+    modules: Option<&Modules>,
+    labels: &[String],
+    title: &str,
+) -> Result<()> {
     let per_layer: Vec<usize> =
         (0..graph.layers.len()).map(|l| graph.nodes.iter().filter(|n| n.layer == l).count()).collect();
+    let (top, bottom, left) = (70.0, 30.0, 110.0);
+    let (column_width, height) = if labels.is_empty() {
+        (220, 720u32)
+    } else {
+        let longest = per_layer.iter().copied().max().unwrap_or(1) as f64;
+        (300, 720u32.max((top + bottom + 13.0 * longest) as u32))
+    };
+    let width = column_width * graph.layers.len().max(2) as u32;
+    let root = SVGBackend::new(path, (width, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+    let column = |l: usize| left + l as f64 * (width as f64 - 2.0 * left) / (graph.layers.len().max(2) - 1) as f64;
     let position = |id: usize| {
         let n = &graph.nodes[id];
         let count = per_layer[n.layer].max(1) as f64;
@@ -57,6 +93,11 @@ pub fn draw_graph(path: &Path, graph: &InteractionGraph, modules: Option<&Module
             _ => RGBColor(187, 187, 187),
         };
         root.draw(&Circle::new(position(id), 5, fill.filled())).map_err(|e| draw_err(path, e))?;
+        if let Some(label) = labels.get(id).filter(|l| !l.is_empty()) {
+            let (x, y) = position(id);
+            let style = ("sans-serif", 10).into_font().color(&BLACK);
+            root.draw(&Text::new(label.clone(), (x + 8, y - 5), style)).map_err(|e| draw_err(path, e))?;
+        }
     }
     root.present().map_err(|e| draw_err(path, e))
 }

@@ -25,16 +25,7 @@ fn run_example(name: &str, config: &serde_json::Value) -> (bool, String, tempfil
 
 /// Runs `cargo run --release --example NAME -- ARGS` in `dir`; returns (success, stdout + stderr).
 fn run_in(dir: &Path, name: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "--release", "--quiet", "--manifest-path"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .args(["--example", name, "--"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    run_with_env(dir, name, args, None)
 }
 
 fn abs(p: PathBuf) -> String {
@@ -460,17 +451,18 @@ fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Runs an example with an environment variable set; returns (success, stdout + stderr).
-fn run_with_env(dir: &Path, name: &str, args: &[&str], env: (&str, &str)) -> (bool, String) {
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "--release", "--quiet", "--manifest-path"])
+/// [`run_in`] with an environment variable set.
+fn run_with_env(dir: &Path, name: &str, args: &[&str], env: Option<(&str, &str)>) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["run", "--release", "--quiet", "--manifest-path"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
         .args(["--example", name, "--"])
         .args(args)
-        .current_dir(dir)
-        .env(env.0, env.1)
-        .output()
-        .unwrap();
+        .current_dir(dir);
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -487,7 +479,7 @@ fn output_folders_are_replaced_whole_and_only_when_complete() {
     assert!(first.contains_key("E_hat_2_layers_2__output.npy") && first.contains_key("C_2_layers_2.npy"));
 
     // A write that fails partway (the 4th file) leaves the previous result byte for byte.
-    let (ok, text) = run_with_env(d, "lib_build", &["all.json"], ("DEGENERACY_FAIL_AFTER_FILES", "3"));
+    let (ok, text) = run_with_env(d, "lib_build", &["all.json"], Some(("DEGENERACY_FAIL_AFTER_FILES", "3")));
     assert!(!ok && text.contains("simulated write failure"), "{text}");
     assert_eq!(snapshot(&d.join("out")), first, "the previous result is untouched");
     let leftovers: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -791,4 +783,504 @@ fn llc_checks_its_out_dir_before_sampling_and_keeps_the_previous_result_on_failu
     let (ok, text) = run_in(d, "llc", &["broken.json"]);
     assert!(!ok, "{text}");
     assert_eq!(snapshot(&d.join("out")), first);
+}
+
+/// The jobs on the fixture transformer (`modadd_transformer`, rib's seed-0 modular-addition
+/// model): `ablate`, `llc` and `diagnose` take `lib_build`'s model keys.
+mod transformer_jobs {
+    use super::*;
+    use degeneracy::Matrix;
+    use degeneracy::io::NpyData;
+
+    const P: usize = 113;
+
+    fn case() -> PathBuf {
+        fixtures().join("modadd_transformer").canonicalize().unwrap()
+    }
+
+    /// The model keys of every job, as `lib_build` takes them.
+    fn model_keys() -> serde_json::Value {
+        let c = case();
+        serde_json::json!({
+            "model": c.join("model.safetensors"), "model_config": c.join("model_config.json"),
+            "last_pos_module_type": "add_resid1",
+        })
+    }
+
+    fn with(mut base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        base
+    }
+
+    fn ints(path: PathBuf) -> (Vec<usize>, Vec<i64>) {
+        let a = io::read_npy(&path).unwrap();
+        match a.data {
+            NpyData::Int(v) => (a.shape, v),
+            NpyData::Float(_) => panic!("{}: integer array expected", path.display()),
+        }
+    }
+
+    fn floats(path: PathBuf) -> (Vec<usize>, Vec<f64>) {
+        let a = io::read_npy(&path).unwrap();
+        match a.data {
+            NpyData::Float(v) => (a.shape, v),
+            NpyData::Int(_) => panic!("{}: float array expected", path.display()),
+        }
+    }
+
+    /// The first `n` training rows and labels, written to `dir`.
+    fn train_subset(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+        let (_, tokens) = ints(case().join("tokens.npy"));
+        let (_, labels) = ints(case().join("labels.npy"));
+        let (t, l) = (dir.join(format!("tokens_{n}.npy")), dir.join(format!("labels_{n}.npy")));
+        io::write_ints(&t, &[n, 3], &tokens[..3 * n]).unwrap();
+        io::write_ints(&l, &[n], &labels[..n]).unwrap();
+        (t, l)
+    }
+
+    /// The test split (every (a, b) not in `tokens.npy`, a-major) and its labels (a + b) mod p,
+    /// written to `dir`.
+    fn test_split(dir: &Path) -> (PathBuf, PathBuf, usize) {
+        let (_, tokens) = ints(case().join("tokens.npy"));
+        let mut seen = vec![false; P * P];
+        for row in tokens.chunks(3) {
+            seen[row[0] as usize * P + row[1] as usize] = true;
+        }
+        let rest: Vec<usize> = (0..P * P).filter(|&k| !seen[k]).collect();
+        let rows: Vec<i64> = rest.iter().flat_map(|&k| [(k / P) as i64, (k % P) as i64, P as i64]).collect();
+        let labels: Vec<i64> = rest.iter().map(|&k| ((k / P + k % P) % P) as i64).collect();
+        let (t, l) = (dir.join("test_tokens.npy"), dir.join("test_labels.npy"));
+        io::write_ints(&t, &[rest.len(), 3], &rows).unwrap();
+        io::write_ints(&l, &[rest.len()], &labels).unwrap();
+        (t, l, rest.len())
+    }
+
+    #[test]
+    fn ablate_builds_on_the_train_split_and_scores_on_the_test_split() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (test_tokens, test_labels, n_test) = test_split(tmp.path());
+        assert_eq!(n_test, 8939);
+        let config = with(
+            model_keys(),
+            serde_json::json!({
+                "inputs": case().join("tokens.npy"), "node_layers": ["ln1.0", "ln2.0", "unembed", "output"],
+                "basis_formula": "jacobian", "truncation_threshold": 1e-15, "batch_size": 512,
+                "eval": "accuracy", "ablation_type": "node",
+                "schedule": {"type": "exponential", "base": 2.0, "all_below": 1},
+                "eval_inputs": test_tokens, "eval_labels": test_labels, "out_dir": "out",
+            }),
+        );
+        let (ok, stderr, dir) = run_example("ablate", &config);
+        assert!(ok, "{stderr}");
+        let report = read_json(&dir.path().join("out/ablation.json"));
+        // The fixture README: 99.9553 % on the 8939-row test split, i.e. 8935 rows right.
+        let accuracy = 8935.0 / 8939.0;
+        assert!((report["no_ablation_result"].as_f64().unwrap() - accuracy).abs() < 1e-15, "{report}");
+        assert_eq!((report["n_build_samples"].as_u64(), report["n_eval_samples"].as_u64()), (Some(3830), Some(8939)));
+        let results = report["results"].as_object().unwrap();
+        assert_eq!(results.keys().collect::<Vec<_>>(), ["ln1.0", "ln2.0", "unembed"]);
+        for (node, curve) in results {
+            let curve = curve.as_array().unwrap();
+            let (n, score) = (&curve.last().unwrap()[0], curve.last().unwrap()[1].as_f64().unwrap());
+            // Everything kept: the model's accuracy on the test split.
+            assert!((score - accuracy).abs() < 1e-15, "{node}: {score}");
+            // The README's kept dimensions.
+            match node.as_str() {
+                "ln1.0" => assert_eq!(n, 115),
+                // rib's 116th Λ (1.7e-19 of the largest) is below what this eigensolver resolves
+                // (transformer_tests' compare_run): 115 or 116.
+                "unembed" => assert!(n == 115 || n == 116, "{node}: {n}"),
+                _ => assert!((108..=114).contains(&n.as_u64().unwrap()), "{node}: {n}"),
+            }
+            assert!(curve[0][1].as_f64().unwrap() < 0.05, "{node}: nothing kept is chance level");
+        }
+
+        // Scored on the build's own rows (the default): the README's 100 % on the train split.
+        let mut own = config.clone();
+        let map = own.as_object_mut().unwrap();
+        map.remove("eval_inputs");
+        map.remove("eval_labels");
+        own["labels"] = case().join("labels.npy").to_string_lossy().into();
+        own["ablation_type"] = "edge".into();
+        own["schedule"] = serde_json::json!({"type": "explicit", "points": [0, 14706]});
+        let (ok, stderr, dir) = run_example("ablate", &own);
+        assert!(ok, "{stderr}");
+        let report = read_json(&dir.path().join("out/ablation.json"));
+        assert_eq!(report["no_ablation_result"], 1.0);
+        assert_eq!(report["n_eval_samples"], 3830);
+        let required = report["n_edges_required"].as_object().unwrap();
+        assert_eq!(required.keys().collect::<Vec<_>>(), ["ln1.0", "ln2.0", "unembed"]);
+        for (node, probes) in report["results"].as_object().unwrap() {
+            let probes = probes.as_array().unwrap();
+            // 0 edges: chance; 14706 = 129 × 114 is more than any E_hat has: the model itself.
+            assert!(probes[0][1].as_f64().unwrap() < 0.05, "{node}");
+            assert_eq!(probes.last().unwrap()[1], 1.0, "{node}");
+        }
+
+        // Keys that do not fit are refused by name.
+        let refuse = |patch: serde_json::Value, remove: &[&str], needle: &str| {
+            let mut bad = with(config.clone(), patch);
+            for k in remove {
+                bad.as_object_mut().unwrap().remove(*k);
+            }
+            let (ok, stderr, dir) = run_example("ablate", &bad);
+            assert!(!ok && stderr.contains(needle), "{needle}: {stderr}");
+            assert!(!dir.path().join("out").exists());
+        };
+        refuse(serde_json::json!({}), &["eval_inputs"], "eval_inputs");
+        refuse(serde_json::json!({"labels": case().join("labels.npy")}), &[], "`labels`");
+        refuse(serde_json::json!({}), &["eval_labels"], "eval_labels");
+        refuse(serde_json::json!({"eval_input": "x.npy"}), &[], "eval_input");
+        refuse(serde_json::json!({"activation": "gelu"}), &[], "activation");
+        refuse(serde_json::json!({"bias": false}), &[], "bias");
+        refuse(serde_json::json!({"last_pos_module_type": "add_resid2"}), &[], "last_pos_module_type");
+        refuse(serde_json::json!({}), &["model_config"], "model_config");
+    }
+
+    #[test]
+    fn ablate_eval_keys_score_an_mlp_too() {
+        let case = fixtures().join("digits_mlp");
+        let schedule = serde_json::json!({"type": "explicit", "points": [0, 5, 11]});
+        let mut config = ablate_config("node", schedule);
+        config["node_layers"] = serde_json::json!(["layers.2", "output"]);
+        let (ok, stderr, dir) = run_example("ablate", &config);
+        assert!(ok, "{stderr}");
+        let default = read_json(&dir.path().join("out/ablation.json"));
+        // The same rows given as the scoring split score the same.
+        config.as_object_mut().unwrap().remove("labels");
+        config["eval_inputs"] = abs(case.join("inputs.npy")).into();
+        config["eval_labels"] = abs(case.join("labels.npy")).into();
+        let (ok, stderr, dir) = run_example("ablate", &config);
+        assert!(ok, "{stderr}");
+        let split = read_json(&dir.path().join("out/ablation.json"));
+        assert_eq!(split["results"], default["results"]);
+        assert_eq!(split["no_ablation_result"], 0.99609375);
+    }
+
+    #[test]
+    fn llc_of_a_transformer_is_the_cross_entropy_at_the_last_position() {
+        let tmp = tempfile::tempdir().unwrap();
+        let n = 128;
+        let (tokens, labels) = train_subset(tmp.path(), n);
+        let config = with(
+            model_keys(),
+            serde_json::json!({
+                "inputs": tokens, "labels": labels, "loss": "cross_entropy", "lr": 1e-7, "nbeta": 10.0,
+                "batch_size": n, "num_chains": 1, "num_draws": 4, "num_init_loss_batches": 1, "seed": 0,
+                "parameters": ["blocks.0.mlp.W_out"],
+            }),
+        );
+        let d = tmp.path();
+        std::fs::write(d.join("ce.json"), with(config.clone(), serde_json::json!({"out_dir": "ce"})).to_string())
+            .unwrap();
+        let (ok, text) = run_in(d, "llc", &["ce.json"]);
+        assert!(ok, "{text}");
+        let summary = read_json(&d.join("ce/summary.json"));
+        // init_loss is the full-batch cross-entropy at w*: from the fixture's own logits (the
+        // last position, TransformerLens), not from this crate's forward pass.
+        let (shape, logits) = floats(case().join("logits.npy"));
+        let (_, all_labels) = ints(case().join("labels.npy"));
+        let v = shape[1];
+        let ce: f64 = (0..n)
+            .map(|i| {
+                let row = &logits[i * v..(i + 1) * v];
+                let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+                max + row.iter().map(|&x| (x - max).exp()).sum::<f64>().ln() - row[all_labels[i] as usize]
+            })
+            .sum::<f64>()
+            / n as f64;
+        let init = summary["init_loss"].as_f64().unwrap();
+        assert!((init - ce).abs() <= 1e-9 * ce, "init_loss {init} vs cross-entropy of logits.npy {ce}");
+        // The README's shapes: 114·128 + 3·128 + 3·4·128·32 + 3·4·32 + 4·32·128 + 128 + 128·512
+        // + 512 + 512·128 + 128 + 128·114 + 114 parameters; W_out alone is sampled.
+        let n_params = 114 * 128 + 3 * 128 + 3 * 4 * 128 * 32 + 3 * 4 * 32 + 4 * 32 * 128 + 128 + 128 * 512 + 512;
+        assert_eq!(summary["n_params"], n_params + 512 * 128 + 128 + 128 * 114 + 114);
+        assert_eq!(summary["n_sampled_params"], 512 * 128);
+        assert_eq!(summary["n_samples"], n);
+        assert_eq!(summary["settings"]["activation"], "relu");
+        assert_eq!(summary["settings"]["last_pos_module_type"], "add_resid1");
+        assert!(summary["llc_mean"].as_f64().unwrap().is_finite());
+        assert!(d.join("ce/loss_trace.npy").exists());
+
+        // The behavioural loss: zero at w* exactly.
+        let mut behavioural = with(config.clone(), serde_json::json!({"loss": "behavioural", "out_dir": "b"}));
+        behavioural.as_object_mut().unwrap().remove("labels");
+        std::fs::write(d.join("b.json"), behavioural.to_string()).unwrap();
+        let (ok, text) = run_in(d, "llc", &["b.json"]);
+        assert!(ok, "{text}");
+        assert_eq!(read_json(&d.join("b/summary.json"))["init_loss"], 0.0);
+
+        // A tensor the transformer does not have, an MLP key, a transformer key without
+        // `model_config`: refused by name.
+        let refuse = |patch: serde_json::Value, remove: &str, needle: &str| {
+            let mut bad = with(config.clone(), patch);
+            bad.as_object_mut().unwrap().remove(remove);
+            bad["out_dir"] = "bad".into();
+            std::fs::write(d.join("bad.json"), bad.to_string()).unwrap();
+            let (ok, text) = run_in(d, "llc", &["bad.json"]);
+            assert!(!ok && text.contains(needle), "{needle}: {text}");
+        };
+        refuse(serde_json::json!({"parameters": ["layers.0.weight"]}), "", "blocks.0.mlp.W_out");
+        refuse(serde_json::json!({"tensor_names": {"a": "b"}}), "", "tensor_names");
+        refuse(serde_json::json!({"isolate_ln_var": "yes"}), "", "isolate_ln_var");
+        refuse(serde_json::json!({}), "model_config", "model_config");
+    }
+
+    /// `E[f fᵀ]` of `[rows, width]` activations, its rank at `tol` relative to the largest
+    /// eigenvalue, checking that no eigenvalue sits near the cut.
+    fn dense_rank(f: &Matrix, tol: f64) -> usize {
+        let g = Matrix::from_fn(f.ncols(), f.ncols(), |i, j| {
+            (0..f.nrows()).map(|r| f[(r, i)] * f[(r, j)]).sum::<f64>() / f.nrows() as f64
+        });
+        let (values, _) = degeneracy::linalg::symmetric_eigen(&g).unwrap();
+        let max = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let cut = tol * max;
+        // Two computations of the same Gram differ by ~1e-14 of its largest eigenvalue: a count
+        // is comparable only if no eigenvalue lies within 1 % of the cut.
+        let closest = values.iter().map(|v| (v.abs() / cut).ln().abs()).fold(f64::INFINITY, f64::min);
+        assert!(closest > 0.01, "an eigenvalue within {:.1e} of the cut: pick another tolerance", closest);
+        values.iter().filter(|v| v.abs() > cut).count()
+    }
+
+    #[test]
+    fn diagnose_reports_ranks_and_relu_groups_of_a_transformer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let n = 256;
+        let (tokens, _) = train_subset(tmp.path(), n);
+        let config = with(
+            model_keys(),
+            serde_json::json!({
+                "inputs": tokens, "node_layers": ["ln1.0", "ln2.0", "unembed", "output"], "rank_tol": 3e-10,
+                "out_dir": "diag",
+            }),
+        );
+        let (ok, stderr, dir) = run_example("diagnose", &config);
+        assert!(ok, "{stderr}");
+        let d = read_json(&dir.path().join("diag/degeneracy.json"));
+        let nodes = d["nodes"].as_array().unwrap();
+        let names: Vec<&str> = nodes.iter().map(|n| n["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["ln1.0", "ln2.0", "unembed"]);
+        // Activation ranks: dense ranks of the fixture's own node activations (rib's hooks, the
+        // first 256 samples, every position as a row). The spectra at ln2.0 and unembed run on
+        // continuously (README), so rank_tol is one with no eigenvalue near the cut (3e-10: 115,
+        // 62, 77 with numpy on these files).
+        for (k, name) in names.iter().enumerate() {
+            let (shape, acts) = floats(case().join(format!("node_acts_first256_{k}_{}.npy", name.replace('.', "_"))));
+            let f = Matrix::from_vec(shape[0] * shape[1], shape[2], acts).unwrap();
+            assert_eq!(nodes[k]["dim"], 128, "{name}");
+            assert_eq!(nodes[k]["activation_rank"], dense_rank(&f, 3e-10), "{name}");
+        }
+        // Jacobian rank at `unembed`: the output is `r W_U + c b_U`, so Σ_x JᵀJ = n W_U W_Uᵀ.
+        let mut file = io::TensorFile::open(case().join("model.safetensors")).unwrap();
+        let w_u = file.take_matrix("unembed.W_U", 128, 114).unwrap();
+        assert_eq!(nodes[2]["jacobian_rank"], dense_rank(&w_u.transpose(), 3e-10));
+        // ReLU groups at `unembed` (the MLP block ln2.0 → unembed): from the fixture's `ln2.0`
+        // activations `[mid, c]` and `W_in`, `b_in`; the block's bias unit (index 512) always fires.
+        let w_in = file.take_matrix("blocks.0.mlp.W_in", 128, 512).unwrap();
+        let b_in = file.take_vector("blocks.0.mlp.b_in", 512).unwrap();
+        let (_, mid) = floats(case().join("node_acts_first256_1_ln2_0.npy"));
+        let fires = |x: usize, u: usize| {
+            let row = &mid[x * 129..(x + 1) * 129];
+            (0..128).map(|i| row[i] * w_in[(i, u)]).sum::<f64>() + row[128] * b_in[u] > 0.0
+        };
+        let pattern: Vec<Vec<bool>> = (0..512).map(|u| (0..n).map(|x| fires(x, u)).collect()).collect();
+        let dead: Vec<usize> = (0..512).filter(|&u| pattern[u].iter().all(|&b| !b)).collect();
+        let mut always_on: Vec<usize> = (0..512).filter(|&u| pattern[u].iter().all(|&b| b)).collect();
+        always_on.push(512);
+        let mut groups: std::collections::BTreeMap<&[bool], Vec<usize>> = Default::default();
+        for u in (0..512).filter(|u| !dead.contains(u) && !always_on.contains(u)) {
+            groups.entry(&pattern[u]).or_default().push(u);
+        }
+        let mut sync: Vec<Vec<usize>> = groups.into_values().filter(|g| g.len() > 1).collect();
+        sync.sort();
+        let relu = &nodes[2]["relu"];
+        let list = |v: &serde_json::Value| -> Vec<usize> {
+            v.as_array().unwrap().iter().map(|u| u.as_u64().unwrap() as usize).collect()
+        };
+        assert_eq!(list(&relu["dead"]), dead);
+        assert_eq!(list(&relu["always_on"]), always_on);
+        let mut reported: Vec<Vec<usize>> = relu["sync_groups"].as_array().unwrap().iter().map(list).collect();
+        reported.iter_mut().for_each(|g| g.sort());
+        reported.sort();
+        assert_eq!(reported, sync);
+        eprintln!("unembed: {} dead, {} always on, {} synchronised groups", dead.len(), always_on.len(), sync.len());
+        // Not counted where the sections expose nothing: no ReLUs before ln1.0 and ln2.0
+        // (attention), no affine layer after them; counted after `unembed` (the unembedding).
+        for k in 0..2 {
+            assert!(nodes[k]["relu"].is_null() && nodes[k]["free_directions"].is_null(), "{}", names[k]);
+        }
+        assert!(nodes[2]["free_directions"].is_object());
+        assert!(d["n_params"].is_null() && d["effective_params_bound"].is_null());
+
+        // A node list that does not end at the output, or is out of order: refused by name.
+        for layers in [serde_json::json!(["ln1.0", "unembed"]), serde_json::json!(["ln2.0", "ln1.0", "output"])] {
+            let (ok, stderr, _dir) =
+                run_example("diagnose", &with(config.clone(), serde_json::json!({"node_layers": layers})));
+            assert!(!ok && stderr.contains("node_layers"), "{stderr}");
+        }
+    }
+}
+
+/// The paper's experiment as an example (`examples/modadd_transformer.rs`).
+mod modadd_transformer {
+    use super::*;
+    use degeneracy::transformer::{LastPosModule, Transformer, read_tokens};
+    use degeneracy::{Layer, Matrix};
+
+    fn keys(v: &serde_json::Value) -> Vec<String> {
+        super::keys(v)
+    }
+
+    fn svg_texts(path: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(doc.root_element().tag_name().name(), "svg");
+        let texts = doc.descendants().filter(|n| n.is_text()).filter_map(|n| n.text());
+        texts.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
+    }
+
+    /// The default path (a model trained in code; fewer epochs than the default, so it runs in
+    /// seconds): the report's keys, both pictures, and the accuracies against the checkpoint it
+    /// writes, recomputed here.
+    #[test]
+    fn the_default_path_trains_builds_ablates_and_draws() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ok, text) = run_in(dir.path(), "modadd_transformer", &["--out", "out", "--epochs", "400"]);
+        assert!(ok, "{text}");
+        let out = dir.path().join("out");
+        let report = read_json(&out.join("report.json"));
+        assert_eq!(
+            keys(&report),
+            [
+                "dims",
+                "edges_needed",
+                "edges_total",
+                "fourier",
+                "model",
+                "modules",
+                "node_ablation",
+                "pictures",
+                "seconds",
+                "settings"
+            ]
+        );
+        assert_eq!(report["model"]["source"]["kind"], "trained");
+        let p = report["model"]["p"].as_u64().unwrap() as usize;
+
+        // The checkpoint it wrote; the held-out pairs are every pair not in tokens.npy.
+        let model = Transformer::load(out.join("model_config.json"), out.join("model.safetensors"))
+            .unwrap()
+            .with_last_pos_module(Some(LastPosModule::AddResid1));
+        let train = read_tokens(out.join("tokens.npy")).unwrap();
+        let mut seen = vec![false; p * p];
+        for i in 0..train.nrows() {
+            seen[train[(i, 0)] as usize * p + train[(i, 1)] as usize] = true;
+        }
+        let rest: Vec<usize> = (0..p * p).filter(|&k| !seen[k]).collect();
+        let test = Matrix::from_fn(rest.len(), 3, |i, c| [(rest[i] / p) as f64, (rest[i] % p) as f64, p as f64][c]);
+        let mut logits = Matrix::default();
+        model.forward(test.view(), &mut logits).unwrap();
+        let right = (0..rest.len())
+            .filter(|&i| {
+                let row = logits.row(i);
+                let best = (0..row.len()).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+                best == (rest[i] / p + rest[i] % p) % p
+            })
+            .count();
+        let accuracy = right as f64 / rest.len() as f64;
+        assert_eq!(report["model"]["n_test"], rest.len());
+        assert!((report["model"]["test_accuracy"].as_f64().unwrap() - accuracy).abs() < 1e-12);
+
+        for basis in ["lib", "pca"] {
+            let curves = report["node_ablation"][basis].as_object().unwrap();
+            assert_eq!(curves.keys().collect::<Vec<_>>(), ["ln1.0", "ln2.0", "unembed"], "{basis}");
+            for (node, curve) in curves {
+                let last = curve.as_array().unwrap().last().unwrap();
+                // Every direction kept: the model's own held-out accuracy.
+                assert_eq!(last[0], report["dims"][basis][node], "{basis} {node}");
+                assert!((last[1].as_f64().unwrap() - accuracy).abs() < 1e-12, "{basis} {node}: {last}");
+            }
+            let needed = report["edges_needed"][basis].as_object().unwrap();
+            assert_eq!(needed.keys().collect::<Vec<_>>(), ["ln1.0", "ln2.0", "unembed"], "{basis}");
+            let total: u64 = needed.values().map(|v| v.as_u64().unwrap()).sum();
+            assert!(needed.values().all(|v| v.as_u64().unwrap() > 0), "{basis}: {needed:?}");
+            assert_eq!(report["edges_total"][basis], total);
+        }
+        // Fourier labels: folded frequencies, shares in [0, 1], one per LIB direction.
+        for (node, labels) in report["fourier"].as_object().unwrap() {
+            let labels = labels.as_array().unwrap();
+            assert_eq!(labels.len() as u64, report["dims"]["lib"][node].as_u64().unwrap(), "{node}");
+            for l in labels {
+                assert!(l["a"].as_u64().unwrap() as usize <= p / 2 && l["b"].as_u64().unwrap() as usize <= p / 2);
+                assert!((0.0..=1.0).contains(&l["share"].as_f64().unwrap()), "{l}");
+            }
+        }
+        assert!(report["modules"]["Q"].as_f64().unwrap().is_finite());
+        assert_eq!(report["pictures"], serde_json::json!(["ablation.svg", "modules.svg"]));
+        let ablation = svg_texts(&out.join("ablation.svg"));
+        for title in ["node ablation at ln1.0", "node ablation at ln2.0", "node ablation at unembed", "LIB", "PCA"] {
+            assert!(ablation.iter().any(|t| t == title), "ablation.svg lacks `{title}`");
+        }
+        // modules.svg: one label per LIB direction (output left out): "const", "mixed", or
+        // "a{k} b{k} {share}%" with a share of at least 50 %.
+        let modules = svg_texts(&out.join("modules.svg"));
+        let is_label = |t: &str| {
+            let parts: Vec<&str> = t.split(' ').collect();
+            match parts.as_slice() {
+                ["const"] | ["mixed"] => true,
+                [a, b, share] => {
+                    let freq = |s: &str, c: char| s.strip_prefix(c).and_then(|k| k.parse::<usize>().ok());
+                    let pct = share.strip_suffix('%').and_then(|v| v.parse::<f64>().ok());
+                    freq(a, 'a').is_some_and(|k| k <= p / 2)
+                        && freq(b, 'b').is_some_and(|k| k <= p / 2)
+                        && pct.is_some_and(|v| (50.0..=100.0).contains(&v))
+                }
+                _ => false,
+            }
+        };
+        let directions: u64 = report["dims"]["lib"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(modules.iter().filter(|t| is_label(t)).count() as u64, directions, "{modules:?}");
+        // The checkpoint it wrote runs again through --model, to the same results.
+        let (ok, text) = run_in(dir.path(), "modadd_transformer", &["--model", "out", "--out", "again"]);
+        assert!(ok, "{text}");
+        let again = read_json(&dir.path().join("again/report.json"));
+        assert_eq!(again["model"]["source"]["kind"], "checkpoint");
+        for key in ["edges_needed", "node_ablation", "dims", "fourier"] {
+            assert_eq!(again[key], report[key], "{key}");
+        }
+        assert_eq!(again["model"]["test_accuracy"], report["model"]["test_accuracy"]);
+        // Bad arguments are refused by name, before anything is written.
+        for (args, needle) in [(&["--epochs"][..], "--epochs needs a value"), (&["--epoch", "3"][..], "`--epoch`")] {
+            let (ok, text) = run_in(dir.path(), "modadd_transformer", args);
+            assert!(!ok && text.contains(needle), "{text}");
+        }
+    }
+
+    /// On rib's seed-0 checkpoint (the fixture): the edges needed per node layer on the test
+    /// split, against rib's stored results (`notes/paper.md`: LIB 133 / 82 / 633, PCA
+    /// 167 / 114 / 682; the fixture test `edge_ablation_counts_match_the_paper` explains the
+    /// tolerance), and both pictures. About three minutes.
+    #[test]
+    #[ignore = "slow: about three minutes; run with --ignored"]
+    fn on_the_fixture_checkpoint_it_needs_the_papers_edges() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = abs(fixtures().join("modadd_transformer"));
+        let (ok, text) = run_in(dir.path(), "modadd_transformer", &["--model", &fixture, "--out", "out"]);
+        assert!(ok, "{text}");
+        eprintln!("{text}");
+        let report = read_json(&dir.path().join("out/report.json"));
+        assert_eq!((report["model"]["n_train"].as_u64(), report["model"]["n_test"].as_u64()), (Some(3830), Some(8939)));
+        let needed = |basis: &str| -> Vec<u64> {
+            ["ln1.0", "ln2.0", "unembed"].iter().map(|n| report["edges_needed"][basis][n].as_u64().unwrap()).collect()
+        };
+        assert_eq!(needed("pca"), [167, 114, 682]);
+        for (n, paper) in needed("lib").iter().zip([133, 82, 633]) {
+            assert!(n.abs_diff(paper) <= 4, "{:?}", needed("lib"));
+        }
+        for svg in ["ablation.svg", "modules.svg"] {
+            assert!(svg_texts(&dir.path().join("out").join(svg)).len() > 10, "{svg}");
+        }
+    }
 }

@@ -471,5 +471,28 @@ mod export {
         for layer in &graph.layers {
             assert!(labels.contains(&layer.as_str()), "layer name {layer} drawn");
         }
+
+        // With a label per node: every non-empty label is drawn once per node that has it, and
+        // a label count that is not the node count is refused.
+        let names: Vec<String> = graph
+            .nodes
+            .iter()
+            .map(|n| if n.direction % 2 == 0 { format!("d{}", n.direction) } else { String::new() })
+            .collect();
+        let labelled = dir.path().join("labelled.svg");
+        degeneracy::plot::draw_graph_labelled(&labelled, &graph, Some(&modules), &names, "labelled").unwrap();
+        let text = std::fs::read_to_string(&labelled).unwrap();
+        let doc = roxmltree::Document::parse(&text).unwrap();
+        let texts: Vec<&str> =
+            doc.descendants().filter(|n| n.is_text()).filter_map(|n| n.text()).map(str::trim).collect();
+        for name in names.iter().filter(|n| !n.is_empty()) {
+            let expected = names.iter().filter(|m| *m == name).count();
+            assert_eq!(texts.iter().filter(|t| *t == name).count(), expected, "{name}");
+        }
+        let short = &names[..names.len() - 1];
+        assert!(matches!(
+            degeneracy::plot::draw_graph_labelled(&labelled, &graph, None, short, "labelled"),
+            Err(degeneracy::Error::ShapeMismatch { .. })
+        ));
     }
 }

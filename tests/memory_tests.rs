@@ -4,30 +4,10 @@
 
 use degeneracy::estimate::NodeStatistics;
 use degeneracy::{Activation, Matrix, Mlp};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded to the system allocator with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
-            PEAK.fetch_max(now, Ordering::SeqCst);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
-    }
-}
+use counting_alloc::{Counting, peak_during};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -37,12 +17,10 @@ static ALLOCATOR: Counting = Counting;
 fn peak_of_pass(rows: usize) -> usize {
     let mlp = Mlp::init(&[1024, 4], Activation::Relu, true, 0).unwrap();
     let x = Matrix::from_fn(rows, 1024, |i, j| ((i * 31 + j * 17) % 101) as f64 / 101.0);
-    let before = CURRENT.load(Ordering::SeqCst);
-    PEAK.store(before, Ordering::SeqCst);
-    let stats = NodeStatistics::collect(&mlp, &x, &[0], None, 1024).unwrap();
-    assert_eq!(stats.activations(0).unwrap().count(), rows as u64);
-    drop(stats);
-    PEAK.load(Ordering::SeqCst) - before
+    let (count, peak) =
+        peak_during(|| NodeStatistics::collect(&mlp, &x, &[0], None, 1024).unwrap().activations(0).unwrap().count());
+    assert_eq!(count, rows as u64);
+    peak
 }
 
 #[test]

@@ -283,3 +283,40 @@ fn sequential_of_mlp_layers_is_the_mlp() {
         assert!(g1.iter().zip(&g2).all(|(a, b)| (a - b).abs() <= 1e-14 * scale));
     }
 }
+
+/// AdamW against PyTorch's documented algorithm, stepped by hand on `L(w) = (w·1 − 0)² = w²`:
+/// `w ← w(1 − lr λ)`, then the bias-corrected Adam step; and its settings are checked by name.
+#[test]
+fn adamw_decays_then_takes_the_adam_step() {
+    let data = Dataset::new(Matrix::from_rows(&[[1.0]]).unwrap(), Targets::Values(Matrix::zeros(1, 1))).unwrap();
+    let (lr, wd, b1, b2, eps) = (0.1, 0.5, 0.9, 0.98, 1e-8);
+    let mut mlp =
+        Mlp::new(vec![Linear::new(Matrix::from_rows(&[[2.0]]).unwrap(), None).unwrap()], Activation::Identity).unwrap();
+    let optimizer = Optimizer::AdamW { lr, beta1: b1, beta2: b2, eps, weight_decay: wd };
+    let config = TrainConfig { optimizer, loss: Loss::Mse, epochs: 3, ..TrainConfig::default() };
+    train(&mut mlp, &data, &config).unwrap();
+    let (mut w, mut m, mut v) = (2.0f64, 0.0, 0.0);
+    for t in 1..=3 {
+        let g = 2.0 * w;
+        w *= 1.0 - lr * wd;
+        m = b1 * m + (1.0 - b1) * g;
+        v = b2 * v + (1.0 - b2) * g * g;
+        let (m_hat, v_hat) = (m / (1.0 - b1.powi(t)), v / (1.0 - b2.powi(t)));
+        w -= lr * m_hat / (v_hat.sqrt() + eps);
+    }
+    let got = mlp.params()[0];
+    assert!((got - w).abs() < 1e-14, "{got} vs {w}");
+    // Without decay it is Adam.
+    let mut a =
+        Mlp::new(vec![Linear::new(Matrix::from_rows(&[[2.0]]).unwrap(), None).unwrap()], Activation::Identity).unwrap();
+    let mut b = a.clone();
+    let no_decay = Optimizer::AdamW { lr, beta1: b1, beta2: b2, eps, weight_decay: 0.0 };
+    train(&mut a, &data, &TrainConfig { optimizer: no_decay, ..config.clone() }).unwrap();
+    let adam = Optimizer::Adam { lr, beta1: b1, beta2: b2, eps };
+    train(&mut b, &data, &TrainConfig { optimizer: adam, ..config.clone() }).unwrap();
+    assert_eq!(a.params(), b.params());
+    let bad = TrainConfig { optimizer: Optimizer::adamw(1e-3, -1.0), ..config };
+    assert!(
+        matches!(train(&mut a, &data, &bad), Err(degeneracy::Error::InvalidParameter { name, .. }) if name == "weight_decay")
+    );
+}

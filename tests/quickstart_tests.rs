@@ -41,6 +41,8 @@ fn quickstart_report_is_complete() {
         assert!(report[section]["settings"].is_object(), "{section} records its settings");
     }
     assert_eq!(report["training"]["final_accuracy"], 1.0);
+    let see_also = report["see_also"]["modadd_transformer"].as_str().unwrap();
+    assert!(see_also.contains("--example modadd_transformer"), "{see_also}");
     for key in ["ranks_max_relative_difference", "shard_files_max_relative_difference"] {
         let d = report["distributed"][key].as_f64().unwrap();
         assert!(d <= 1e-12, "distributed {key}: {d:e}");

@@ -937,6 +937,11 @@ mod loading {
             Err(Error::Malformed { reason, .. }) => assert!(reason.contains("blocks.0.attn.mask"), "{reason}"),
             other => panic!("non-causal mask: {other:?}"),
         }
+        // A buffer of another element type is refused by name.
+        match load(&case.json, &case.tensors, &[("blocks.0.attn.mask", Dtype::I64, vec![4, 4], vec![0u8; 128])]) {
+            Err(Error::Dtype { name, .. }) => assert_eq!(name, "blocks.0.attn.mask"),
+            other => panic!("integer mask: {other:?}"),
+        }
         // Missing.
         let mut missing = case.tensors.clone();
         missing.remove("blocks.1.attn.W_K");
@@ -952,8 +957,8 @@ mod loading {
             let mut more = case.tensors.clone();
             more.insert(extra.into(), (vec![2], vec![0.0, 1.0]));
             match load(&case.json, &more, &[]) {
-                Err(Error::Malformed { reason, path, .. }) => {
-                    assert!(reason.contains(extra), "{reason}");
+                Err(Error::UnexpectedTensor { names, path }) => {
+                    assert_eq!(names, [extra]);
                     assert!(path.ends_with("model.safetensors"));
                 }
                 other => panic!("unexpected tensor {extra}: {other:?}"),
@@ -963,8 +968,12 @@ mod loading {
         let mut bad = case.tensors.clone();
         bad.insert("blocks.0.attn.W_Q".into(), (vec![2, 6, 3], vec![0.1; 36]));
         match load(&case.json, &bad, &[]) {
-            Err(Error::Malformed { reason, .. }) => {
-                assert!(reason.contains("blocks.0.attn.W_Q") && reason.contains("[2, 6, 4]"), "{reason}")
+            Err(Error::TensorShape { name, expected, found, path }) => {
+                assert_eq!(
+                    (name.as_str(), expected.as_str(), found),
+                    ("blocks.0.attn.W_Q", "[2, 6, 4]", vec![2, 6, 3])
+                );
+                assert!(path.ends_with("model.safetensors"));
             }
             other => panic!("mis-shaped tensor: {other:?}"),
         }
@@ -993,7 +1002,11 @@ mod loading {
         }
         // …and without "LN" they are unexpected.
         match load(&case.json, &ln.tensors, &[]) {
-            Err(Error::Malformed { reason, .. }) => assert!(reason.contains("ln"), "{reason}"),
+            Err(Error::UnexpectedTensor { names, .. }) => {
+                let ln_only: Vec<&String> = ln.tensors.keys().filter(|n| !case.tensors.contains_key(*n)).collect();
+                assert_eq!(ln_only.len(), 10, "2 blocks × (ln1, ln2) × (w, b) + ln_final (w, b): {ln_only:?}");
+                assert_eq!(names.iter().collect::<Vec<_>>(), ln_only);
+            }
             other => panic!("LayerNorm weights for a model without them: {other:?}"),
         }
     }

@@ -5,7 +5,8 @@
 use degeneracy::basis::{BasisFormula, JacobianPath, LibConfig};
 use degeneracy::distributed::{Communicator, Fingerprint};
 use degeneracy::estimate::Quadrature;
-use degeneracy::{Activation, Error, Matrix, Mlp, io};
+use degeneracy::transformer::{LastPosModule, Transformer, read_tokens};
+use degeneracy::{Activation, Error, Layer, Matrix, Mlp, Network, io};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -61,26 +62,34 @@ fn keyed(path: String, e: serde_json::Error) -> String {
     if path.is_empty() || path == "." { e.to_string() } else { format!("key `{path}`: {e}") }
 }
 
-/// Reads a config holding the [`BuildKeys`] plus the keys `extra_keys` of `E` (the first
-/// command-line argument): the extra keys are split off and read into `E`, the rest into
-/// `BuildKeys`, so an unknown key is still an error naming it. Returns both with the config's
-/// folder.
-pub fn read_build_config<E: DeserializeOwned>(usage: &str, extra_keys: &[&str]) -> AnyResult<(BuildKeys, E, PathBuf)> {
+/// Reads a config holding the [`BuildKeys`], the [`TransformerKeys`] and the keys `extra_keys`
+/// of `E` (the first command-line argument): the transformer and extra keys are split off and
+/// read into their types, the rest into `BuildKeys`, so an unknown key is still an error naming
+/// it. Returns them with the config's folder.
+pub fn read_build_config<E: DeserializeOwned>(
+    usage: &str,
+    extra_keys: &[&str],
+) -> AnyResult<(BuildKeys, TransformerKeys, E, PathBuf)> {
     let (value, dir): (serde_json::Value, PathBuf) = read_config(usage)?;
     let path = std::env::args().nth(1).map(PathBuf::from).unwrap_or_default();
     let malformed = |reason: String| Error::Malformed { path: path.clone(), format: "json config", reason };
     let serde_json::Value::Object(mut build) = value else {
         return Err(Error::Malformed { path, format: "json config", reason: "expected an object".into() }.into());
     };
-    let mut extra = serde_json::Map::new();
-    for key in extra_keys {
-        if let Some(v) = build.remove(*key) {
-            extra.insert((*key).to_string(), v);
+    let mut split = |keys: &[&str]| {
+        let mut part = serde_json::Map::new();
+        for key in keys {
+            if let Some(v) = build.remove(*key) {
+                part.insert((*key).to_string(), v);
+            }
         }
-    }
+        serde_json::Value::Object(part)
+    };
+    let (transformer, extra) = (split(&TRANSFORMER_KEYS), split(extra_keys));
+    let transformer = from_json_value(transformer).map_err(malformed)?;
+    let extra = from_json_value(extra).map_err(malformed)?;
     let keys = from_json_value(serde_json::Value::Object(build)).map_err(malformed)?;
-    let extra = from_json_value(serde_json::Value::Object(extra)).map_err(malformed)?;
-    Ok((keys, extra, dir))
+    Ok((keys, transformer, extra, dir))
 }
 
 /// Rows per chunk when a job streams its inputs from a `.npy` file: a multiple of the
@@ -93,8 +102,13 @@ pub fn resolve(dir: &Path, path: &str) -> PathBuf {
     if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
 }
 
-fn default_activation() -> String {
-    "relu".into()
+/// The MLP activation when the key `"activation"` is not given.
+pub const DEFAULT_ACTIVATION: &str = "relu";
+
+/// Writes `"activation"` as its default when it was not given, so configs without the key keep
+/// the fingerprints they had when the key was a plain string with that default.
+fn activation_or_default<S: serde::Serializer>(a: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(a.as_deref().unwrap_or(DEFAULT_ACTIVATION))
 }
 fn default_basis() -> String {
     "jacobian".into()
@@ -123,8 +137,9 @@ fn default_out() -> String {
 #[serde(deny_unknown_fields)]
 pub struct BuildKeys {
     pub model: String,
-    #[serde(default = "default_activation")]
-    pub activation: String,
+    /// The MLP's hidden activation (default `relu`); a transformer's is `act_fn` in its config.
+    #[serde(default, serialize_with = "activation_or_default")]
+    pub activation: Option<String>,
     pub inputs: String,
     #[serde(default)]
     pub node_layers: Option<Vec<String>>,
@@ -186,13 +201,17 @@ impl BuildKeys {
         Ok(config)
     }
 
-    /// The model and its inputs.
-    pub fn load(&self, dir: &Path) -> AnyResult<(Mlp, Matrix)> {
-        let activation = Activation::from_name(&self.activation)?;
-        let options = load_options(self.bias, &self.tensor_names);
-        let mlp = io::load_mlp_with(resolve(dir, &self.model), activation, &options)?;
-        let inputs = io::read_matrix(resolve(dir, &self.inputs))?;
-        Ok((mlp, inputs))
+    /// The MLP-loading keys of this config.
+    pub fn mlp_keys(&self) -> MlpKeys<'_> {
+        MlpKeys { activation: self.activation.as_deref(), bias: self.bias, tensor_names: &self.tensor_names }
+    }
+
+    /// The model (an MLP, or a transformer with `model_config`) and its inputs (rows of
+    /// features, or token ids).
+    pub fn load_model(&self, transformer: &TransformerKeys, dir: &Path) -> AnyResult<(Model, Matrix)> {
+        let model = load_model(dir, &resolve(dir, &self.model), &self.mlp_keys(), transformer)?;
+        let inputs = model.read_inputs(&resolve(dir, &self.inputs))?;
+        Ok((model, inputs))
     }
 
     /// A fingerprint of everything a `stage` of a run computes from: these keys (not the paths
@@ -213,6 +232,187 @@ impl BuildKeys {
     pub fn out_dir(&self, dir: &Path) -> PathBuf {
         resolve(dir, &self.out_dir)
     }
+}
+
+/// The keys that make a job's model a transformer, shared by every job that reads a model
+/// (`lib_build`, `ablate`, `llc`, `diagnose`): `"model_config"` (a TransformerLens config JSON)
+/// marks one; `"model"` is then its state dict in safetensors and `"inputs"` integer token ids
+/// `[n, positions]` (`docs/math.md` §3.3).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerKeys {
+    /// The TransformerLens config (relative to the config file).
+    #[serde(default)]
+    pub model_config: Option<String>,
+    /// rib's `last_pos_module_type`: `add_resid1` or `unembed` (only the last position from that
+    /// module on).
+    #[serde(default)]
+    pub last_pos_module_type: Option<String>,
+    /// rib's `isolate_ln_var` (default true): LayerNorm variances as their own directions.
+    #[serde(default)]
+    pub isolate_ln_var: Option<bool>,
+}
+
+/// The keys of [`TransformerKeys`].
+pub const TRANSFORMER_KEYS: [&str; 3] = ["model_config", "last_pos_module_type", "isolate_ln_var"];
+
+impl TransformerKeys {
+    /// Whether the config names a transformer.
+    pub fn is_transformer(&self) -> bool {
+        self.model_config.is_some()
+    }
+
+    /// Errors, naming the key, if a transformer key is set without `model_config`.
+    pub fn check_for_mlp(&self) -> AnyResult<()> {
+        if self.model_config.is_none() {
+            for (key, set) in [
+                ("last_pos_module_type", self.last_pos_module_type.is_some()),
+                ("isolate_ln_var", self.isolate_ln_var.is_some()),
+            ] {
+                if set {
+                    return Err(format!("`{key}` is for transformers: give `model_config` too").into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the transformer keys add to a run's fingerprint (`Null` for an MLP): the model
+    /// config's contents and the two layout keys.
+    pub fn fingerprint(&self, dir: &Path) -> serde_json::Value {
+        match &self.model_config {
+            None => serde_json::Value::Null,
+            Some(config) => serde_json::json!({
+                "model_config": std::fs::read_to_string(resolve(dir, config)).unwrap_or_default(),
+                "last_pos_module_type": self.last_pos_module_type,
+                "isolate_ln_var": self.isolate_ln_var,
+            }),
+        }
+    }
+}
+
+/// The keys that load an MLP: `"activation"` (default `relu`), `"bias"`, `"tensor_names"`.
+pub struct MlpKeys<'a> {
+    /// The hidden activation, if given.
+    pub activation: Option<&'a str>,
+    /// `false` declares a bias-free model.
+    pub bias: bool,
+    /// Tensor names of the file mapped to the expected ones.
+    pub tensor_names: &'a BTreeMap<String, String>,
+}
+
+/// A job's model: an MLP, or a transformer (rib's sequential transformer, `docs/math.md` §3.3).
+/// Both are a [`Network`] (bases, edges, ablations, diagnostics) and a [`Layer`] (the LLC; a
+/// transformer's output is its logits at the last position).
+#[derive(Clone, Debug)]
+pub enum Model {
+    Mlp(Mlp),
+    Transformer(Box<Transformer>),
+}
+
+impl Model {
+    /// The model as a network of node layers.
+    pub fn network(&self) -> &dyn Network {
+        match self {
+            Model::Mlp(m) => m,
+            Model::Transformer(t) => &**t,
+        }
+    }
+
+    /// The model as a layer (inputs → outputs, parameters).
+    pub fn layer(&self) -> &dyn Layer {
+        match self {
+            Model::Mlp(m) => m,
+            Model::Transformer(t) => &**t,
+        }
+    }
+
+    /// The network, boxed (for jobs that keep it in a struct).
+    pub fn into_network(self) -> Box<dyn Network + Send> {
+        match self {
+            Model::Mlp(m) => Box::new(m),
+            Model::Transformer(t) => t,
+        }
+    }
+
+    /// The hidden activation's name.
+    pub fn activation_name(&self) -> &'static str {
+        match self {
+            Model::Mlp(m) => m.activations().first().map_or("identity", |a| a.name()),
+            Model::Transformer(t) => t.config().act_fn.name(),
+        }
+    }
+
+    /// One line for a job's log: widths and activation, or the transformer's shape.
+    pub fn describe(&self) -> String {
+        match self {
+            Model::Mlp(m) => format!("widths {:?}, {}", m.widths(), self.activation_name()),
+            Model::Transformer(t) => {
+                let c = t.config();
+                format!(
+                    "transformer: {} layer(s), d_model {}, {} heads × {}, d_mlp {}, vocabulary {}, {} positions, {}",
+                    c.n_layers,
+                    c.d_model,
+                    c.n_heads,
+                    c.d_head,
+                    c.d_mlp,
+                    c.d_vocab,
+                    t.positions(),
+                    self.activation_name()
+                )
+            }
+        }
+    }
+
+    /// The inputs of this model in `path`: a float `.npy` of rows for an MLP, integer token ids
+    /// `[n, positions]` for a transformer.
+    pub fn read_inputs(&self, path: &Path) -> AnyResult<Matrix> {
+        Ok(match self {
+            Model::Mlp(_) => io::read_matrix(path)?,
+            Model::Transformer(_) => read_tokens(path)?,
+        })
+    }
+}
+
+/// Loads the model file `model`: an MLP (with `mlp`), or with `model_config` (relative to the
+/// config's folder `dir`) a transformer. Keys that do not apply to the kind of model are errors naming
+/// them (`last_pos_module_type` without `model_config`; `bias: false`, `tensor_names` or an
+/// `activation` other than the config's `act_fn` with it).
+pub fn load_model(dir: &Path, model: &Path, mlp: &MlpKeys<'_>, transformer: &TransformerKeys) -> AnyResult<Model> {
+    transformer.check_for_mlp()?;
+    let Some(model_config) = &transformer.model_config else {
+        let activation = Activation::from_name(mlp.activation.unwrap_or(DEFAULT_ACTIVATION))?;
+        let options = load_options(mlp.bias, mlp.tensor_names);
+        return Ok(Model::Mlp(io::load_mlp_with(model, activation, &options)?));
+    };
+    if !mlp.bias {
+        return Err("`bias: false` declares a bias-free MLP; a transformer's biases are in its state dict".into());
+    }
+    if !mlp.tensor_names.is_empty() {
+        return Err(
+            "`tensor_names` renames an MLP checkpoint's tensors; a transformer's state dict keeps TransformerLens' names"
+                .into(),
+        );
+    }
+    let last_pos = transformer.last_pos_module_type.as_deref().map(LastPosModule::from_name).transpose()?;
+    let model = Transformer::load(resolve(dir, model_config), model)?
+        .with_last_pos_module(last_pos)
+        .with_isolate_ln_var(transformer.isolate_ln_var.unwrap_or(true));
+    if let Some(name) = mlp.activation {
+        let given = Activation::from_name(name)?;
+        if given != model.config().act_fn {
+            return Err(Error::InvalidParameter {
+                name: "activation".into(),
+                value: name.into(),
+                reason: format!(
+                    "the transformer's activation is act_fn = {} in model_config; leave `activation` out",
+                    model.config().act_fn.name()
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(Model::Transformer(Box::new(model)))
 }
 
 fn io_err(path: impl AsRef<Path>, source: std::io::Error) -> Error {

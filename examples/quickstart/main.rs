@@ -6,6 +6,10 @@
 //! Each analysis is one stage in its own file; `main` runs them in order. Every stage prints
 //! a short summary, adds its section (numbers and the settings that produced them) to
 //! `DIR/report.json` and draws its pictures as SVG files in `DIR`.
+//!
+//! The same analyses on the LIB paper's modular-addition *transformer* (LIB against PCA, edges
+//! needed, modules labelled by Fourier frequency): `cargo run --release --example
+//! modadd_transformer` (`examples/modadd_transformer.rs`); the report's `see_also` names it.
 
 mod ablation;
 mod bases;

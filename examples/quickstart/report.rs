@@ -5,6 +5,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 
+/// The paper's central experiment, on a transformer (this quickstart keeps to its MLP).
+const TRANSFORMER_EXAMPLE: &str = "cargo run --release --example modadd_transformer: the LIB paper's one-layer \
+     transformer on modular addition, LIB against PCA by node and edge ablation on held-out pairs, and its modules \
+     labelled by Fourier frequency (examples/modadd_transformer.rs)";
+
 /// Collects the sections of `report.json` and knows where pictures go.
 pub struct Report {
     out: PathBuf,
@@ -47,9 +52,11 @@ impl Report {
         self.out.join(file)
     }
 
-    /// Writes `report.json` and prints where everything is.
+    /// Writes `report.json` and prints where everything is, and where the transformer version
+    /// of these analyses is.
     pub fn finish(mut self, seconds: f64) -> StageResult<()> {
         self.section("pictures", json!(self.pictures));
+        self.section("see_also", json!({ "modadd_transformer": TRANSFORMER_EXAMPLE }));
         self.section("seconds_total", json!(seconds));
         let path = self.out.join("report.json");
         std::fs::write(&path, serde_json::to_string_pretty(&Value::Object(self.sections))?)?;
@@ -59,6 +66,7 @@ impl Report {
             self.pictures.len(),
             self.out.display()
         );
+        println!("next: {TRANSFORMER_EXAMPLE}");
         Ok(())
     }
 }

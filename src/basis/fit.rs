@@ -144,19 +144,16 @@ fn moments_frame(net: &dyn Network, moments: &Moments, k: usize, config: &LibCon
     frame(moments, node.constant, config.center, node.isolated, config.truncation_threshold, &node.name)
 }
 
-fn node_basis(net: &dyn Network, k: usize, formula: Option<BasisFormula>, c: Matrix, c_pinv: Matrix) -> NodeBasis {
-    NodeBasis {
-        node: node_name(net, k),
-        formula,
-        has_constant_direction: false,
-        c,
-        c_pinv,
-        w: None,
-        lambda: None,
-        gram_eigenvalues: Vec::new(),
-        mean: Vec::new(),
-        gram_kept: Vec::new(),
-    }
+/// The basis of node `k` built here: the public constructor's checks (shapes, finite entries)
+/// and the formula recorded.
+fn node_basis(
+    net: &dyn Network,
+    k: usize,
+    formula: Option<BasisFormula>,
+    c: Matrix,
+    c_pinv: Matrix,
+) -> Result<NodeBasis> {
+    Ok(NodeBasis { formula, ..NodeBasis::new(node_name(net, k), c, c_pinv)? })
 }
 
 /// The last node layer: PCA if `rotate_final_node_layer`, else the identity.
@@ -165,7 +162,7 @@ fn final_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &Lib
         return pca_basis(net, stats, k, config);
     }
     let orig = net.node_layers()[k].width;
-    Ok(node_basis(net, k, None, Matrix::identity(orig), Matrix::identity(orig)))
+    node_basis(net, k, None, Matrix::identity(orig), Matrix::identity(orig))
 }
 
 fn with_frame(mut b: NodeBasis, f: &Frame, mean: Vec<f64>) -> NodeBasis {
@@ -180,7 +177,7 @@ fn with_frame(mut b: NodeBasis, f: &Frame, mean: Vec<f64>) -> NodeBasis {
 fn pca_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
     let moments = activation_moments(net, stats, k)?;
     let f = moments_frame(net, &moments, k, config)?;
-    let b = node_basis(net, k, Some(BasisFormula::Svd), f.w.clone(), f.w_pinv.clone());
+    let b = node_basis(net, k, Some(BasisFormula::Svd), f.w.clone(), f.w_pinv.clone())?;
     Ok(with_frame(b, &f, moments.mean))
 }
 
@@ -189,7 +186,7 @@ fn neuron_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &Li
     let moments = activation_moments(net, stats, k)?;
     let eigenvalues = gram_spectrum(&moments, false)?;
     let orig = moments.mean.len();
-    let mut b = node_basis(net, k, Some(BasisFormula::Neuron), Matrix::identity(orig), Matrix::identity(orig));
+    let mut b = node_basis(net, k, Some(BasisFormula::Neuron), Matrix::identity(orig), Matrix::identity(orig))?;
     b.gram_kept = eigenvalues.iter().copied().filter(|&v| v > config.truncation_threshold).collect();
     b.gram_eigenvalues = eigenvalues;
     b.mean = moments.mean;
@@ -279,7 +276,7 @@ fn interaction_basis(
     let vt_rp = v_kept.transpose().matmul(&r_pinv)?;
     let c = Matrix::from_fn(rv.nrows(), kept.len(), |i, j| rv[(i, j)] * lambda[j].sqrt());
     let c_pinv = Matrix::from_fn(kept.len(), vt_rp.ncols(), |i, j| vt_rp[(i, j)] / lambda[i].sqrt());
-    let mut b = node_basis(net, k, Some(config.basis_formula), c, c_pinv);
+    let mut b = node_basis(net, k, Some(config.basis_formula), c, c_pinv)?;
     b.lambda = Some(lambda);
     Ok(with_frame(b, &f, mean))
 }

@@ -7,8 +7,10 @@
 //! the sections' linearisations) and, where a section is affine + elementwise, the Gram of the
 //! Jacobian with respect to its pre-activations and the firing partition of its ReLUs; the state
 //! merges exactly across shards. Free directions are counted where the section after a node is
-//! affine + elementwise; elsewhere the report says "not counted" (`None`). The counting rules
-//! and their derivations are in `docs/math.md` §5.
+//! affine + elementwise; elsewhere the report says "not counted" (`None`). ReLU firing groups are
+//! found wherever a section exposes its ReLUs: an affine + ReLU section, or the hidden layer of a
+//! residual block (a transformer's MLP, [`crate::nn::ResidualLayer`]). The counting rules and
+//! their derivations are in `docs/math.md` §5.
 
 mod firing;
 
@@ -64,7 +66,8 @@ pub struct DegeneracyStatistics {
     jacobians: Vec<GramAccumulator>,
     /// Per node whose next section is affine + elementwise: rows `∂y/∂z` of its pre-activations.
     preactivation_jacobians: Vec<Option<GramAccumulator>>,
-    /// Per node whose next section is affine + ReLU: the firing partition of the units it writes.
+    /// Per node whose next section is affine + ReLU, or a residual block with a ReLU hidden
+    /// layer: the firing partition of those units.
     firing: Vec<Option<FiringPartition>>,
 }
 
@@ -93,11 +96,7 @@ impl DegeneracyStatistics {
                 .map(|k| structured(k).map(|f| GramAccumulator::new(f.units())))
                 .collect(),
             firing: (0..sections.len())
-                .map(|k| {
-                    structured(k)
-                        .filter(|f| f.activation() == Activation::Relu)
-                        .map(|f| FiringPartition::new(f.units()))
-                })
+                .map(|k| relu_layer(&*sections[k]).map(|f| FiringPartition::new(f.units())))
                 .collect(),
         }
     }
@@ -159,7 +158,15 @@ impl DegeneracyStatistics {
                     z.as_mut_slice().iter_mut().for_each(|v| *v = act.derivative(*v));
                     Some(z)
                 }
-                None => None,
+                None => {
+                    // A residual block's ReLUs: only their firing sets are collected.
+                    if let (Some(f), Some(layer)) = (&mut self.firing[k], relu_layer(&*sections[k])) {
+                        let mut z = ScratchMatrix::take();
+                        layer.preactivations(acts[k].view(), &mut z);
+                        f.update(&z)?;
+                    }
+                    None
+                }
             });
         }
         check_node_rows(net, last, &acts[last], first_row)?;
@@ -221,6 +228,13 @@ impl DegeneracyStatistics {
         }
         Ok(())
     }
+}
+
+/// The ReLU layer a section exposes: itself if it is affine + ReLU, else the hidden layer of a
+/// residual block with ReLUs.
+fn relu_layer<'a>(section: &'a (dyn Section + 'a)) -> Option<&'a FoldedLinear> {
+    let layer = section.structure().or_else(|| section.residual().map(|r| r.hidden))?;
+    (layer.activation() == Activation::Relu).then_some(layer)
 }
 
 /// Rows `∂y/∂z = cot[:, :units] ⊙ σ'(z)` (the cotangent at the section's output units, tiled
@@ -309,7 +323,10 @@ pub struct NodeDiagnostics {
     /// Rank of `E_x[Σ_o (∂y_o/∂z)ᵀ(∂y_o/∂z)]` for the pre-activations `z` of the affine layer
     /// after the node; `None` where that section is not affine + elementwise.
     pub preactivation_jacobian: Option<Rank>,
-    /// Dead, always-on and synchronised units, if this node is written by an affine + ReLU layer.
+    /// Dead, always-on and synchronised units of the ReLUs in the section before this node: an
+    /// affine + ReLU layer that writes it, or the hidden layer of a residual block (a
+    /// transformer's MLP: `d_mlp` units, then its bias unit, always on). `None` where that
+    /// section exposes no ReLUs ("not counted").
     pub relu: Option<ReluGroups>,
     /// The free directions of the affine layer after the node; `None` ("not counted") where the
     /// section after it is not affine + elementwise.
@@ -396,7 +413,10 @@ pub fn diagnose_from(net: &dyn Network, stats: &DegeneracyStatistics, rank_tol: 
                     Rank::of(&moments.without_constant(), 1.0, rank_tol)?.rank
                 };
                 let (r_a, r_b) = (r_a.min(in_k), r_b.rank.min(out_k));
-                let synchronised = relu.as_ref().map_or(0, |g| {
+                // (c) counts the ReLU layer that writes this node; a residual block's ReLUs
+                // (reported in `relu` too) are parameters of that block, not counted here.
+                let writes_node = k.checked_sub(1).is_some_and(|w| sections[w].structure().is_some());
+                let synchronised = relu.as_ref().filter(|_| writes_node).map_or(0, |g| {
                     let always_on = g.always_on.len();
                     g.sync_groups.iter().map(|s| s.len() * (s.len() - 1)).sum::<usize>()
                         + always_on * always_on.saturating_sub(1)

@@ -215,6 +215,36 @@ impl TensorFile {
         Ok(self.bytes[entry.bytes.clone()].chunks_exact(width).map(decode).collect())
     }
 
+    /// A buffer that is not a parameter (TransformerLens' attention `mask` and `IGNORE`, rotary
+    /// tables), if the file holds it: its stored shape and values widened to `f64` from `F64`,
+    /// `F32`, `BOOL` or `U8`, in C order. Values are not required to be finite (`IGNORE` is
+    /// −∞); the caller checks or recomputes what it needs. Taking it marks it read, so
+    /// [`finish`](Self::finish) accepts the file: checkpoints that carry such buffers load
+    /// without the caller listing them as weights.
+    ///
+    /// Errors: [`Error::Dtype`] for another element type, naming the file and the buffer.
+    pub fn take_buffer(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f64>)>> {
+        let Some(entry) = self.entries.get_mut(name) else { return Ok(None) };
+        let bytes = &self.bytes[entry.bytes.clone()];
+        let values: Vec<f64> = match entry.dtype {
+            Dtype::F64 | Dtype::F32 => {
+                let width = if entry.dtype == Dtype::F64 { 8 } else { 4 };
+                bytes.chunks_exact(width).map(decode).collect()
+            }
+            Dtype::BOOL | Dtype::U8 => bytes.iter().map(|&b| f64::from(b)).collect(),
+            other => {
+                return Err(Error::Dtype {
+                    path: self.path.clone(),
+                    name: entry.file_name.clone(),
+                    found: format!("{other:?}"),
+                    expected: "F64, F32, BOOL or U8",
+                });
+            }
+        };
+        entry.taken = true;
+        Ok(Some((entry.shape.clone(), values)))
+    }
+
     /// A 2-D tensor `[rows, cols]` as a matrix (see [`take`](Self::take)).
     pub fn take_matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
         let data = self.take(name, &[rows, cols])?;

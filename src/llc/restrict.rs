@@ -10,6 +10,7 @@ use crate::basis::{Basis, NodeBasis};
 use crate::error::{Error, Result};
 use crate::graph::Modules;
 use crate::nn::{Mlp, Sequential};
+use crate::transformer::Transformer;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -179,6 +180,35 @@ impl ParamLayout {
             }
         }
         Self::new(tensors).expect("an MLP's tensors are named uniquely and non-empty")
+    }
+
+    /// A transformer's tensors in its flat order ([`crate::transformer::TransformerWeights::named`])
+    /// under their TransformerLens names and shapes (`blocks.0.attn.W_Q` `[n_heads, d_model,
+    /// d_head]`, …), grouped into layers by the name without its last part (`blocks.0.attn`,
+    /// `blocks.0.mlp`, `embed`, `pos_embed`, `unembed`): restricted LLCs of a transformer name
+    /// its tensors as its state dict does.
+    ///
+    /// ```
+    /// use degeneracy::llc::ParamLayout;
+    /// use degeneracy::transformer::{Transformer, TransformerConfig, TransformerWeights};
+    /// let config = TransformerConfig::from_json_str(
+    ///     r#"{"n_layers": 1, "d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 16, "d_vocab": 5,
+    ///         "n_ctx": 3, "act_fn": "relu", "normalization_type": null}"#,
+    /// )?;
+    /// let model = Transformer::new(config.clone(), TransformerWeights::random(&config, 0.1, 0)?)?;
+    /// let layout = ParamLayout::transformer(&model);
+    /// assert_eq!(layout.n_params(), degeneracy::Layer::n_params(&model));
+    /// assert_eq!(layout.tensor("blocks.0.attn.W_Q")?.shape, [2, 8, 4]);
+    /// let layers: Vec<String> = layout.per_layer().iter().map(|s| s.label().to_string()).collect();
+    /// assert_eq!(layers, ["embed", "pos_embed", "blocks.0.attn", "blocks.0.mlp", "unembed"]);
+    /// # Ok::<(), degeneracy::Error>(())
+    /// ```
+    pub fn transformer(model: &Transformer) -> Self {
+        Self::new(model.weights().named().into_iter().map(|(name, t)| {
+            let layer = name.rsplit_once('.').map_or(name.as_str(), |(l, _)| l).to_string();
+            (name, layer, t.shape.clone())
+        }))
+        .expect("a transformer's tensors are named uniquely and non-empty")
     }
 
     /// A [`Sequential`]'s parameters, one flat tensor `layers.{k}` per layer with parameters

@@ -3,11 +3,12 @@
 
 use super::config::{Normalization, PositionalEmbedding, TransformerConfig};
 use crate::error::{Error, Result};
+use crate::io::TensorFile;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, TensorView};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A dense tensor: row-major values and their shape.
 #[derive(Clone, Debug, PartialEq)]
@@ -242,12 +243,16 @@ impl TransformerWeights {
     /// the causal mask; `IGNORE`, `rotary_sin`, `rotary_cos`, recomputed). With
     /// `normalization_type: "LN"` the LayerNorms' `ln1.w`, `ln1.b`, `ln2.w`, `ln2.b`,
     /// `ln_final.w`, `ln_final.b` are read too and folded into the weights that follow them
-    /// (TransformerLens' `fold_ln`), which leaves an `LNPre` model. Errors name the file and the
-    /// tensor.
+    /// (TransformerLens' `fold_ln`), which leaves an `LNPre` model.
+    ///
+    /// The file is read with the crate's strict [`TensorFile`], so a transformer checkpoint is
+    /// refused exactly as an MLP's is, with the same typed errors naming the file and the tensor:
+    /// [`Error::MissingTensor`], [`Error::TensorShape`] (or [`Error::TransposedTensor`]),
+    /// [`Error::Dtype`], [`Error::NonFinite`], [`Error::UnexpectedTensor`] (every tensor nothing
+    /// reads); a stored mask that is not causal is [`Error::Malformed`].
     pub fn load(path: impl AsRef<Path>, config: &TransformerConfig) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let mut file = TensorFile::parse(path, &bytes)?;
+        let mut file = TensorFile::open(path)?;
         let mut tensors = BTreeMap::new();
         for (name, shape) in Self::expected(config) {
             let data = file.take(&name, &shape)?;
@@ -387,82 +392,4 @@ fn check_causal_mask(path: &Path, name: &str, mask: &(Vec<usize>, Vec<f64>)) -> 
     } else {
         Err(Error::malformed(path, "safetensors", format!("buffer `{name}` is not a causal mask")))
     }
-}
-
-/// The tensors of one safetensors file, taken one by one; [`TensorFile::finish`] then refuses
-/// any tensor nobody took. (A private stand-in for the crate's shared strict reader: swapping
-/// it in only changes this type.)
-struct TensorFile<'a> {
-    path: PathBuf,
-    file: SafeTensors<'a>,
-    untaken: std::collections::BTreeSet<String>,
-}
-
-impl<'a> TensorFile<'a> {
-    fn parse(path: &Path, bytes: &'a [u8]) -> Result<Self> {
-        let file = SafeTensors::deserialize(bytes).map_err(|e| Error::malformed(path, "safetensors", e.to_string()))?;
-        let untaken = file.names().into_iter().map(String::from).collect();
-        Ok(TensorFile { path: path.to_path_buf(), file, untaken })
-    }
-
-    /// The values of `name`, which must have `shape`.
-    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
-        if !self.untaken.remove(name) {
-            return Err(Error::MissingTensor { path: self.path.clone(), name: name.into() });
-        }
-        let t = self.view(name)?;
-        if t.shape() != shape {
-            return Err(Error::malformed(
-                &self.path,
-                "safetensors",
-                format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.shape()),
-            ));
-        }
-        decode(&self.path, name, &t, false)
-    }
-
-    /// A buffer's shape and values, if the file has it (any numeric or bool type).
-    fn take_buffer(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f64>)>> {
-        if !self.untaken.remove(name) {
-            return Ok(None);
-        }
-        let t = self.view(name)?;
-        Ok(Some((t.shape().to_vec(), decode(&self.path, name, &t, true)?)))
-    }
-
-    fn view(&self, name: &str) -> Result<TensorView<'a>> {
-        self.file.tensor(name).map_err(|e| Error::malformed(&self.path, "safetensors", format!("`{name}`: {e}")))
-    }
-
-    /// Errors if a tensor was not taken.
-    fn finish(self) -> Result<()> {
-        match self.untaken.into_iter().next() {
-            None => Ok(()),
-            Some(name) => Err(Error::malformed(
-                &self.path,
-                "safetensors",
-                format!("unexpected tensor `{name}` (not a parameter of this configuration)"),
-            )),
-        }
-    }
-}
-
-fn decode(path: &Path, name: &str, t: &TensorView<'_>, buffer: bool) -> Result<Vec<f64>> {
-    let bytes = t.data();
-    // Little-endian and possibly unaligned: decode chunk by chunk.
-    Ok(match t.dtype() {
-        Dtype::F64 => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
-        Dtype::F32 => {
-            bytes.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4 bytes")))).collect()
-        }
-        Dtype::BOOL | Dtype::U8 if buffer => bytes.iter().map(|&b| f64::from(b)).collect(),
-        other => {
-            return Err(Error::Dtype {
-                path: path.into(),
-                name: name.into(),
-                found: format!("{other:?}"),
-                expected: if buffer { "F64, F32, BOOL or U8" } else { "F64 or F32" },
-            });
-        }
-    })
 }
