@@ -14,9 +14,26 @@ use faer::{Accum, Mat, MatMut, MatRef, Par};
 const PARALLEL_FLOP_THRESHOLD: usize = 1 << 24;
 
 /// Sequential inside rayon workers (the caller already parallelises over batches or chains)
-/// and for small products; all rayon threads otherwise.
+/// unless [`with_nested_products`] allows it, and for small products; all rayon threads
+/// otherwise. faer splits a product over blocks of its output, never its inner dimension, so
+/// the bits do not depend on this choice.
 fn parallelism(flops: usize) -> Par {
-    if flops < PARALLEL_FLOP_THRESHOLD || rayon::current_thread_index().is_some() { Par::Seq } else { Par::rayon(0) }
+    let nested_off = rayon::current_thread_index().is_some() && !NESTED_PRODUCTS.get();
+    if flops < PARALLEL_FLOP_THRESHOLD || nested_off { Par::Seq } else { Par::rayon(0) }
+}
+
+thread_local! {
+    static NESTED_PRODUCTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with its large products parallel even inside a rayon worker: for a few independent
+/// tasks of very different sizes (one wide node's frame beside narrow ones), whose threads
+/// would otherwise idle while the largest runs on one.
+pub(crate) fn with_nested_products<T>(f: impl FnOnce() -> T) -> T {
+    let before = NESTED_PRODUCTS.replace(true);
+    let out = f();
+    NESTED_PRODUCTS.set(before);
+    out
 }
 
 /// Eigendecompositions at least this wide are split into [`EVD_TASKS`] parallel tasks; smaller

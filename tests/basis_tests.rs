@@ -417,31 +417,49 @@ fn jacobian_gram_accumulator_merges_shards_and_checks_shapes() {
     assert!(JacobianGramAccumulator::new(BasisFormula::Svd, section, 3).is_err());
 }
 
-/// Bases built in pools of 1 and 2 threads, bit for bit: the digits fixture (both formulas), a
-/// 300-wide node seen through 200 rows (the kernel side and its Cholesky QR) and a node 1600
-/// wide (a split eigendecomposition).
+/// Bases and squared edges built in pools of 1 and 2 threads, bit for bit: the digits fixture
+/// (both formulas), a 300-wide node seen through 200 rows (the kernel side and its Cholesky QR),
+/// 784-100-100-10 × 512 rows (a kernel side with parallel products beside narrow nodes) and a
+/// node 1600 wide (a split eigendecomposition).
 #[test]
 fn bases_are_bitwise_identical_for_any_thread_count() {
+    use degeneracy::graph::{EdgeConfig, EdgeFormula, compute_edges};
     let (digits, x) = load("digits_mlp");
     let wide = Mlp::init(&[300, 64, 10], Activation::Relu, true, 3).unwrap();
     let wide_x = Matrix::from_fn(200, 300, |i, j| ((i * 7919 + j * 104_729) % 1013) as f64 / 1013.0 - 0.3);
+    let mnist = Mlp::init(&[784, 100, 100, 10], Activation::Relu, true, 0).unwrap();
+    let mnist_x = Matrix::from_fn(512, 784, |i, j| ((i * 7919 + j * 104_729) % 1013) as f64 / 1013.0);
     let big = Mlp::init(&[1600, 16, 4], Activation::Relu, true, 5).unwrap();
     let big_x = Matrix::from_fn(1700, 1600, |i, j| ((i * 131 + j * 71 + i * j) % 997) as f64 / 997.0 - 0.5);
-    let cases: [(&Mlp, &Matrix, LibConfig); 4] = [
+    let cases: [(&Mlp, &Matrix, LibConfig); 5] = [
         (&digits, &x, fixture_config("digits_mlp/jacobian_squared")),
         (&digits, &x, fixture_config("digits_mlp/alpha2_functional")),
         (&wide, &wide_x, LibConfig::default()),
+        (&mnist, &mnist_x, LibConfig::default()),
         (&big, &big_x, LibConfig::default()),
     ];
     for (mlp, x, config) in cases {
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| fit_bases(mlp, x, &config).unwrap())
+            pool.install(|| {
+                let bases = fit_bases(mlp, x, &config).unwrap();
+                let edges = EdgeConfig {
+                    formula: EdgeFormula::Squared,
+                    quadrature: config.quadrature,
+                    batch_size: config.batch_size,
+                    path: JacobianPath::Auto,
+                };
+                let edges = compute_edges(mlp, x, &bases, &edges).unwrap();
+                (bases, edges)
+            })
         };
-        let (one, two) = (run(1), run(2));
+        let ((one, e_one), (two, e_two)) = (run(1), run(2));
         for (a, b) in one.iter().zip(&two) {
             assert!(a.c() == b.c() && a.c_pinv() == b.c_pinv(), "{}: C differs between 1 and 2 threads", a.node);
             assert!(a.lambda == b.lambda && a.gram_eigenvalues == b.gram_eigenvalues, "{}", a.node);
+        }
+        for (a, b) in e_one.iter().zip(&e_two) {
+            assert!(a.e_hat == b.e_hat, "{} → {}: edges differ between 1 and 2 threads", a.in_node, a.out_node);
         }
     }
 }

@@ -50,13 +50,20 @@ pub fn build_bases(
     }
     let points = config.quadrature.points();
     // Steps 1–3 of every node depend on its own moments only: they run for all nodes at once,
-    // each eigendecomposition on one thread (the same result for any thread count). Errors are
-    // reported in the order of the sequential build (from the output backwards).
+    // the large products of each using the threads the others leave idle (the same result for
+    // any thread count). Errors are reported in the order of the sequential build (from the
+    // output backwards).
     let mut prepared: Vec<Option<Result<Prepared>>> = {
         use rayon::prelude::*;
         let _span = crate::profile::span("bases/frames");
         let last = nodes.len() - 1;
-        nodes.par_iter().enumerate().map(|(slot, &k)| Some(prepare(net, stats, k, slot == last, config))).collect()
+        nodes
+            .par_iter()
+            .enumerate()
+            .map(|(slot, &k)| {
+                Some(crate::linalg::with_nested_products(|| prepare(net, stats, k, slot == last, config)))
+            })
+            .collect()
     };
     let mut take = |slot: usize| prepared[slot].take().expect("each node is taken once");
     let mut bases: Vec<NodeBasis> = Vec::with_capacity(nodes.len());
@@ -243,14 +250,16 @@ fn interaction_basis(
         whitened_eigen(m_dash, &r_pinv, masked, config.truncation_threshold > 0.0)?;
     drop(span);
     let _span = crate::profile::span("bases/c");
-    let v = Matrix::from_fn(n, n, |i, j| match (i < masked, j < masked) {
+    // Column `j` of V: a masked unit vector, or the eigenvector beside the masked block.
+    let v_entry = |i: usize, j: usize| match (i < masked, j < masked) {
         (true, true) => f64::from(u8::from(i == j)),
         (false, false) => sub_vectors[(i - masked, j - masked)],
         _ => 0.0,
-    });
+    };
     let lambda_raw: Vec<f64> = match lambda_dash {
         None => masked_diagonal.into_iter().chain(sub_values).collect(),
         Some(ld) => {
+            let v = Matrix::from_fn(n, n, v_entry);
             let t = v.transpose().matmul(&r_pinv)?.matmul(ld)?.matmul(&r)?.matmul(&v)?;
             (0..n).map(|i| t[(i, i)].abs()).collect()
         }
@@ -271,9 +280,10 @@ fn interaction_basis(
     }
     // Only the kept columns of V enter C and C⁺.
     let lambda: Vec<f64> = kept.iter().map(|&i| lambda_raw[i]).collect();
-    let v_kept = v.select_columns(kept);
+    let v_kept = Matrix::from_fn(n, kept.len(), |i, j| v_entry(i, kept[j]));
     let rv = r.matmul(&v_kept)?;
-    let vt_rp = v_kept.transpose().matmul(&r_pinv)?;
+    let mut vt_rp = Matrix::zeros(kept.len(), r_pinv.ncols());
+    crate::linalg::gemm(vt_rp.as_mut_slice(), v_kept.view(), true, r_pinv.view(), false, 1.0, false);
     let c = Matrix::from_fn(rv.nrows(), kept.len(), |i, j| rv[(i, j)] * lambda[j].sqrt());
     let c_pinv = Matrix::from_fn(kept.len(), vt_rp.ncols(), |i, j| vt_rp[(i, j)] / lambda[i].sqrt());
     let mut b = node_basis(net, k, Some(config.basis_formula), c, c_pinv)?;

@@ -175,7 +175,25 @@ pub fn compute_edges(
     bases: &[NodeBasis],
     config: &EdgeConfig,
 ) -> Result<Vec<Edges>> {
-    bases.windows(2).map(|pair| compute_edge(net, sampler, &pair[0], &pair[1], config)).collect()
+    in_pairs(sampler, bases, |input, output| compute_edge(net, sampler, input, output, config))
+}
+
+/// `f` on every pair of consecutive bases, the pairs in parallel: a pass over few rows (one
+/// batch) would otherwise leave all but one thread idle. Each pair's sums do not depend on the
+/// others, so the results are those of a sequential loop; the first failing pair's error is
+/// returned. A sampler of a process group goes pair by pair: every process must merge its
+/// pairs' sums in the same order.
+fn in_pairs<T: Send>(
+    sampler: &dyn ActivationSampler,
+    bases: &[NodeBasis],
+    f: impl Fn(&NodeBasis, &NodeBasis) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    use rayon::prelude::*;
+    if sampler.communicator().is_some() {
+        return bases.windows(2).map(|pair| f(&pair[0], &pair[1])).collect();
+    }
+    let results: Vec<Result<T>> = bases.par_windows(2).map(|pair| f(&pair[0], &pair[1])).collect();
+    results.into_iter().collect()
 }
 
 /// The edges from `input`'s directions to `output`'s (node layers in this order in `net`).
@@ -198,7 +216,7 @@ pub fn accumulate_edges(
     bases: &[NodeBasis],
     config: &EdgeConfig,
 ) -> Result<Vec<EdgeAccumulator>> {
-    bases.windows(2).map(|pair| accumulate_edge(net, sampler, &pair[0], &pair[1], config)).collect()
+    in_pairs(sampler, bases, |input, output| accumulate_edge(net, sampler, input, output, config))
 }
 
 /// The mergeable sums behind [`compute_edge`] over the rows of `sampler`;
