@@ -1,5 +1,6 @@
 //! Gram accumulation against faer's GEMM on the same `XᵀX` shapes, and the whole `lib_build`
-//! process (start to files written) against rib's recorded full builds.
+//! process (start to files written) against rib's full builds: the same configs, edges included
+//! (rib's medians on this machine, 2 threads, from issue 17).
 //!
 //! The process benchmark runs `target/release/examples/lib_build`; build it first with
 //! `cargo build --release --example lib_build` (it is skipped with a note otherwise).
@@ -37,10 +38,21 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
 }
 
-fn write_config(dir: &Path, name: &str, model: &Path, inputs: &Path, formula: &str, method: &str, k: usize) -> PathBuf {
+struct Settings {
+    formula: &'static str,
+    edges: &'static str,
+    method: &'static str,
+    k: usize,
+}
+
+const JACOBIAN: Settings = Settings { formula: "jacobian", edges: "squared", method: "gradient", k: 0 };
+const ALPHA2: Settings = Settings { formula: "(1-alpha)^2", edges: "functional", method: "gauss-legendre", k: 4 };
+
+fn write_config(dir: &Path, name: &str, model: &Path, inputs: &Path, s: &Settings) -> PathBuf {
+    let (formula, method, k) = (s.formula, s.method, s.k);
     let cfg = serde_json::json!({
         "model": model, "activation": "relu", "inputs": inputs, "basis_formula": formula,
-        "edge_formula": null, "integration_method": method, "n_intervals": k, "center": true,
+        "edge_formula": s.edges, "integration_method": method, "n_intervals": k, "center": true,
         "truncation_threshold": 1e-10, "rotate_final_node_layer": false, "batch_size": 1024,
         "out_dir": dir.join(format!("out_{name}")),
     });
@@ -55,17 +67,14 @@ fn process_cases(dir: &Path) -> Vec<(String, PathBuf, f64)> {
     let (model, inputs) = (digits.join("model.safetensors"), digits.join("inputs.npy"));
     let mut cases = vec![
         (
-            "digits_jacobian".to_string(),
-            write_config(dir, "digits_jacobian", &model, &inputs, "jacobian", "gradient", 0),
-            0.113,
+            "digits_jacobian_squared".to_string(),
+            write_config(dir, "digits_jacobian", &model, &inputs, &JACOBIAN),
+            0.165,
         ),
-        (
-            "digits_alpha2".to_string(),
-            write_config(dir, "digits_alpha2", &model, &inputs, "(1-alpha)^2", "gauss-legendre", 4),
-            0.308,
-        ),
+        ("digits_alpha2_functional".to_string(), write_config(dir, "digits_alpha2", &model, &inputs, &ALPHA2), 0.407),
     ];
-    // 784-100-100-10 with 512 samples (rib: 1.465 s); a seeded random model and inputs.
+    // 784-100-100-10 with 512 samples, standing in for rib's MNIST checkpoint (rib: 1.18 s); a
+    // seeded random model and inputs.
     let mlp = Mlp::init(&[784, 100, 100, 10], Activation::Relu, true, 0).unwrap();
     let big_model = dir.join("mlp784.safetensors");
     io::save_mlp(&big_model, &mlp).unwrap();
@@ -73,9 +82,9 @@ fn process_cases(dir: &Path) -> Vec<(String, PathBuf, f64)> {
     let big_inputs = dir.join("x784.npy");
     io::write_matrix(&big_inputs, &x).unwrap();
     cases.push((
-        "mlp784_jacobian".into(),
-        write_config(dir, "mlp784", &big_model, &big_inputs, "jacobian", "gradient", 0),
-        1.465,
+        "mlp784_jacobian_squared".into(),
+        write_config(dir, "mlp784", &big_model, &big_inputs, &JACOBIAN),
+        1.18,
     ));
     cases
 }
@@ -125,10 +134,10 @@ fn main() {
         println!("\nlib_build_process skipped: run `cargo build --release --example lib_build` first");
         return;
     }
-    println!("\nlib_build, whole process vs rib's recorded full build (2 threads)");
+    println!("\nlib_build, whole process, edges included, vs rib's full build (2 threads)");
     for (name, _, rib) in &cases {
         if let Some(t) = common::median_ns("lib_build_process", name) {
-            println!("  {name:<18} {:8.2} ms   rib {:7.1} ms   speed-up {:5.1}×", t / 1e6, rib * 1e3, rib * 1e9 / t);
+            println!("  {name:<26} {:8.2} ms   rib {:7.1} ms   speed-up {:5.1}×", t / 1e6, rib * 1e3, rib * 1e9 / t);
         }
     }
 }
