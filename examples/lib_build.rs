@@ -8,7 +8,8 @@
 //! `gram_eigvals_{k}_{N}.npy` (full spectrum, descending); an unrotated final node layer gets
 //! no files. With `edge_formula` set, also `E_hat_{k}_{N}__{N'}.npy` (`[dim out, dim in]`, `k` the
 //! input node layer's index) and `modules.json` (per node layer the module id of each
-//! direction, and Q). `report.json` holds the dimensions per node layer and seconds per phase.
+//! direction, and Q). `report.json` holds the dimensions per node layer, seconds per phase of the
+//! job and, under `library_seconds`, of the library's steps (`degeneracy::profile`).
 //!
 //! A transformer (`docs/math.md` §3.3): `"model_config": "model_config.json"` (a TransformerLens
 //! config) marks one; `"model"` is then its TransformerLens state dict in safetensors,
@@ -333,6 +334,10 @@ fn write_outputs(
         "n_samples": job.inputs.nrows(),
         "nodes": report_nodes,
         "seconds": job.phases.to_json(),
+        "library_seconds": degeneracy::profile::phases()
+            .iter()
+            .map(|p| (p.name.to_string(), json!(p.seconds)))
+            .collect::<serde_json::Map<_, _>>(),
         "split": split,
     });
     outputs.json("report.json", &report)?;

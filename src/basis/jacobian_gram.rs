@@ -204,12 +204,16 @@ pub(crate) fn closed_form(
 ) -> JacobianGram {
     let w = layer.folded_weight();
     let (d_out, d_in) = w.shape();
-    let c_h = Matrix::from_fn(d_out, c_next.ncols(), |i, j| c_next[(i, j)]);
-    let q = c_h.matmul(&c_h.transpose()).expect("shapes agree");
+    // C_h is the first d_out rows of C_next: a view, and Q = C_h C_hᵀ without copies.
+    let c_h = c_next.rows(0..d_out);
+    let mut q = Matrix::zeros(d_out, d_out);
+    crate::linalg::gemm(q.as_mut_slice(), c_h, false, c_h, true, 1.0, false);
     let s2 = s.second_moment();
     if !layer.carries_constant() {
-        let core = Matrix::from_fn(d_out, d_out, |i, j| q[(i, j)] * s2[(i, j)]);
-        return JacobianGram::Factored { g: w.clone(), core };
+        for (qv, sv) in q.as_mut_slice().iter_mut().zip(s2.as_slice()) {
+            *qv *= sv;
+        }
+        return JacobianGram::Factored { g: w.clone(), core: q };
     }
     let c_c = c_next.row(d_out);
     let k: f64 = points.iter().map(|p| p.weight * layer.constant_carrier(p.alpha).1).sum();
