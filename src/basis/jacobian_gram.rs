@@ -208,11 +208,14 @@ pub(crate) fn closed_form(
     let c_h = c_next.rows(0..d_out);
     let mut q = Matrix::zeros(d_out, d_out);
     crate::linalg::gemm(q.as_mut_slice(), c_h, false, c_h, true, 1.0, false);
-    let s2 = s.second_moment();
-    if !layer.carries_constant() {
-        for (qv, sv) in q.as_mut_slice().iter_mut().zip(s2.as_slice()) {
-            *qv *= sv;
+    // Q ⊙ E[ssᵀ] in place, E[ssᵀ] = Cov + μμᵀ read entry by entry (no d_out² copies).
+    for (i, row) in q.as_mut_slice().chunks_exact_mut(d_out.max(1)).enumerate() {
+        let (cov, mu_i) = (s.covariance.row(i), s.mean[i]);
+        for ((qv, c), mu_j) in row.iter_mut().zip(cov).zip(&s.mean) {
+            *qv *= c + mu_i * mu_j;
         }
+    }
+    if !layer.carries_constant() {
         return JacobianGram::Factored { g: w.clone(), core: q };
     }
     let c_c = c_next.row(d_out);
@@ -221,13 +224,14 @@ pub(crate) fn closed_form(
         (0..d_out).map(|i| k * s.mean[i] * c_h.row(i).iter().zip(c_c).map(|(a, b)| a * b).sum::<f64>()).collect();
     let corner = k * k * c_c.iter().map(|x| x * x).sum::<f64>();
     let core = Matrix::from_fn(d_out + 1, d_out + 1, |i, j| match (i < d_out, j < d_out) {
-        (true, true) => q[(i, j)] * s2[(i, j)],
+        (true, true) => q[(i, j)],
         (true, false) => cross[i],
         (false, true) => cross[j],
         (false, false) => corner,
     });
-    let g =
-        Matrix::from_fn(d_out + 1, d_in, |i, j| if i < d_out { w[(i, j)] } else { f64::from(u8::from(j == d_in - 1)) });
+    let mut g = Matrix::zeros(d_out + 1, d_in);
+    g.as_mut_slice()[..d_out * d_in].copy_from_slice(w.as_slice());
+    g[(d_out, d_in - 1)] = 1.0;
     JacobianGram::Factored { g, core }
 }
 
