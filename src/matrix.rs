@@ -238,8 +238,23 @@ impl<'a> MatrixView<'a> {
     }
 
     /// The transpose, as an owned matrix.
+    ///
+    /// In square tiles, so that neither the reads nor the writes stride through memory a row
+    /// at a time (the eigenvector matrices of the bases are transposed whole).
     pub fn transpose(&self) -> Matrix {
-        Matrix::from_fn(self.ncols, self.nrows, |i, j| self.data[j * self.ncols + i])
+        const TILE: usize = 32;
+        let (rows, cols) = (self.nrows, self.ncols);
+        let mut data = vec![0.0; rows * cols];
+        for i0 in (0..rows).step_by(TILE) {
+            for j0 in (0..cols).step_by(TILE) {
+                for i in i0..(i0 + TILE).min(rows) {
+                    for j in j0..(j0 + TILE).min(cols) {
+                        data[j * rows + i] = self.data[i * cols + j];
+                    }
+                }
+            }
+        }
+        Matrix { nrows: cols, ncols: rows, data }
     }
 
     /// `self · other`.

@@ -96,22 +96,30 @@ pub(crate) fn frame(
     let isolated = keep.iter().filter(|&&j| j >= first && j < first + isolated).count();
     let u = vectors.select_columns(&keep);
     let kept: Vec<f64> = keep.iter().map(|&j| values[j]).collect();
-    let (w, w_pinv) =
-        if has_constant {
-            // Y is the identity with last row [−μ, 1] (f·Y = [h − μ, 1]) and Y⁻¹ has last row
-            // [μ, 1], so W = Y U and W⁺ = Uᵀ Y⁻¹ only change U's last row / add to Uᵀ's columns.
-            let (mu, last) = (&moments.mean, d);
-            let w = Matrix::from_fn(d + 1, u.ncols(), |i, j| {
-                if i < last { u[(i, j)] } else { u[(last, j)] - (0..last).map(|r| mu[r] * u[(r, j)]).sum::<f64>() }
-            });
-            let w_pinv = Matrix::from_fn(u.ncols(), d + 1, |j, c| {
-                if c < last { u[(c, j)] + u[(last, j)] * mu[c] } else { u[(last, j)] }
-            });
-            (w, w_pinv)
-        } else {
-            let ut = u.transpose();
-            (u, ut)
-        };
+    let (w, w_pinv) = if has_constant {
+        // Y is the identity with last row [−μ, 1] (f·Y = [h − μ, 1]) and Y⁻¹ has last row
+        // [μ, 1], so W = Y U and W⁺ = Uᵀ Y⁻¹ only change U's last row / add to Uᵀ's columns.
+        let (mu, last) = (&moments.mean, d);
+        // μᵀU row by row (per column the same order of additions as a column walk).
+        let mut shift = vec![-0.0_f64; u.ncols()];
+        for (r, &m) in mu.iter().enumerate() {
+            for (acc, v) in shift.iter_mut().zip(u.row(r)) {
+                *acc += m * v;
+            }
+        }
+        let mut w = u.clone();
+        for (v, s) in w.row_mut(last).iter_mut().zip(&shift) {
+            *v -= s;
+        }
+        let ut = u.transpose();
+        let w_pinv = Matrix::from_fn(u.ncols(), d + 1, |j, c| {
+            if c < last { ut[(j, c)] + ut[(j, last)] * mu[c] } else { ut[(j, last)] }
+        });
+        (w, w_pinv)
+    } else {
+        let ut = u.transpose();
+        (u, ut)
+    };
     Ok(Frame { gram_eigenvalues, kept, w, w_pinv, has_constant, isolated })
 }
 
@@ -198,7 +206,15 @@ fn kernel_abs_eigen(a: &Matrix, threshold: f64) -> Result<Option<(Vec<f64>, Matr
     let mut u = Matrix::zeros(m, r);
     let q_kept = q.select_columns(&(0..r).collect::<Vec<_>>());
     crate::linalg::gemm(u.as_mut_slice(), a.view(), true, q_kept.view(), false, 1.0, false);
-    let norms: Vec<f64> = (0..r).map(|j| (0..m).map(|i| u[(i, j)] * u[(i, j)]).sum::<f64>().sqrt()).collect();
+    // Column norms accumulated row by row (the same order of additions as a column walk,
+    // without striding through u a row length at a time).
+    let mut norms = vec![-0.0_f64; r];
+    for i in 0..m {
+        for (acc, v) in norms.iter_mut().zip(u.row(i)) {
+            *acc += v * v;
+        }
+    }
+    norms.iter_mut().for_each(|v| *v = v.sqrt());
     if norms.iter().any(|&v| v <= 0.0 || v.is_nan()) {
         return Ok(None);
     }
