@@ -1284,3 +1284,42 @@ mod modadd_transformer {
         }
     }
 }
+
+/// `lib_build` streams an MLP's inputs from their `.npy` file: eight times the rows (287 MB more
+/// data) leave its peak memory within a quarter of the larger file's size, where reading the
+/// inputs whole raises it by at least the file (the reported `peak_memory_bytes`, Linux only).
+#[test]
+fn lib_build_memory_does_not_grow_with_the_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlp = degeneracy::Mlp::init(&[64, 32, 10], degeneracy::Activation::Relu, true, 3).unwrap();
+    io::save_mlp(dir.path().join("model.safetensors"), &mlp).unwrap();
+    let peak = |rows: usize| -> (u64, u64) {
+        let inputs = degeneracy::Matrix::from_fn(rows, 64, |i, j| ((i * 64 + j) as f64 * 0.618).sin());
+        let file = dir.path().join(format!("inputs_{rows}.npy"));
+        io::write_matrix(&file, &inputs).unwrap();
+        drop(inputs);
+        let out = format!("out_{rows}");
+        let config = serde_json::json!({
+            "model": "model.safetensors", "inputs": file.file_name().unwrap().to_str().unwrap(),
+            "node_layers": ["layers.0", "layers.1", "output"], "basis_formula": "jacobian", "out_dir": out
+        });
+        let cfg = dir.path().join(format!("config_{rows}.json"));
+        std::fs::write(&cfg, config.to_string()).unwrap();
+        let (ok, log) = run_in(dir.path(), "lib_build", &[cfg.to_str().unwrap()]);
+        assert!(ok, "{log}");
+        let report = read_json(&dir.path().join(out).join("report.json"));
+        assert_eq!(report["n_samples"], rows);
+        let size = std::fs::metadata(&file).unwrap().len();
+        std::fs::remove_file(&file).unwrap();
+        (report["peak_memory_bytes"].as_u64().expect("Linux reports VmHWM"), size)
+    };
+    let (small, _) = peak(70_000);
+    let (large, size) = peak(560_000);
+    println!(
+        "peak memory: 70k rows {:.1} MB, 560k rows {:.1} MB, larger file {:.1} MB",
+        small as f64 / 1e6,
+        large as f64 / 1e6,
+        size as f64 / 1e6
+    );
+    assert!(large < small + size / 4, "peak {large} B at 560k rows vs {small} B at 70k rows ({size} B file)");
+}
