@@ -535,7 +535,7 @@ fn jobs_without_shards_refuse_extra_arguments() {
     }
 }
 
-/// Every numeric key of `lib_build`, `diagnose` and `ablate`, at values outside its documented
+/// Every numeric key of `lib_build`, `diagnose`, `ablate` and `llc`, at values outside its documented
 /// range (0, −1, NaN, u64::MAX, just above the bound, where those are invalid), is an error naming
 /// the key before any computation.
 #[test]
@@ -552,6 +552,16 @@ fn numeric_config_keys_are_checked_by_name() {
     // (job, config with VALUE where the key's value goes, key, invalid values)
     let build = format!(r#""model": "{model}", "inputs": "{inputs}", "out_dir": "out""#);
     let ablate = format!(r#"{build}, "labels": "{labels}", "eval": "accuracy", "ablation_type": "orthogonal""#);
+    let dln = fixtures().join("llc_dln");
+    let llc = format!(
+        r#"{{"model": "{}", "activation": "identity", "bias": false, "inputs": "{}", "targets": "{}", "loss": "mse", "lr": 1e-4, "num_draws": 2000, "out_dir": "out", "KEY": VALUE}}"#,
+        abs(dln.join("model.safetensors")),
+        abs(dln.join("inputs.npy")),
+        abs(dln.join("targets.npy"))
+    );
+    let above_chains = (degeneracy::llc::LlcConfig::MAX_CHAINS + 1).to_string();
+    let max_steps = degeneracy::llc::LlcConfig::MAX_STEPS.to_string();
+    let above_steps = (degeneracy::llc::LlcConfig::MAX_STEPS + 1).to_string();
     let cases: Vec<(&str, String, &str, Vec<&str>)> = vec![
         (
             "lib_build",
@@ -615,6 +625,12 @@ fn numeric_config_keys_are_checked_by_name() {
             "batch_size",
             vec!["0", max],
         ),
+        ("llc", llc.replace("KEY", "num_chains"), "num_chains", vec!["0", "-1", "NaN", max, &above_chains]),
+        ("llc", llc.replace("KEY", "num_draws"), "num_draws", vec!["0", "-1", "NaN", max, &above_steps]),
+        ("llc", llc.replace("KEY", "num_burnin_steps"), "num_burnin_steps", vec!["-1", "NaN", max, &above_steps]),
+        ("llc", llc.replace("KEY", "num_burnin_steps"), "num_burnin_steps + num_draws", vec![&max_steps]),
+        ("llc", llc.replace("KEY", "num_init_loss_batches"), "num_init_loss_batches", vec!["0", "-1", "NaN", max]),
+        ("llc", llc.replace("KEY", "batch_size"), "batch_size", vec!["0", "-1", "NaN", max, &above_batch]),
     ];
     for (job, template, key, values) in cases {
         for value in values {

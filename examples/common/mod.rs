@@ -47,7 +47,7 @@ pub fn read_config<T: DeserializeOwned>(usage: &str) -> AnyResult<(T, PathBuf)> 
 
 /// Parses JSON into `T`, an error naming the key it was reading (`batch_size: invalid value: …`,
 /// also for a value that is not JSON at all, such as `NaN`).
-fn from_json_text<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+pub fn from_json_text<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| keyed(e.path().to_string(), e.into_inner()))?;
     de.end().map_err(|e| e.to_string())?;
