@@ -163,7 +163,8 @@ fn run() -> AnyResult<()> {
     if !edge && matches!(plan, Plan::Bisect(_)) {
         return Err("schedule.type bisect applies to edge ablation; use a static schedule for nodes".into());
     }
-    let (model, inputs) = keys.load_model(&transformer, &dir)?;
+    let (model, inputs_path) = keys.load_model(&transformer, &dir)?;
+    let inputs = model.read_inputs(&inputs_path)?;
     let mlp = model.network();
     let own_outputs = |x: &Matrix| -> AnyResult<Targets> {
         let mut own = Matrix::default();

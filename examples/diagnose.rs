@@ -24,8 +24,7 @@
 
 mod common;
 
-use common::{AnyResult, MlpKeys, Model, Outputs, TransformerKeys, read_config, resolve};
-use degeneracy::data::{ActivationSampler, NpySampler};
+use common::{AnyResult, MlpKeys, Outputs, TransformerKeys, read_config, resolve};
 use degeneracy::diagnostics::{DiagnosticsConfig, Rank, diagnose};
 use degeneracy::nn::NodeLayer;
 use degeneracy::{Matrix, MatrixView, Network, Section};
@@ -92,12 +91,7 @@ fn run() -> AnyResult<()> {
         isolate_ln_var: config.isolate_ln_var,
     };
     let model = common::load_model(&dir, &resolve(&dir, &config.model), &mlp_keys, &transformer)?;
-    let inputs_path = resolve(&dir, &config.inputs);
-    let inputs: Box<dyn ActivationSampler> = match &model {
-        // Streamed in chunks: the diagnosis is one pass, so the rows never need to fit in memory.
-        Model::Mlp(_) => Box::new(NpySampler::open(&inputs_path, common::CHUNK_ROWS)?),
-        Model::Transformer(_) => Box::new(model.read_inputs(&inputs_path)?),
-    };
+    let inputs = model.open_inputs(&resolve(&dir, &config.inputs))?;
     let net = model.network();
     let subset = config.node_layers.as_deref().map(|names| NodeSubset::new(net, names)).transpose()?;
     let net: &dyn Network = match &subset {

@@ -9,7 +9,9 @@
 //! no files. With `edge_formula` set, also `E_hat_{k}_{N}__{N'}.npy` (`[dim out, dim in]`, `k` the
 //! input node layer's index) and `modules.json` (per node layer the module id of each
 //! direction, and Q). `report.json` holds the dimensions per node layer, seconds per phase of the
-//! job and, under `library_seconds`, of the library's steps (`degeneracy::profile`).
+//! job and, under `library_seconds`, of the library's steps (`degeneracy::profile`), and the
+//! process's peak memory (`peak_memory_bytes`; the inputs are streamed, so it does not grow with
+//! the rows).
 //!
 //! A transformer (`docs/math.md` §3.3): `"model_config": "model_config.json"` (a TransformerLens
 //! config) marks one; `"model"` is then its TransformerLens state dict in safetensors,
@@ -38,6 +40,7 @@
 mod common;
 
 use common::{AnyResult, BuildKeys, Mode, NpyOut, Outputs, Phases, file_node, read_build_config, shard_dir};
+use degeneracy::Network;
 use degeneracy::basis::{Basis, JacobianPath, LibConfig, NodeBasis, build_bases};
 use degeneracy::data::ActivationSampler;
 use degeneracy::distributed::{Communicator, Shard, StagedBuild, compute_edges_by_outputs};
@@ -45,7 +48,6 @@ use degeneracy::estimate::{NodeStatistics, StochasticSources};
 use degeneracy::graph::{
     EdgeConfig, EdgeFormula, EdgeNorm, Edges, InteractionGraph, LeidenConfig, compute_edges, find_modules,
 };
-use degeneracy::{Matrix, Network};
 use serde::Deserialize;
 use serde_json::json;
 use std::path::PathBuf;
@@ -102,7 +104,8 @@ struct Job {
     net: Box<dyn Network + Send>,
     /// The transformer keys, for the fingerprints of file-based runs (`Value::Null` for an MLP).
     transformer_keys: serde_json::Value,
-    inputs: Matrix,
+    /// The rows, streamed from their file (an MLP's) or in memory (a transformer's tokens).
+    inputs: Box<dyn ActivationSampler>,
     out: PathBuf,
     phases: Phases,
 }
@@ -113,7 +116,8 @@ fn run() -> AnyResult<()> {
     let (keys, transformer, extra, dir): (BuildKeys, _, Extra, _) = read_build_config(USAGE, &EXTRA_KEYS)?;
     let mut config = keys.lib_config()?;
     let edge_formula = keys.edge_formula.as_deref().map(EdgeFormula::from_name).transpose()?;
-    let (model, inputs) = keys.load_model(&transformer, &dir)?;
+    let (model, inputs_path) = keys.load_model(&transformer, &dir)?;
+    let inputs = model.open_inputs(&inputs_path)?;
     let (net, mut transformer_keys) = (model.into_network(), transformer.fingerprint(&dir));
     let (basis_pos, basis_hidden) = (extra.n_stochastic_sources_basis_pos, extra.n_stochastic_sources_basis_hidden);
     if basis_pos.is_some() || basis_hidden.is_some() {
@@ -181,10 +185,10 @@ enum Stage {
 /// The whole build in this process, or as one rank of `comm` (rank 0 writes); edges over this
 /// rank's rows, or with `split_outputs` over its output directions.
 fn whole(mut job: Job, comm: Option<&dyn Communicator>, split_outputs: bool) -> AnyResult<()> {
-    let shard = comm.map(|c| Shard::of_rank(&job.inputs, c)).transpose()?;
+    let shard = comm.map(|c| Shard::of_rank(&*job.inputs, c)).transpose()?;
     let rows: &dyn ActivationSampler = match &shard {
         Some(s) => s,
-        None => &job.inputs,
+        None => &*job.inputs,
     };
     // Rank 0 writes; it checks its out_dir before any computation.
     let outputs = comm.is_none_or(|c| c.rank() == 0).then(|| Outputs::prepare(&job.out, &[])).transpose()?;
@@ -198,7 +202,7 @@ fn whole(mut job: Job, comm: Option<&dyn Communicator>, split_outputs: bool) -> 
         Some(formula) => {
             let edge_config = edge_config(formula, config, job.edge_path);
             let edges = match comm {
-                Some(c) if split_outputs => compute_edges_by_outputs(c, mlp, &job.inputs, &bases, &edge_config)?,
+                Some(c) if split_outputs => compute_edges_by_outputs(c, mlp, &*job.inputs, &bases, &edge_config)?,
                 _ => compute_edges(mlp, rows, &bases, &edge_config)?,
             };
             job.phases.lap("edges");
@@ -233,12 +237,12 @@ fn staged(job: &Job) -> AnyResult<StagedBuild<'_>> {
 /// One worker of a file-based run: its shard's state to `out_dir/shards/`.
 fn shard(mut job: Job, stage: Stage, index: usize, count: usize) -> AnyResult<()> {
     let path = match stage {
-        Stage::Statistics => staged(&job)?.statistics_shard(&job.inputs, index, count)?,
-        Stage::Edges => staged(&job)?.edges_shard(&job.inputs, index, count).map_err(with_hint)?,
+        Stage::Statistics => staged(&job)?.statistics_shard(&*job.inputs, index, count)?,
+        Stage::Edges => staged(&job)?.edges_shard(&*job.inputs, index, count).map_err(with_hint)?,
     };
     job.phases.lap("shard");
-    let rows = Shard::new(&job.inputs, index, count)?.rows();
-    println!("rows {rows:?} of {}: wrote {}", job.inputs.nrows(), path.display());
+    let rows = Shard::new(&*job.inputs, index, count)?.rows();
+    println!("rows {rows:?} of {}: wrote {}", job.inputs.n_samples(), path.display());
     Ok(())
 }
 
@@ -252,7 +256,7 @@ fn merge(mut job: Job, stage: Stage, files: &[PathBuf]) -> AnyResult<()> {
     match stage {
         Stage::Statistics => {
             let outputs = Outputs::prepare(&job.out, &["shards"])?;
-            let bases = staged(&job)?.merge_statistics(&job.inputs, files)?;
+            let bases = staged(&job)?.merge_statistics(&*job.inputs, files)?;
             job.phases.lap("bases");
             if job.edge_formula.is_some() {
                 println!("wrote the bases; next: --stage edges --shard I/K on each worker, then --stage edges --merge");
@@ -331,8 +335,9 @@ fn write_outputs(
     job.phases.lap("write");
     let report = json!({
         "basis_formula": job.config.basis_formula.name(),
-        "n_samples": job.inputs.nrows(),
+        "n_samples": job.inputs.n_samples(),
         "nodes": report_nodes,
+        "peak_memory_bytes": common::peak_memory_bytes(),
         "seconds": job.phases.to_json(),
         "library_seconds": degeneracy::profile::phases()
             .iter()

@@ -155,7 +155,8 @@ fn bad(key: &str, value: &Value, reason: &str) -> Box<dyn std::error::Error> {
 impl Config {
     fn load(path: &Path) -> AnyResult<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON: {e}", path.display()))?;
+        let value: Value =
+            common::from_json_text(&text).map_err(|e| format!("{}: invalid JSON: {e}", path.display()))?;
         let Value::Object(map) = value else {
             return Err(format!("{}: expected a JSON object", path.display()).into());
         };

@@ -8,8 +8,8 @@
 //! `docs/math.md` §8.
 
 use crate::error::{Error, Result};
+use rustfft::{FftPlanner, num_complex::Complex};
 use serde::{Deserialize, Serialize};
-use std::f64::consts::TAU;
 
 /// The dominant frequencies of a function `g(a, b)` on the `p × p` grid.
 ///
@@ -56,34 +56,16 @@ pub fn power_spectrum(values: &[f64], p: usize) -> Result<Vec<f64>> {
     if let Some(k) = values.iter().position(|v| !v.is_finite()) {
         return Err(Error::NonFinite { what: "fourier grid".into(), row: k / p, col: k % p, value: values[k] });
     }
-    let (cos, sin): (Vec<f64>, Vec<f64>) =
-        (0..p).map(|j| (TAU * j as f64 / p as f64).sin_cos()).map(|(s, c)| (c, s)).unzip();
-    // Over b first: H(a, k_b) = Σ_b g(a, b) e^{−2πi k_b b/p}, then over a.
-    let mut h = vec![(0.0, 0.0); p * p];
-    for a in 0..p {
-        for kb in 0..p {
-            let (mut re, mut im) = (0.0, 0.0);
-            for b in 0..p {
-                let t = (kb * b) % p;
-                re += values[a * p + b] * cos[t];
-                im -= values[a * p + b] * sin[t];
-            }
-            h[a * p + kb] = (re, im);
-        }
-    }
+    // A 2-D DFT as p transforms of length p along b, then p along a (rustfft: any p).
+    let mut g: Vec<Complex<f64>> = values.iter().map(|&v| Complex::new(v, 0.0)).collect();
+    let fft = FftPlanner::new().plan_fft_forward(p);
+    fft.process(&mut g);
+    let mut column = vec![Complex::new(0.0, 0.0); p];
     let mut power = vec![0.0; p * p];
-    for ka in 0..p {
-        for kb in 0..p {
-            let (mut re, mut im) = (0.0, 0.0);
-            for a in 0..p {
-                let t = (ka * a) % p;
-                let (hr, hi) = h[a * p + kb];
-                // (hr + i hi)(cos − i sin)
-                re += hr * cos[t] + hi * sin[t];
-                im += hi * cos[t] - hr * sin[t];
-            }
-            power[ka * p + kb] = re * re + im * im;
-        }
+    for kb in 0..p {
+        column.iter_mut().enumerate().for_each(|(a, z)| *z = g[a * p + kb]);
+        fft.process(&mut column);
+        column.iter().enumerate().for_each(|(ka, z)| power[ka * p + kb] = z.norm_sqr());
     }
     Ok(power)
 }
@@ -156,6 +138,7 @@ pub fn fourier_label(values: &[f64], p: usize) -> Result<FourierLabel> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::f64::consts::TAU;
 
     fn grid(p: usize, g: impl Fn(f64, f64) -> f64) -> Vec<f64> {
         (0..p * p).map(|i| g((i / p) as f64, (i % p) as f64)).collect()

@@ -164,6 +164,14 @@ fn fixture_models_match_a_dense_computation() {
                 }
             }
             assert_eq!(d.nodes[k].jacobian.rank, dense_rank(&jtj, tol), "{case} layers.{k} Jacobian rank");
+            // The spectrum too, not only its count (the Gram is formed as W_hᵀ K W_h here).
+            let (mut dense, _) = symmetric_eigen(&jtj).unwrap();
+            dense.iter_mut().for_each(|v| *v = v.abs());
+            dense.sort_by(|a, b| b.total_cmp(a));
+            let spectrum = &d.nodes[k].jacobian.spectrum;
+            assert_eq!(spectrum.len(), dense.len(), "{case} layers.{k} Jacobian spectrum length");
+            let err = spectrum.iter().zip(&dense).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / dense[0];
+            assert!(err < 1e-12, "{case} layers.{k} Jacobian spectrum {err:e}");
 
             if k > 0 {
                 let z = trace.preactivation(k - 1);

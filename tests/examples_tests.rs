@@ -535,7 +535,7 @@ fn jobs_without_shards_refuse_extra_arguments() {
     }
 }
 
-/// Every numeric key of `lib_build`, `diagnose` and `ablate`, at values outside its documented
+/// Every numeric key of `lib_build`, `diagnose`, `ablate` and `llc`, at values outside its documented
 /// range (0, −1, NaN, u64::MAX, just above the bound, where those are invalid), is an error naming
 /// the key before any computation.
 #[test]
@@ -552,6 +552,16 @@ fn numeric_config_keys_are_checked_by_name() {
     // (job, config with VALUE where the key's value goes, key, invalid values)
     let build = format!(r#""model": "{model}", "inputs": "{inputs}", "out_dir": "out""#);
     let ablate = format!(r#"{build}, "labels": "{labels}", "eval": "accuracy", "ablation_type": "orthogonal""#);
+    let dln = fixtures().join("llc_dln");
+    let llc = format!(
+        r#"{{"model": "{}", "activation": "identity", "bias": false, "inputs": "{}", "targets": "{}", "loss": "mse", "lr": 1e-4, "num_draws": 2000, "out_dir": "out", "KEY": VALUE}}"#,
+        abs(dln.join("model.safetensors")),
+        abs(dln.join("inputs.npy")),
+        abs(dln.join("targets.npy"))
+    );
+    let above_chains = (degeneracy::llc::LlcConfig::MAX_CHAINS + 1).to_string();
+    let max_steps = degeneracy::llc::LlcConfig::MAX_STEPS.to_string();
+    let above_steps = (degeneracy::llc::LlcConfig::MAX_STEPS + 1).to_string();
     let cases: Vec<(&str, String, &str, Vec<&str>)> = vec![
         (
             "lib_build",
@@ -615,6 +625,12 @@ fn numeric_config_keys_are_checked_by_name() {
             "batch_size",
             vec!["0", max],
         ),
+        ("llc", llc.replace("KEY", "num_chains"), "num_chains", vec!["0", "-1", "NaN", max, &above_chains]),
+        ("llc", llc.replace("KEY", "num_draws"), "num_draws", vec!["0", "-1", "NaN", max, &above_steps]),
+        ("llc", llc.replace("KEY", "num_burnin_steps"), "num_burnin_steps", vec!["-1", "NaN", max, &above_steps]),
+        ("llc", llc.replace("KEY", "num_burnin_steps"), "num_burnin_steps + num_draws", vec![&max_steps]),
+        ("llc", llc.replace("KEY", "num_init_loss_batches"), "num_init_loss_batches", vec!["0", "-1", "NaN", max]),
+        ("llc", llc.replace("KEY", "batch_size"), "batch_size", vec!["0", "-1", "NaN", max, &above_batch]),
     ];
     for (job, template, key, values) in cases {
         for value in values {
@@ -1283,4 +1299,43 @@ mod modadd_transformer {
             assert!(svg_texts(&dir.path().join("out").join(svg)).len() > 10, "{svg}");
         }
     }
+}
+
+/// `lib_build` streams an MLP's inputs from their `.npy` file: eight times the rows (287 MB more
+/// data) leave its peak memory within a quarter of the larger file's size, where reading the
+/// inputs whole raises it by at least the file (the reported `peak_memory_bytes`, Linux only).
+#[test]
+fn lib_build_memory_does_not_grow_with_the_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlp = degeneracy::Mlp::init(&[64, 32, 10], degeneracy::Activation::Relu, true, 3).unwrap();
+    io::save_mlp(dir.path().join("model.safetensors"), &mlp).unwrap();
+    let peak = |rows: usize| -> (u64, u64) {
+        let inputs = degeneracy::Matrix::from_fn(rows, 64, |i, j| ((i * 64 + j) as f64 * 0.618).sin());
+        let file = dir.path().join(format!("inputs_{rows}.npy"));
+        io::write_matrix(&file, &inputs).unwrap();
+        drop(inputs);
+        let out = format!("out_{rows}");
+        let config = serde_json::json!({
+            "model": "model.safetensors", "inputs": file.file_name().unwrap().to_str().unwrap(),
+            "node_layers": ["layers.0", "layers.1", "output"], "basis_formula": "jacobian", "out_dir": out
+        });
+        let cfg = dir.path().join(format!("config_{rows}.json"));
+        std::fs::write(&cfg, config.to_string()).unwrap();
+        let (ok, log) = run_in(dir.path(), "lib_build", &[cfg.to_str().unwrap()]);
+        assert!(ok, "{log}");
+        let report = read_json(&dir.path().join(out).join("report.json"));
+        assert_eq!(report["n_samples"], rows);
+        let size = std::fs::metadata(&file).unwrap().len();
+        std::fs::remove_file(&file).unwrap();
+        (report["peak_memory_bytes"].as_u64().expect("Linux reports VmHWM"), size)
+    };
+    let (small, _) = peak(70_000);
+    let (large, size) = peak(560_000);
+    println!(
+        "peak memory: 70k rows {:.1} MB, 560k rows {:.1} MB, larger file {:.1} MB",
+        small as f64 / 1e6,
+        large as f64 / 1e6,
+        size as f64 / 1e6
+    );
+    assert!(large < small + size / 4, "peak {large} B at 560k rows vs {small} B at 70k rows ({size} B file)");
 }

@@ -528,6 +528,51 @@ fn bad_hyper_parameters_are_typed_errors() {
     );
 }
 
+/// Every count has a documented bound, and a total that overflows names all three keys that
+/// make it (not `num_draws` alone).
+#[test]
+fn counts_above_their_bounds_are_errors_naming_the_key() {
+    let base = LlcConfig::new(1e-3);
+    let above_steps = LlcConfig::MAX_STEPS + 1;
+    assert_eq!(invalid_name(LlcEstimator::new(base.num_chains(LlcConfig::MAX_CHAINS + 1))), "num_chains");
+    assert_eq!(invalid_name(LlcEstimator::new(base.num_chains(usize::MAX))), "num_chains");
+    assert_eq!(invalid_name(LlcEstimator::new(base.num_draws(above_steps))), "num_draws");
+    assert_eq!(invalid_name(LlcEstimator::new(base.num_burnin_steps(usize::MAX))), "num_burnin_steps");
+    assert_eq!(invalid_name(LlcEstimator::new(base.num_steps_bw_draws(above_steps))), "num_steps_bw_draws");
+    let batches = LlcConfig::MAX_INIT_LOSS_BATCHES + 1;
+    assert_eq!(invalid_name(LlcEstimator::new(base.num_init_loss_batches(batches))), "num_init_loss_batches");
+    assert_eq!(invalid_name(LlcEstimator::new(base.batch_size(usize::MAX))), "batch_size");
+    let total = "num_burnin_steps + num_draws × num_steps_bw_draws";
+    let overflow = base.num_draws(LlcConfig::MAX_STEPS).num_burnin_steps(1);
+    assert_eq!(invalid_name(LlcEstimator::new(overflow)), total);
+    let product = base.num_draws(1 << 20).num_steps_bw_draws(1 << 20);
+    assert_eq!(invalid_name(LlcEstimator::new(product)), total);
+    // At the bounds themselves the configuration is valid.
+    let at = base.num_chains(LlcConfig::MAX_CHAINS).num_draws(LlcConfig::MAX_STEPS);
+    assert!(LlcEstimator::new(at.num_init_loss_batches(LlcConfig::MAX_INIT_LOSS_BATCHES)).is_ok());
+}
+
+/// A run whose traces cannot fit in memory (65 536 chains × 2³⁰ steps × 40 B = 2.8 PB) is
+/// refused before its first step, naming the keys that size it; the error comes at once
+/// instead of an abort on allocation or hours of sampling.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_run_that_cannot_fit_in_memory_is_refused_before_sampling() {
+    let model = quadratic(3);
+    let config = LlcConfig::new(1e-3).batch_size(1).nbeta(10.0);
+    let huge = LlcEstimator::new(config.num_chains(LlcConfig::MAX_CHAINS).num_draws(LlcConfig::MAX_STEPS)).unwrap();
+    match huge.estimate(&model, &model.centre) {
+        Err(Error::InvalidParameter { name, reason, .. }) => {
+            assert!(name.starts_with("num_chains × "), "{name}");
+            assert!(reason.contains("GiB"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A run that fits is not refused.
+    let small = LlcEstimator::new(config.num_chains(2).num_draws(10)).unwrap();
+    assert!(small.estimate(&model, &model.centre).is_ok());
+}
+
 /// Returns NaN at step `at` of the chain whose clone id is `bad_id` (clones are made in chain
 /// order on the calling thread, so id k + 1 is chain k).
 struct NanAt {

@@ -25,11 +25,14 @@ fn peak_of_pass(rows: usize) -> usize {
 
 #[test]
 fn a_gram_pass_does_not_grow_with_the_rows() {
-    // Warm the thread pools and per-thread buffers first, so both passes start alike.
-    peak_of_pass(512);
+    // Warm the thread pools and per-thread buffers first, so both passes start alike. The warm
+    // pass needs more rows than the width: fewer are kept as rows (`docs/math.md` §3.5) and do
+    // not reach the d × d products, whose first run grows per-thread buffers (~75 MB, once).
+    peak_of_pass(2048);
     let (small, large) = (peak_of_pass(4096), peak_of_pass(32768));
     eprintln!("peak heap of a Gram pass over 1024-wide rows: 4k rows {small} B, 32k rows {large} B");
     // One d × d state is 8.4 MB: the pass holds a few (a wave per thread and the total).
     assert!(small < 30 * 8 * 1025 * 1025, "{small}");
-    assert!((large as f64) < 1.1 * small as f64, "4k rows: {small} B, 32k rows: {large} B");
+    let ratio = large as f64 / small as f64;
+    assert!((0.9..1.1).contains(&ratio), "4k rows: {small} B, 32k rows: {large} B");
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use degeneracy::basis::{BasisFormula, JacobianPath, LibConfig};
+use degeneracy::data::{ActivationSampler, NpySampler};
 use degeneracy::distributed::{Communicator, Fingerprint};
 use degeneracy::estimate::Quadrature;
 use degeneracy::transformer::{LastPosModule, Transformer, read_tokens};
@@ -46,7 +47,7 @@ pub fn read_config<T: DeserializeOwned>(usage: &str) -> AnyResult<(T, PathBuf)> 
 
 /// Parses JSON into `T`, an error naming the key it was reading (`batch_size: invalid value: …`,
 /// also for a value that is not JSON at all, such as `NaN`).
-fn from_json_text<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+pub fn from_json_text<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| keyed(e.path().to_string(), e.into_inner()))?;
     de.end().map_err(|e| e.to_string())?;
@@ -208,10 +209,9 @@ impl BuildKeys {
 
     /// The model (an MLP, or a transformer with `model_config`) and its inputs (rows of
     /// features, or token ids).
-    pub fn load_model(&self, transformer: &TransformerKeys, dir: &Path) -> AnyResult<(Model, Matrix)> {
+    pub fn load_model(&self, transformer: &TransformerKeys, dir: &Path) -> AnyResult<(Model, PathBuf)> {
         let model = load_model(dir, &resolve(dir, &self.model), &self.mlp_keys(), transformer)?;
-        let inputs = model.read_inputs(&resolve(dir, &self.inputs))?;
-        Ok((model, inputs))
+        Ok((model, resolve(dir, &self.inputs)))
     }
 
     /// A fingerprint of everything a `stage` of a run computes from: these keys (not the paths
@@ -370,6 +370,17 @@ impl Model {
         Ok(match self {
             Model::Mlp(_) => io::read_matrix(path)?,
             Model::Transformer(_) => read_tokens(path)?,
+        })
+    }
+
+    /// The inputs in `path` for passes over them: an MLP's rows streamed in chunks of
+    /// [`CHUNK_ROWS`] (only the header is read here; the rows never need to fit in memory), a
+    /// transformer's token ids read whole (`n × n_ctx` integers, a small fraction of one pass's
+    /// activations).
+    pub fn open_inputs(&self, path: &Path) -> AnyResult<Box<dyn ActivationSampler>> {
+        Ok(match self {
+            Model::Mlp(_) => Box::new(NpySampler::open(path, CHUNK_ROWS)?),
+            Model::Transformer(_) => Box::new(read_tokens(path)?),
         })
     }
 }
@@ -592,6 +603,15 @@ impl Phases {
         map.insert("total".into(), self.total().into());
         serde_json::Value::Object(map)
     }
+}
+
+/// The process's peak resident memory in bytes (Linux's `VmHWM`); `None` where the system does
+/// not report it. Jobs put it in their report, so that a harness sees memory beside time.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Writes pretty JSON.

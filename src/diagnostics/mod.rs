@@ -20,6 +20,7 @@ use crate::basis::{basis_cotangents, gram_spectrum};
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
 use crate::estimate::{GramAccumulator, Moments, check_node_rows, check_sampler};
+use crate::linalg::symmetric_eigen;
 use crate::matrix::{Matrix, MatrixView};
 use crate::nn::{Activation, FoldedLinear, Network, Section, checked_section};
 use crate::scratch::{ScratchMatrices, ScratchMatrix};
@@ -62,10 +63,17 @@ fn check_rank_tol(rank_tol: f64) -> Result<()> {
 pub struct DegeneracyStatistics {
     /// Moments of the folded activations at every node but the output.
     activations: Vec<GramAccumulator>,
-    /// Per node: rows `∂y/∂h` (units only), one per sample, output coordinate and position.
-    jacobians: Vec<GramAccumulator>,
-    /// Per node whose next section is affine + elementwise: rows `∂y/∂z` of its pre-activations.
+    /// Per node whose next section has no affine + elementwise structure: rows `∂y/∂h` (units
+    /// only), one per sample, output coordinate and position. Where it has one, the Jacobian Gram
+    /// is `W_hᵀ K W_h` from the pre-activation Gram `K` (the rows `∂y/∂h` are `∂y/∂z · W_h`), so
+    /// its rows are not accumulated twice.
+    jacobians: Vec<Option<GramAccumulator>>,
+    /// Per node whose next section is affine + elementwise, below the [`closed_top`] sections:
+    /// rows `∂y/∂z` of its pre-activations.
     preactivation_jacobians: Vec<Option<GramAccumulator>>,
+    /// Moments of `s = σ'(z)` of the second-to-last section when [`closed_top`] is 2 (its
+    /// pre-activation Jacobian Gram in closed form).
+    derivatives: Option<GramAccumulator>,
     /// Per node whose next section is affine + ReLU, or a residual block with a ReLU hidden
     /// layer: the firing partition of those units.
     firing: Vec<Option<FiringPartition>>,
@@ -80,6 +88,21 @@ fn sections(net: &dyn Network) -> Result<Vec<Box<dyn Section + '_>>> {
     (0..n - 1).map(|k| checked_section(net, k, k + 1)).collect()
 }
 
+/// How many of the top sections have their pre-activation Jacobian Gram `K = E_x Σ_o (∂y_o/∂z)ᵀ
+/// (∂y_o/∂z)` in closed form, so that no rows are accumulated for them (`docs/math.md` §5): the
+/// last when it is affine with the identity (`K = I`), and then the one before when it is affine
+/// + elementwise (`K = (W_hᵀ W_h) ⊙ E[s sᵀ]`, `W_h` the last layer's weight on the units, `s =
+/// σ'(z)`). Networks with positions have none.
+fn closed_top(net: &dyn Network, sections: &[Box<dyn Section + '_>]) -> usize {
+    let last = sections.len();
+    let top = sections.last().and_then(|s| s.structure());
+    if net.node_layers().iter().any(|l| l.positions != 1) || top.is_none_or(|t| t.activation() != Activation::Identity)
+    {
+        return 0;
+    }
+    if last >= 2 && sections[last - 2].structure().is_some() { 2 } else { 1 }
+}
+
 impl DegeneracyStatistics {
     /// Empty statistics for `net`.
     pub fn new(net: &dyn Network) -> Result<Self> {
@@ -89,12 +112,16 @@ impl DegeneracyStatistics {
     fn for_sections(net: &dyn Network, sections: &[Box<dyn Section + '_>]) -> Self {
         let layers = net.node_layers();
         let structured = |k: usize| sections[k].structure();
+        let (last, closed) = (sections.len(), closed_top(net, sections));
         DegeneracyStatistics {
             activations: sections.iter().enumerate().map(|(k, _)| GramAccumulator::new(layers[k].width)).collect(),
-            jacobians: sections.iter().enumerate().map(|(k, _)| GramAccumulator::new(layers[k].units())).collect(),
-            preactivation_jacobians: (0..sections.len())
-                .map(|k| structured(k).map(|f| GramAccumulator::new(f.units())))
+            jacobians: (0..sections.len())
+                .map(|k| structured(k).is_none().then(|| GramAccumulator::new(layers[k].units())))
                 .collect(),
+            preactivation_jacobians: (0..sections.len())
+                .map(|k| structured(k).filter(|_| k + closed < last).map(|f| GramAccumulator::new(f.units())))
+                .collect(),
+            derivatives: (closed == 2).then(|| structured(last - 2).map(|f| GramAccumulator::new(f.units()))).flatten(),
             firing: (0..sections.len())
                 .map(|k| relu_layer(&*sections[k]).map(|f| FiringPartition::new(f.units())))
                 .collect(),
@@ -170,6 +197,12 @@ impl DegeneracyStatistics {
             });
         }
         check_node_rows(net, last, &acts[last], first_row)?;
+        if let (Some(acc), Some(Some(s))) = (&mut self.derivatives, last.checked_sub(2).map(|k| &derivatives[k])) {
+            acc.update(s.view())?;
+        }
+        // The lowest node whose Grams need rows; none: no backward pass at all.
+        let needs_rows = |k: usize| self.preactivation_jacobians[k].is_some() || self.jacobians[k].is_some();
+        let Some(deepest) = (0..last).find(|&k| needs_rows(k)) else { return Ok(()) };
         // Every output coordinate (and position) as a cotangent, back through the sections, in
         // groups that keep the products near the crate's VJP chunk size.
         let out = &layers[last];
@@ -181,20 +214,26 @@ impl DegeneracyStatistics {
         for start in (0..n_pairs).step_by(group) {
             let pairs = start..(start + group).min(n_pairs);
             basis_cotangents(&identity, out.positions, n, pairs.clone(), &mut cot);
-            for k in (0..last).rev() {
+            for k in (deepest..last).rev() {
                 if let (Some(acc), Some(s), Some(layer)) =
                     (&mut self.preactivation_jacobians[k], &derivatives[k], sections[k].structure())
                 {
                     preactivation_rows(layer, &cot, s, &mut units);
                     acc.update(units.view())?;
                 }
-                lins[k].vjp(cot.view(), &mut grad)?;
-                let d = layers[k].units();
-                units.resize(grad.nrows(), d);
-                for r in 0..grad.nrows() {
-                    units.row_mut(r).copy_from_slice(&grad.row(r)[..d]);
+                if k == deepest && self.jacobians[k].is_none() {
+                    // Nothing below needs the cotangents at this node.
+                    break;
                 }
-                self.jacobians[k].update(units.view())?;
+                lins[k].vjp(cot.view(), &mut grad)?;
+                if let Some(acc) = &mut self.jacobians[k] {
+                    let d = layers[k].units();
+                    units.resize(grad.nrows(), d);
+                    for r in 0..grad.nrows() {
+                        units.row_mut(r).copy_from_slice(&grad.row(r)[..d]);
+                    }
+                    acc.update(units.view())?;
+                }
                 std::mem::swap(&mut *cot, &mut *grad);
             }
         }
@@ -214,7 +253,16 @@ impl DegeneracyStatistics {
             a.merge(b)?;
         }
         for (a, b) in self.jacobians.iter_mut().zip(&other.jacobians) {
-            a.merge(b)?;
+            match (a, b) {
+                (Some(a), Some(b)) => a.merge(b)?,
+                (None, None) => {}
+                _ => return Err(Error::invalid("DegeneracyStatistics::merge", "Jacobian rows", "of other sections")),
+            }
+        }
+        match (&mut self.derivatives, &other.derivatives) {
+            (Some(a), Some(b)) => a.merge(b)?,
+            (None, None) => {}
+            _ => return Err(Error::invalid("DegeneracyStatistics::merge", "derivative moments", "of another network")),
         }
         for (a, b) in self.preactivation_jacobians.iter_mut().zip(&other.preactivation_jacobians) {
             if let (Some(a), Some(b)) = (a, b) {
@@ -267,6 +315,21 @@ impl Rank {
     /// kernel when the moments hold fewer rows than their width (`docs/math.md` §3.5).
     fn of(m: &Moments, scale: f64, rank_tol: f64) -> Result<Self> {
         let spectrum: Vec<f64> = gram_spectrum(m, false)?.into_iter().map(|v| v * scale).collect();
+        let cut = rank_tol * spectrum.first().copied().unwrap_or(0.0);
+        let rank = spectrum.iter().filter(|&&v| v > cut && v > 0.0).count();
+        Ok(Rank {
+            rank,
+            smallest_kept: rank.checked_sub(1).map(|i| spectrum[i]),
+            largest_dropped: spectrum.get(rank).copied(),
+            spectrum,
+        })
+    }
+
+    /// The rank of a symmetric matrix (a Gram formed in full).
+    fn of_matrix(m: &Matrix, rank_tol: f64) -> Result<Self> {
+        let (values, _) = symmetric_eigen(m)?;
+        let mut spectrum: Vec<f64> = values.iter().map(|v| v.abs()).collect();
+        spectrum.sort_by(|a, b| b.total_cmp(a));
         let cut = rank_tol * spectrum.first().copied().unwrap_or(0.0);
         let rank = spectrum.iter().filter(|&&v| v > cut && v > 0.0).count();
         Ok(Rank {
@@ -384,23 +447,44 @@ pub fn diagnose_from(net: &dyn Network, stats: &DegeneracyStatistics, rank_tol: 
         return Err(Error::shape("diagnose_from: statistics nodes", &[sections.len()], &[stats.activations.len()]));
     }
     let layers = net.node_layers();
+    let (last, closed) = (sections.len(), closed_top(net, &sections));
     // The rows were one per sample, output coordinate (and position): the Grams sum over the
     // output coordinates, E_x Σ_o.
     let outputs = layers.last().map_or(1, |o| o.positions * o.width) as f64;
-    let gram = |acc: &GramAccumulator, what: String| -> Result<Moments> { acc.finish()?.checked(&what) };
+    let gram = |acc: &GramAccumulator, what: String| -> Result<Matrix> {
+        Ok(acc.finish()?.checked(&what)?.second_moment().scaled_by(outputs))
+    };
     let mut nodes = Vec::with_capacity(sections.len());
     for (k, section) in sections.iter().enumerate() {
         let name = &layers[k].name;
         let moments = stats.activations[k].finish()?.checked(&format!("Gram of node layer {name}"))?;
         let activation = Rank::of(&moments, 1.0, rank_tol)?;
-        let jacobian =
-            Rank::of(&gram(&stats.jacobians[k], format!("Jacobian Gram at node layer {name}"))?, outputs, rank_tol)?;
-        let preactivation_jacobian = stats.preactivation_jacobians[k]
-            .as_ref()
-            .map(|a| {
-                Rank::of(&gram(a, format!("pre-activation Jacobian Gram after node layer {name}"))?, outputs, rank_tol)
-            })
-            .transpose()?;
+        let k_pre = match (&stats.preactivation_jacobians[k], section.structure()) {
+            (Some(a), _) => Some(gram(a, format!("pre-activation Jacobian Gram after node layer {name}"))?),
+            (None, Some(layer)) if k + 1 == last && closed >= 1 => Some(Matrix::identity(layer.units())),
+            (None, Some(_)) if k + 2 == last && closed == 2 => {
+                let w = sections[last - 1].structure().expect("closed_top").folded_weight();
+                let w_h = Matrix::from_fn(w.nrows(), layers[last - 1].units(), |i, j| w[(i, j)]);
+                let wtw = w_h.transpose().matmul(&w_h)?;
+                let derivatives = stats.derivatives.as_ref().ok_or_else(|| {
+                    Error::invalid("diagnose_from", name, "statistics of another network (no derivative moments)")
+                })?;
+                let ss = derivatives.finish()?.checked(&format!("σ' moments after node layer {name}"))?.second_moment();
+                Some(Matrix::from_fn(wtw.nrows(), wtw.ncols(), |i, j| wtw[(i, j)] * ss[(i, j)]))
+            }
+            _ => None,
+        };
+        let jacobian_gram = match (&stats.jacobians[k], section.structure(), &k_pre) {
+            (Some(rows), _, _) => gram(rows, format!("Jacobian Gram at node layer {name}"))?,
+            (None, Some(layer), Some(k_pre)) => {
+                let w = layer.folded_weight();
+                let w_h = Matrix::from_fn(w.nrows(), layers[k].units(), |i, j| w[(i, j)]);
+                w_h.transpose().matmul(&k_pre.matmul(&w_h)?)?
+            }
+            _ => return Err(Error::invalid("diagnose_from", name, "statistics of another network")),
+        };
+        let jacobian = Rank::of_matrix(&jacobian_gram, rank_tol)?;
+        let preactivation_jacobian = k_pre.as_ref().map(|m| Rank::of_matrix(m, rank_tol)).transpose()?;
         let relu = k.checked_sub(1).and_then(|w| stats.firing[w].as_ref()).map(FiringPartition::groups);
         let free_directions = match (section.structure(), &preactivation_jacobian) {
             (Some(layer), Some(r_b)) => {

@@ -469,27 +469,48 @@ impl LlcConfig {
         self
     }
 
+    /// The most chains of one run (each keeps its traces until the report is built).
+    pub const MAX_CHAINS: usize = 1 << 16;
+    /// The most steps of one chain, burn-in included (2³⁰ ≈ 10⁹: about a day of the cheapest
+    /// step measured, and 40 GiB of traces per chain).
+    pub const MAX_STEPS: usize = 1 << 30;
+    /// The most minibatches averaged for `init_loss`.
+    pub const MAX_INIT_LOSS_BATCHES: usize = 1 << 20;
+
     /// Steps per chain: `num_burnin_steps + num_draws · num_steps_bw_draws` (`None` on overflow).
     pub fn total_steps(&self) -> Option<usize> {
         self.num_draws.checked_mul(self.num_steps_bw_draws)?.checked_add(self.num_burnin_steps)
     }
 
-    /// Checks every value that does not depend on the model.
+    /// Checks every value that does not depend on the model: counts within their bounds ([`LlcConfig::MAX_CHAINS`], [`LlcConfig::MAX_STEPS`] for each step count and
+    /// for their total, [`LlcConfig::MAX_INIT_LOSS_BATCHES`], [`crate::data::MAX_BATCH_SIZE`]),
+    /// each error naming the key (the total names all three).
+    ///
+    /// ```
+    /// use degeneracy::llc::LlcConfig;
+    /// let c = LlcConfig::new(1e-4).num_draws(LlcConfig::MAX_STEPS).num_burnin_steps(1);
+    /// assert!(c.check().unwrap_err().to_string().contains("num_burnin_steps + num_draws"));
+    /// ```
     pub fn check(&self) -> Result<()> {
         self.sgld.check()?;
-        for (name, v) in [
-            ("batch_size", self.batch_size),
-            ("num_chains", self.num_chains),
-            ("num_draws", self.num_draws),
-            ("num_steps_bw_draws", self.num_steps_bw_draws),
-            ("num_init_loss_batches", self.num_init_loss_batches),
+        crate::data::check_batch_size(self.batch_size)?;
+        for (name, v, min, max) in [
+            ("num_chains", self.num_chains, 1, Self::MAX_CHAINS),
+            ("num_draws", self.num_draws, 1, Self::MAX_STEPS),
+            ("num_burnin_steps", self.num_burnin_steps, 0, Self::MAX_STEPS),
+            ("num_steps_bw_draws", self.num_steps_bw_draws, 1, Self::MAX_STEPS),
+            ("num_init_loss_batches", self.num_init_loss_batches, 1, Self::MAX_INIT_LOSS_BATCHES),
         ] {
-            if v == 0 {
-                return Err(Error::invalid(name, 0, "must be at least 1"));
+            if !(min..=max).contains(&v) {
+                return Err(Error::invalid(name, v, format!("must lie in {min}..={max}")));
             }
         }
-        if self.total_steps().is_none_or(|t| t > isize::MAX as usize / 64) {
-            return Err(Error::invalid("num_draws", self.num_draws, "total number of steps overflows"));
+        if self.total_steps().is_none_or(|t| t > Self::MAX_STEPS) {
+            return Err(Error::invalid(
+                "num_burnin_steps + num_draws × num_steps_bw_draws",
+                format!("{} + {} × {}", self.num_burnin_steps, self.num_draws, self.num_steps_bw_draws),
+                format!("the steps per chain, at most {}", Self::MAX_STEPS),
+            ));
         }
         Ok(())
     }

@@ -90,70 +90,27 @@ pub fn effective_sample_size(chains: &[&[f64]]) -> Option<f64> {
 }
 
 /// The biased autocovariance γ(k) = Σ_t (x_t − m)(x_{t+k} − m) / T of `x` for every lag
-/// k < T, by FFT (zero-padded to a power of two ≥ 2T, so the circular correlation is the linear
-/// one): O(T log T) instead of the O(T²) of summing lag by lag.
+/// k < T, by FFT (rustfft; zero-padded to a power of two ≥ 2T, so the circular correlation is
+/// the linear one): O(T log T) instead of the O(T²) of summing lag by lag.
 pub(crate) fn autocovariance(x: &[f64], m: f64) -> Vec<f64> {
+    use rustfft::{FftPlanner, num_complex::Complex};
     let n = x.len();
     if n == 0 {
         return Vec::new();
     }
     let size = (2 * n).next_power_of_two();
-    let mut re: Vec<f64> = x.iter().map(|v| v - m).chain(std::iter::repeat(0.0)).take(size).collect();
-    let mut im = vec![0.0; size];
-    fft(&mut re, &mut im, false);
-    for (r, i) in re.iter_mut().zip(im.iter_mut()) {
-        *r = *r * *r + *i * *i;
-        *i = 0.0;
-    }
-    fft(&mut re, &mut im, true);
-    let scale = 1.0 / (size as f64 * n as f64);
-    re.truncate(n);
-    re.iter_mut().for_each(|v| *v *= scale);
-    re
-}
-
-/// In-place iterative radix-2 FFT of `(re, im)` (length a power of two), without the 1/N of the
-/// inverse. Twiddles are computed directly (not by recurrence), so the error stays at a few
-/// ulps times log N.
-fn fft(re: &mut [f64], im: &mut [f64], inverse: bool) {
-    let n = re.len();
-    debug_assert!(n.is_power_of_two() && im.len() == n);
-    let mut j = 0;
-    for i in 1..n {
-        let mut bit = n >> 1;
-        while j & bit != 0 {
-            j ^= bit;
-            bit >>= 1;
-        }
-        j |= bit;
-        if i < j {
-            re.swap(i, j);
-            im.swap(i, j);
-        }
-    }
-    let sign = if inverse { 1.0 } else { -1.0 };
-    let twiddles: Vec<(f64, f64)> = (0..n / 2)
-        .map(|k| {
-            let a = sign * 2.0 * std::f64::consts::PI * k as f64 / n as f64;
-            (a.cos(), a.sin())
-        })
+    let mut buf: Vec<Complex<f64>> = x
+        .iter()
+        .map(|v| Complex::new(v - m, 0.0))
+        .chain(std::iter::repeat(Complex::new(0.0, 0.0)))
+        .take(size)
         .collect();
-    let mut len = 2;
-    while len <= n {
-        let (half, stride) = (len / 2, n / len);
-        for start in (0..n).step_by(len) {
-            for k in 0..half {
-                let (cr, ci) = twiddles[k * stride];
-                let (a, b) = (start + k, start + k + half);
-                let (tr, ti) = (re[b] * cr - im[b] * ci, re[b] * ci + im[b] * cr);
-                re[b] = re[a] - tr;
-                im[b] = im[a] - ti;
-                re[a] += tr;
-                im[a] += ti;
-            }
-        }
-        len <<= 1;
-    }
+    let mut planner = FftPlanner::new();
+    planner.plan_fft_forward(size).process(&mut buf);
+    buf.iter_mut().for_each(|z| *z = Complex::new(z.norm_sqr(), 0.0));
+    planner.plan_fft_inverse(size).process(&mut buf);
+    let scale = 1.0 / (size as f64 * n as f64);
+    buf[..n].iter().map(|z| z.re * scale).collect()
 }
 
 pub(crate) fn mean(v: &[f64]) -> f64 {

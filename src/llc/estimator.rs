@@ -339,9 +339,49 @@ pub(crate) struct Job<'a, M> {
     pub active: Option<&'a [usize]>,
 }
 
+/// Bytes of a chain's traces per step: loss, gradient norm, noise norm, distance, MALA.
+const TRACE_BYTES_PER_STEP: u128 = 5 * 8;
+/// Bytes of a running chain's vectors per parameter: w, gradient, drift, noise, the previous w
+/// and drift, RMSprop's two averages.
+const CHAIN_BYTES_PER_PARAM: u128 = 8 * 8;
+
+/// Refuses, before any step, jobs whose traces (kept until the report) and running chains need
+/// more memory than the system has available, naming the keys that set the size; skipped where
+/// the system does not report its available memory.
+fn check_memory<M: LossModel>(jobs: &[Job<'_, M>]) -> Result<()> {
+    let Some(available) = available_memory() else { return Ok(()) };
+    let steps: u128 = jobs.iter().map(|j| j.config.total_steps().unwrap_or(usize::MAX) as u128).sum();
+    let running = jobs.len().min(rayon::current_num_threads()) as u128;
+    let params = jobs.first().map_or(0, |j| j.w_star.len()) as u128;
+    let needed = steps * TRACE_BYTES_PER_STEP + running * params * CHAIN_BYTES_PER_PARAM;
+    if needed > u128::from(available) {
+        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        return Err(Error::invalid(
+            "num_chains × (num_burnin_steps + num_draws × num_steps_bw_draws)",
+            format!("{} chains, {steps} steps in all", jobs.len()),
+            format!(
+                "the traces and chains need {:.1} GiB; {:.1} GiB of memory is available",
+                gib(needed),
+                gib(available.into())
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The memory the system can give this process without swapping (Linux's `MemAvailable`).
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Runs every job in parallel (each owns its model and streams, so the results do not depend on
-/// the thread count) and returns the records in the jobs' order.
+/// the thread count) and returns the records in the jobs' order. Errors before any step if the
+/// run cannot fit in memory.
 pub(crate) fn run_jobs<M: LossModel>(jobs: Vec<Job<'_, M>>) -> Result<Vec<ChainRun>> {
+    check_memory(&jobs)?;
     jobs.into_par_iter()
         .map(|j| {
             let total = j.config.total_steps().expect("checked by LlcConfig::check");
