@@ -34,10 +34,11 @@ fn quickstart_report_is_complete() {
     assert!(!stderr.contains('['), "no progress bars when stderr is not a terminal: {stderr}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
-    for section in ["training", "bases", "graph", "llc", "diagnostics", "ablation", "distributed", "pictures"] {
+    let sections = ["training", "bases", "graph", "llc", "diagnostics", "ablation", "distributed", "scale"];
+    for section in sections.iter().chain(&["pictures"]) {
         assert!(!report[section].is_null(), "section {section} missing");
     }
-    for section in ["training", "bases", "graph", "llc", "diagnostics", "ablation", "distributed"] {
+    for section in sections {
         assert!(report[section]["settings"].is_object(), "{section} records its settings");
     }
     assert_eq!(report["training"]["final_accuracy"], 1.0);
@@ -48,6 +49,19 @@ fn quickstart_report_is_complete() {
         assert!(d <= 1e-12, "distributed {key}: {d:e}");
     }
     all_numbers_finite(&report, "report").unwrap();
+    // The scale stage: bases from fewer samples than a node's width (the kernel side) equal the
+    // d × d path's, with the same kept dimensions, and the build's phases are timed.
+    let kernel = &report["scale"]["kernel_side"];
+    let samples = kernel["samples"].as_u64().unwrap();
+    let nodes = kernel["nodes"].as_array().unwrap();
+    assert!(nodes.iter().filter(|n| n["orig_dim"].as_u64().unwrap() > samples).count() >= 2);
+    for n in nodes {
+        assert_eq!(n["dim_kernel"], n["dim_dense"], "{n}");
+        for key in ["projector_deviation", "lambda_deviation"] {
+            assert!(n[key].as_f64().unwrap() < 1e-10, "{key}: {n}");
+        }
+    }
+    assert!(!report["scale"]["phases"].as_array().unwrap().is_empty());
     // The LLC stage's trajectory: one row per checkpoint, λ̂ of both losses growing from the
     // initialisation to the end (the direction the stage states), a bound at each checkpoint.
     let rows = report["llc"]["trajectory"]["checkpoints"].as_array().unwrap();

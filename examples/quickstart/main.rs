@@ -20,6 +20,7 @@ mod graph;
 mod llc;
 mod network;
 mod report;
+mod scale;
 mod training;
 
 use degeneracy::data::modular_addition;
@@ -50,6 +51,7 @@ fn main() -> StageResult<()> {
     ablation::run(&mlp, &data, &bases, &graph, &mut report)?;
     distributed::run(&mlp, &data, &bases.lib, &graph, &mut report)?;
     files::run(&mlp, &data, &mut report)?;
+    scale::run(&mlp, &data, &mut report)?;
     report.finish(start.elapsed().as_secs_f64())?;
     Ok(())
 }
