@@ -4,6 +4,7 @@ mod npy;
 mod safetensors;
 mod tensors;
 
+pub(crate) use self::safetensors::write_f64_tensors;
 pub use self::safetensors::{LoadOptions, TensorNaming, load_mlp, load_mlp_with, save_mlp};
 pub use self::tensors::TensorFile;
 pub use npy::{

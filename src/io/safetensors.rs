@@ -306,17 +306,24 @@ fn layer_shapes(file: &TensorFile, naming: &TensorNaming, n: usize, bias: bool) 
 /// Saves an MLP (F64, default naming) so PyTorch's `load_state_dict` reads it back; a bias-free
 /// model loads back with [`LoadOptions::bias_free`].
 pub fn save_mlp(path: impl AsRef<Path>, mlp: &Mlp) -> Result<()> {
-    let path = path.as_ref();
     let naming = TensorNaming::default();
-    let le = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut tensors: Vec<(String, Vec<usize>, &[f64])> = Vec::new();
     for (i, lin) in mlp.linears().iter().enumerate() {
         let (out, inp) = lin.weight().shape();
-        buffers.push((naming.weight(i), vec![out, inp], le(lin.weight().as_slice())));
+        tensors.push((naming.weight(i), vec![out, inp], lin.weight().as_slice()));
         if let Some(b) = lin.bias() {
-            buffers.push((naming.bias(i), vec![out], le(b)));
+            tensors.push((naming.bias(i), vec![out], b));
         }
     }
+    write_f64_tensors(path.as_ref(), tensors)
+}
+
+/// Writes `(name, shape, values)` tensors as one F64 safetensors file (C order, little endian).
+pub(crate) fn write_f64_tensors(path: &Path, tensors: Vec<(String, Vec<usize>, &[f64])>) -> Result<()> {
+    let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, shape, values)| (name, shape, values.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
     let views = buffers
         .iter()
         .map(|(name, shape, data)| Ok((name.clone(), TensorView::new(Dtype::F64, shape.clone(), data)?)))

@@ -6,7 +6,6 @@ use crate::error::{Error, Result};
 use crate::io::TensorFile;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
-use safetensors::tensor::{Dtype, TensorView};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -364,20 +363,8 @@ impl TransformerWeights {
     /// Writes the parameters as a TransformerLens `state_dict` (F64, names unchanged) that
     /// [`TransformerWeights::load`] and PyTorch's `load_state_dict` read back.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .named()
-            .into_iter()
-            .map(|(name, t)| (name, t.shape.clone(), t.data.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        let views = buffers
-            .iter()
-            .map(|(name, shape, data)| Ok((name.clone(), TensorView::new(Dtype::F64, shape.clone(), data)?)))
-            .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
-            .map_err(|e| Error::malformed(path, "safetensors", e.to_string()))?;
-        let bytes =
-            safetensors::serialize(views, None).map_err(|e| Error::malformed(path, "safetensors", e.to_string()))?;
-        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+        let tensors = self.named().into_iter().map(|(name, t)| (name, t.shape.clone(), &t.data[..])).collect();
+        crate::io::write_f64_tensors(path.as_ref(), tensors)
     }
 }
 
