@@ -762,6 +762,12 @@ fn parameter_gradients_match_finite_differences() {
             let mut gx = Matrix::default();
             model.backward(tokens.view(), grad_y.view(), &mut gx, &mut gp).unwrap();
             assert!(gx.as_slice().iter().all(|&v| v == 0.0), "token ids have no gradient");
+            // Mis-shaped cotangents and gradient buffers are shape errors, not panics.
+            let short = Matrix::zeros(tokens.nrows(), 6);
+            let err = model.backward(tokens.view(), short.view(), &mut gx, &mut gp).unwrap_err();
+            assert!(matches!(err, degeneracy::Error::ShapeMismatch { .. }), "{err}");
+            let err = model.backward(tokens.view(), grad_y.view(), &mut gx, &mut gp[1..]).unwrap_err();
+            assert!(matches!(err, degeneracy::Error::ShapeMismatch { .. }), "{err}");
             let mut p = vec![0.0; model.n_params()];
             model.copy_params(&mut p).unwrap();
             let h = 1e-3;

@@ -12,6 +12,7 @@ mod sequential;
 mod train;
 
 pub use activation::{Activation, Elementwise};
+pub(crate) use layer::check_backward_shapes;
 pub use layer::{Layer, LayerKind, Linearized};
 pub use linear::Linear;
 pub(crate) use loss::argmax;

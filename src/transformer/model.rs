@@ -10,7 +10,7 @@ use super::ops::{Ctx, Op, OpLinearized, OpSection, build_op, fused_len};
 use super::weights::TransformerWeights;
 use crate::error::{Error, Result};
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{Chain, Layer, Network, NodeLayer, OUTPUT_NODE, Section};
+use crate::nn::{Chain, Layer, Network, NodeLayer, OUTPUT_NODE, Section, check_backward_shapes};
 use std::path::Path;
 
 /// A TransformerLens transformer in rib's sequential, bias-folded form.
@@ -322,17 +322,8 @@ impl Layer for Transformer {
         grad_x: &mut Matrix,
         grad_params: &mut [f64],
     ) -> Result<()> {
+        check_backward_shapes("Transformer::backward", self, x, grad_y, grad_params)?;
         let n = x.nrows();
-        if grad_y.shape() != (n, self.config.d_vocab) {
-            return Err(Error::shape(
-                "Transformer::backward grad_y",
-                &[n, self.config.d_vocab],
-                &[grad_y.nrows(), grad_y.ncols()],
-            ));
-        }
-        if grad_params.len() != self.n_params() {
-            return Err(Error::shape("Transformer::backward grad_params", &[self.n_params()], &[grad_params.len()]));
-        }
         let ops = self.ops(0, self.stages.len());
         let x0 = self.embed(x)?;
         let mut lins: Vec<Box<dyn OpLinearized + '_>> = Vec::with_capacity(ops.len());
