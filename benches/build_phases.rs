@@ -21,9 +21,9 @@
 mod common;
 
 use criterion::Criterion;
-use degeneracy::basis::{Basis, BasisFormula, LibConfig, NodeBasis, build_bases};
-use degeneracy::estimate::{NodeStatistics, Quadrature};
-use degeneracy::graph::{EdgeConfig, EdgeFormula, compute_edges};
+use degeneracy::basis::{Basis, LibConfig, NodeBasis, build_bases};
+use degeneracy::estimate::NodeStatistics;
+use degeneracy::graph::{EdgeConfig, compute_edges};
 use degeneracy::{Activation, Matrix, Mlp, io, profile};
 use faer::{Accum, Mat, Par};
 use std::collections::HashMap;
@@ -44,27 +44,6 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
 }
 
-fn jacobian_config() -> LibConfig {
-    LibConfig {
-        basis_formula: BasisFormula::Jacobian,
-        center: true,
-        truncation_threshold: 1e-10,
-        rotate_final_node_layer: false,
-        quadrature: Quadrature::Gradient,
-        batch_size: 1024,
-        ..LibConfig::default()
-    }
-}
-
-fn squared_edges() -> Option<EdgeConfig> {
-    Some(EdgeConfig {
-        formula: EdgeFormula::Squared,
-        quadrature: Quadrature::Gradient,
-        batch_size: 1024,
-        path: Default::default(),
-    })
-}
-
 /// Seeded synthetic inputs in [0, 1) (the same as `benches/basis.rs`'s MNIST stand-in).
 fn inputs(n: usize, d: usize) -> Matrix {
     Matrix::from_fn(n, d, |i, j| ((i * 7919 + j * 104_729) % 1013) as f64 / 1013.0)
@@ -78,23 +57,23 @@ fn cases() -> Vec<Case> {
             name: "digits_jacobian_squared",
             mlp: io::load_mlp(digits.join("model.safetensors"), Activation::Relu).unwrap(),
             x: io::read_matrix(digits.join("inputs.npy")).unwrap(),
-            config: jacobian_config(),
-            edges: squared_edges(),
+            config: LibConfig::default(),
+            edges: Some(EdgeConfig::default()),
             runs: 15,
         },
         Case {
             name: "mlp784_x512_jacobian_squared",
             mlp: mlp(&[784, 100, 100, 10]),
             x: inputs(512, 784),
-            config: jacobian_config(),
-            edges: squared_edges(),
+            config: LibConfig::default(),
+            edges: Some(EdgeConfig::default()),
             runs: 7,
         },
         Case {
             name: "mlp1024x4_x20k_jacobian",
             mlp: mlp(&[1024, 1024, 1024, 1024, 1024, 10]),
             x: inputs(20_000, 1024),
-            config: jacobian_config(),
+            config: LibConfig::default(),
             edges: None,
             runs: 1,
         },
@@ -102,7 +81,7 @@ fn cases() -> Vec<Case> {
             name: "one4096_x8k_jacobian",
             mlp: mlp(&[4096, 4096, 10]),
             x: inputs(8192, 4096),
-            config: jacobian_config(),
+            config: LibConfig::default(),
             edges: None,
             runs: 1,
         },

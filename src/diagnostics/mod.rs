@@ -315,14 +315,7 @@ impl Rank {
     /// kernel when the moments hold fewer rows than their width (`docs/math.md` §3.5).
     fn of(m: &Moments, scale: f64, rank_tol: f64) -> Result<Self> {
         let spectrum: Vec<f64> = gram_spectrum(m, false)?.into_iter().map(|v| v * scale).collect();
-        let cut = rank_tol * spectrum.first().copied().unwrap_or(0.0);
-        let rank = spectrum.iter().filter(|&&v| v > cut && v > 0.0).count();
-        Ok(Rank {
-            rank,
-            smallest_kept: rank.checked_sub(1).map(|i| spectrum[i]),
-            largest_dropped: spectrum.get(rank).copied(),
-            spectrum,
-        })
+        Ok(Self::cut(spectrum, rank_tol))
     }
 
     /// The rank of a symmetric matrix (a Gram formed in full).
@@ -330,14 +323,20 @@ impl Rank {
         let (values, _) = symmetric_eigen(m)?;
         let mut spectrum: Vec<f64> = values.iter().map(|v| v.abs()).collect();
         spectrum.sort_by(|a, b| b.total_cmp(a));
+        Ok(Self::cut(spectrum, rank_tol))
+    }
+
+    /// The rank of a descending, non-negative `spectrum`: the eigenvalues above `rank_tol ·` the
+    /// largest (and above 0).
+    fn cut(spectrum: Vec<f64>, rank_tol: f64) -> Self {
         let cut = rank_tol * spectrum.first().copied().unwrap_or(0.0);
         let rank = spectrum.iter().filter(|&&v| v > cut && v > 0.0).count();
-        Ok(Rank {
+        Rank {
             rank,
             smallest_kept: rank.checked_sub(1).map(|i| spectrum[i]),
             largest_dropped: spectrum.get(rank).copied(),
             spectrum,
-        })
+        }
     }
 
     /// `smallest kept / largest dropped`: how clean the cut is (∞ if nothing was dropped or the
