@@ -89,6 +89,7 @@ const EXTRA_KEYS: [&str; 6] = [
 ];
 
 fn main() {
+    common::start_build_process();
     common::exit_on_error(run());
 }
 

@@ -36,17 +36,19 @@ pub(crate) fn with_nested_products<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// Eigendecompositions at least this wide are split into [`EVD_TASKS`] parallel tasks; smaller
-/// ones run on the calling thread (faer's parallel decomposition gains little below ~1500).
-const EVD_PARALLEL_DIM: usize = 1536;
-/// A fixed number of tasks, not the pool's size: faer's parallel eigendecomposition rounds
+/// Factorisations (eigendecompositions, Cholesky and its triangular solve) at least this wide
+/// are split into [`FACTORIZATION_TASKS`] parallel tasks; smaller ones run on the calling
+/// thread. Measured here (2 cores) on the 784-wide build: its 512 × 512 kernel-side
+/// eigendecomposition 36 → 24–28 ms split, the Cholesky QR of its 488 columns 11–13 → 9 ms.
+const FACTORIZATION_PARALLEL_DIM: usize = 384;
+/// A fixed number of tasks, not the pool's size: faer's parallel factorisations round
 /// differently for different splits, and a fixed split gives the same bits on any machine and
 /// thread count (measured: 1, 2 and 4 threads). Concurrent decompositions of different node
 /// layers use further cores.
-const EVD_TASKS: usize = 2;
+const FACTORIZATION_TASKS: usize = 2;
 
-fn evd_parallelism(n: usize) -> Par {
-    if n >= EVD_PARALLEL_DIM { Par::rayon(EVD_TASKS) } else { Par::Seq }
+fn factorization_parallelism(n: usize) -> Par {
+    if n >= FACTORIZATION_PARALLEL_DIM { Par::rayon(FACTORIZATION_TASKS) } else { Par::Seq }
 }
 
 fn faer_ref(m: MatrixView<'_>) -> MatRef<'_, f64> {
@@ -109,9 +111,18 @@ fn clear_upper_simd_state() {
 /// triangular product was slower than a full GEMM on these shapes). Call
 /// [`symmetrize_from_lower`] once after the last update.
 pub(crate) fn gram_lower_add(g: &mut Matrix, x: MatrixView<'_>, alpha: f64) {
+    gram_lower_add_ref(g, faer_ref(x), alpha);
+}
+
+/// [`gram_lower_add`] of the rows of `a`: `g ← g + alpha · a aᵀ` on the lower triangle (a
+/// kernel matrix), without copying `aᵀ`.
+pub(crate) fn kernel_lower_add(g: &mut Matrix, a: MatrixView<'_>, alpha: f64) {
+    gram_lower_add_ref(g, faer_ref(a).transpose(), alpha);
+}
+
+fn gram_lower_add_ref(g: &mut Matrix, xr: MatRef<'_, f64>, alpha: f64) {
     const BLOCK: usize = 96;
-    let (n, d) = x.shape();
-    let xr = faer_ref(x);
+    let (n, d) = (xr.nrows(), xr.ncols());
     let mut gm = faer_mut(g);
     for j0 in (0..d).step_by(BLOCK) {
         let (w, rows) = (BLOCK.min(d - j0), d - j0);
@@ -155,7 +166,7 @@ pub fn symmetric_eigen(m: &Matrix) -> Result<(Vec<f64>, Matrix)> {
     }
     // The low-level call lets small decompositions run on the calling thread (the high-level
     // one uses faer's global parallelism, whose thread hand-offs dominate at these sizes).
-    let par = evd_parallelism(n);
+    let par = factorization_parallelism(n);
     let params = Default::default();
     let req = faer::linalg::evd::self_adjoint_evd_scratch::<f64>(n, ComputeEigenvectors::Yes, par, params);
     let mut mem = faer::dyn_stack::MemBuffer::new(req);
@@ -189,7 +200,7 @@ pub(crate) fn symmetric_eigenvalues(m: &Matrix) -> Result<Vec<f64>> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    let par = evd_parallelism(n);
+    let par = factorization_parallelism(n);
     let params = Default::default();
     let req = faer::linalg::evd::self_adjoint_evd_scratch::<f64>(n, ComputeEigenvectors::No, par, params);
     let mut mem = faer::dyn_stack::MemBuffer::new(req);
@@ -218,12 +229,11 @@ pub(crate) fn orthonormalize_columns(u: &mut Matrix) -> bool {
     if r == 0 {
         return true;
     }
+    // The Cholesky factorisation reads the lower triangle only.
     let mut s = Matrix::zeros(r, r);
-    gemm(s.as_mut_slice(), u.view(), true, u.view(), false, 1.0, false);
+    gram_lower_add(&mut s, u.view(), 1.0);
     let norms2: Vec<f64> = (0..r).map(|i| s[(i, i)]).collect();
-    // On the calling thread: faer's parallel factorisation and solve need not round alike for
-    // different thread counts.
-    let par = Par::Seq;
+    let par = factorization_parallelism(r);
     let params = Default::default();
     let req = faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<f64>(r, par, params);
     let mut mem = faer::dyn_stack::MemBuffer::new(req);

@@ -53,9 +53,17 @@ fn compare(run: &str, formula: EdgeFormula) -> (f64, f64, f64) {
     let generic = fit_bases(&mlp, &x, &LibConfig { jacobian_path: JacobianPath::Generic, ..base.clone() }).unwrap();
     let (mut lambda, mut proj) = (0.0_f64, 0.0_f64);
     for (a, b) in fast.iter().zip(&generic) {
-        assert_eq!(a.dim(), b.dim(), "{run} {}: kept dimensions", a.node);
+        // Directions whose Λ is rounding noise (below 1e-10 · max Λ; block_diag's threshold
+        // 1e-15 keeps one at layers.3, 1.7e-14 in rib, varying ~80 % between summation
+        // orders as its README states) may be kept by one path only; every other agrees.
+        let signal = |b: &NodeBasis| match &b.lambda {
+            Some(l) => l.iter().filter(|&&v| v >= 1e-10 * l.iter().fold(0.0_f64, |m, x| m.max(*x))).count(),
+            None => b.dim(),
+        };
+        assert_eq!(signal(a), signal(b), "{run} {}: kept dimensions above the noise", a.node);
         if let (Some(la), Some(lb)) = (&a.lambda, &b.lambda) {
-            lambda = lambda.max(rel(lb, la));
+            let m = signal(a);
+            lambda = lambda.max(rel(&lb[..m], &la[..m]));
         }
         let l = a.lambda.as_deref();
         // M' differs between the paths by rounding; the whitening R = W D^{-1/2} amplifies it in

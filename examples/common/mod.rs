@@ -621,6 +621,21 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> AnyResult<()> {
     Ok(())
 }
 
+/// Process settings for a build, applied first thing in `main` (`docs/performance.md`,
+/// "Startup"): glibc's malloc keeps freed memory for reuse (`M_MMAP_THRESHOLD` 32 MiB,
+/// `M_TRIM_THRESHOLD` 1 GiB, `M_TOP_PAD` 64 MiB) instead of returning every large buffer to the
+/// kernel. A build allocates and frees the same few sizes phase after phase, and every fresh
+/// page costs a fault (the 784-wide build: 18 600 → 13 400 faults).
+pub fn start_build_process() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes allocator parameters; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 /// Runs `main_body`, printing an error and exiting with status 1 instead of panicking.
 pub fn exit_on_error(result: AnyResult<()>) {
     if let Err(e) = result {

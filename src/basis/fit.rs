@@ -128,8 +128,9 @@ fn prepare(net: &dyn Network, stats: &NodeStatistics, k: usize, last: bool, conf
         BasisFormula::Svd => pca_basis(net, stats, k, config).map(Prepared::Done),
         _ => {
             let moments = activation_moments(net, stats, k)?;
-            let frame = moments_frame(net, &moments, k, config)?;
-            Ok(Prepared::Frame { frame, mean: moments.mean })
+            let mean = moments.mean.clone();
+            let frame = moments_frame(net, moments, k, config)?;
+            Ok(Prepared::Frame { frame, mean })
         }
     }
 }
@@ -138,7 +139,7 @@ fn activation_moments(net: &dyn Network, stats: &NodeStatistics, k: usize) -> Re
     stats
         .activations(k)
         .ok_or_else(|| Error::UnknownNode { name: node_name(net, k), available: net.node_names() })?
-        .finish()?
+        .finish_rows()?
         .checked(&format!("Gram of node layer {}", node_name(net, k)))
 }
 
@@ -146,7 +147,7 @@ fn node_name(net: &dyn Network, k: usize) -> String {
     net.node_layers().get(k).map_or_else(|| format!("node {k}"), |n| n.name.clone())
 }
 
-fn moments_frame(net: &dyn Network, moments: &Moments, k: usize, config: &LibConfig) -> Result<Frame> {
+fn moments_frame(net: &dyn Network, moments: Moments, k: usize, config: &LibConfig) -> Result<Frame> {
     let node = &net.node_layers()[k];
     frame(moments, node.constant, config.center, node.isolated, config.truncation_threshold, &node.name)
 }
@@ -172,20 +173,21 @@ fn final_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &Lib
     node_basis(net, k, None, Matrix::identity(orig), Matrix::identity(orig))
 }
 
-fn with_frame(mut b: NodeBasis, f: &Frame, mean: Vec<f64>) -> NodeBasis {
+fn with_frame(mut b: NodeBasis, f: Frame, mean: Vec<f64>) -> NodeBasis {
     b.has_constant_direction = f.has_constant;
-    b.w = Some((f.w.clone(), f.w_pinv.clone()));
-    b.gram_eigenvalues = f.gram_eigenvalues.clone();
-    b.gram_kept = f.kept.clone();
+    b.w = Some((f.w, f.w_pinv));
+    b.gram_eigenvalues = f.gram_eigenvalues;
+    b.gram_kept = f.kept;
     b.mean = mean;
     b
 }
 
 fn pca_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
     let moments = activation_moments(net, stats, k)?;
-    let f = moments_frame(net, &moments, k, config)?;
+    let mean = moments.mean.clone();
+    let f = moments_frame(net, moments, k, config)?;
     let b = node_basis(net, k, Some(BasisFormula::Svd), f.w.clone(), f.w_pinv.clone())?;
-    Ok(with_frame(b, &f, moments.mean))
+    Ok(with_frame(b, f, mean))
 }
 
 fn neuron_basis(net: &dyn Network, stats: &NodeStatistics, k: usize, config: &LibConfig) -> Result<NodeBasis> {
@@ -232,6 +234,9 @@ fn generic_m_dash(
 
 /// Steps 4–5: `M = R⁺ M' R⁺ᵀ`, its eigenvectors `V` (the constant direction held fixed),
 /// Λ, truncation, and `C = R V L`, `C⁺ = L⁻¹ Vᵀ R⁺`.
+///
+/// `R = W D^{-1/2}` and `R⁺ = D^{1/2} W⁺` are never formed: `D^{∓1/2}` scales the small
+/// factors (`V L`, `M`), and `W`, `W⁺` enter each product as they are.
 fn interaction_basis(
     net: &dyn Network,
     k: usize,
@@ -241,13 +246,13 @@ fn interaction_basis(
     lambda_dash: Option<&Matrix>,
     config: &LibConfig,
 ) -> Result<NodeBasis> {
-    let (r, r_pinv) = (f.r(), f.r_pinv());
-    let n = r_pinv.nrows();
+    let n = f.kept.len();
+    let sqrt_d: Vec<f64> = f.kept.iter().map(|v| v.sqrt()).collect();
     // The constant direction and the isolated coordinates are not rotated (rib's `n_masked`).
     let masked = usize::from(f.has_constant) + f.isolated;
     let span = crate::profile::span("bases/whitened_eigen");
     let (masked_diagonal, sub_values, sub_vectors) =
-        whitened_eigen(m_dash, &r_pinv, masked, config.truncation_threshold > 0.0)?;
+        whitened_eigen(m_dash, &f, &sqrt_d, masked, config.truncation_threshold > 0.0)?;
     drop(span);
     let _span = crate::profile::span("bases/c");
     // Column `j` of V: a masked unit vector, or the eigenvector beside the masked block.
@@ -259,8 +264,11 @@ fn interaction_basis(
     let lambda_raw: Vec<f64> = match lambda_dash {
         None => masked_diagonal.into_iter().chain(sub_values).collect(),
         Some(ld) => {
+            // Vᵀ R⁺ Λ' R V with R⁺ Λ' R = D^{1/2} (W⁺ Λ' W) D^{-1/2}.
+            let inner = f.w_pinv.matmul(ld)?.matmul(&f.w)?;
+            let whitened = Matrix::from_fn(n, n, |i, j| inner[(i, j)] * sqrt_d[i] / sqrt_d[j]);
             let v = Matrix::from_fn(n, n, v_entry);
-            let t = v.transpose().matmul(&r_pinv)?.matmul(ld)?.matmul(&r)?.matmul(&v)?;
+            let t = v.transpose().matmul(&whitened)?.matmul(&v)?;
             (0..n).map(|i| t[(i, i)].abs()).collect()
         }
     };
@@ -278,21 +286,20 @@ fn interaction_basis(
             threshold: config.truncation_threshold,
         });
     }
-    // Only the kept columns of V enter C and C⁺.
+    // Only the kept columns of V enter: C = W (D^{-1/2} V L), C⁺ = (L⁻¹ Vᵀ D^{1/2}) W⁺.
     let lambda: Vec<f64> = kept.iter().map(|&i| lambda_raw[i]).collect();
-    let v_kept = Matrix::from_fn(n, kept.len(), |i, j| v_entry(i, kept[j]));
-    let rv = r.matmul(&v_kept)?;
-    let mut vt_rp = Matrix::zeros(kept.len(), r_pinv.ncols());
-    crate::linalg::gemm(vt_rp.as_mut_slice(), v_kept.view(), true, r_pinv.view(), false, 1.0, false);
-    let c = Matrix::from_fn(rv.nrows(), kept.len(), |i, j| rv[(i, j)] * lambda[j].sqrt());
-    let c_pinv = Matrix::from_fn(kept.len(), vt_rp.ncols(), |i, j| vt_rp[(i, j)] / lambda[i].sqrt());
+    let right = Matrix::from_fn(n, kept.len(), |i, j| v_entry(i, kept[j]) / sqrt_d[i] * lambda[j].sqrt());
+    let left = Matrix::from_fn(kept.len(), n, |j, i| v_entry(i, kept[j]) * sqrt_d[i] / lambda[j].sqrt());
+    let c = f.w.matmul(&right)?;
+    let c_pinv = left.matmul(&f.w_pinv)?;
     let mut b = node_basis(net, k, Some(config.basis_formula), c, c_pinv)?;
     b.lambda = Some(lambda);
-    Ok(with_frame(b, &f, mean))
+    Ok(with_frame(b, f, mean))
 }
 
 /// `M = R⁺ M' R⁺ᵀ`'s diagonal on the first `masked` (unrotated) directions, and the eigenpairs
-/// of `M[masked.., masked..]`, |λ| descending, vectors as columns.
+/// of `M[masked.., masked..]`, |λ| descending, vectors as columns; `R⁺ = D^{1/2} W⁺` from the
+/// frame `f` and `sqrt_d = D^{1/2}`.
 ///
 /// With `M' = Gᵀ Â G` of rank `r` below the width `m` of the block (the closed form of a wide
 /// input, `docs/math.md` §3.5), `M[masked.., masked..] = Bᵀ B` with `B = Â^{1/2} G R⁺ᵀ` (`r × m`):
@@ -301,17 +308,23 @@ fn interaction_basis(
 /// (`zeros_drop`; with a zero threshold the dense path keeps them as rounding noise).
 fn whitened_eigen(
     m_dash: &JacobianGram,
-    r_pinv: &Matrix,
+    f: &Frame,
+    sqrt_d: &[f64],
     masked: usize,
     zeros_drop: bool,
 ) -> Result<(Vec<f64>, Vec<f64>, Matrix)> {
-    let n = r_pinv.nrows();
+    let n = sqrt_d.len();
     let width = n - masked;
     if let JacobianGram::Factored { g, core } = m_dash
         && zeros_drop
         && g.nrows() < width
     {
-        let p = g.matmul(&r_pinv.transpose())?; // [r, n]
+        // G R⁺ᵀ = (G W⁺ᵀ) D^{1/2}.
+        let mut p = Matrix::zeros(g.nrows(), n);
+        crate::linalg::gemm(p.as_mut_slice(), g.view(), false, f.w_pinv.view(), true, 1.0, false);
+        for t in 0..p.nrows() {
+            p.row_mut(t).iter_mut().zip(sqrt_d).for_each(|(v, s)| *v *= s);
+        }
         let (a_values, a_vectors) = crate::linalg::symmetric_eigen(core)?;
         // Â is a Gram (PSD): rounding-level negative eigenvalues are zero.
         let half =
@@ -320,8 +333,11 @@ fn whitened_eigen(
         let masked_diagonal =
             (0..masked).map(|i| (0..b_full.nrows()).map(|t| b_full[(t, i)] * b_full[(t, i)]).sum()).collect();
         let b = Matrix::from_fn(b_full.nrows(), width, |t, j| b_full[(t, j + masked)]);
-        let (mu, w) = sorted_abs_eigen(&b.matmul(&b.transpose())?)?;
-        let btw = b.transpose().matmul(&w)?; // [width, r]
+        let mut bbt = Matrix::zeros(b.nrows(), b.nrows());
+        crate::linalg::gemm(bbt.as_mut_slice(), b.view(), false, b.view(), true, 1.0, false);
+        let (mu, w) = sorted_abs_eigen(&bbt)?;
+        let mut btw = Matrix::zeros(width, w.ncols());
+        crate::linalg::gemm(btw.as_mut_slice(), b.view(), true, w.view(), false, 1.0, false);
         let mut values = vec![0.0; width];
         let mut vectors = Matrix::zeros(width, width);
         for (i, &m) in mu.iter().enumerate().filter(|&(_, &m)| m > 0.0) {
@@ -333,7 +349,9 @@ fn whitened_eigen(
         }
         return Ok((masked_diagonal, values, vectors));
     }
-    let m = m_dash.project(r_pinv)?;
+    // R⁺ M' R⁺ᵀ = D^{1/2} (W⁺ M' W⁺ᵀ) D^{1/2}.
+    let inner = m_dash.project(&f.w_pinv)?;
+    let m = Matrix::from_fn(n, n, |i, j| inner[(i, j)] * sqrt_d[i] * sqrt_d[j]);
     let sub = Matrix::from_fn(width, width, |i, j| m[(i + masked, j + masked)]);
     let (values, vectors) = sorted_abs_eigen(&sub)?;
     Ok(((0..masked).map(|i| m[(i, i)]).collect(), values, vectors))

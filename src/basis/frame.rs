@@ -24,18 +24,6 @@ pub(crate) struct Frame {
     pub isolated: usize,
 }
 
-impl Frame {
-    /// `R = W D^{-1/2}`.
-    pub fn r(&self) -> Matrix {
-        Matrix::from_fn(self.w.nrows(), self.w.ncols(), |i, j| self.w[(i, j)] / self.kept[j].sqrt())
-    }
-
-    /// `R⁺ = D^{1/2} W⁺`.
-    pub fn r_pinv(&self) -> Matrix {
-        Matrix::from_fn(self.w_pinv.nrows(), self.w_pinv.ncols(), |i, j| self.w_pinv[(i, j)] * self.kept[i].sqrt())
-    }
-}
-
 /// Builds the frame from the moments of a node's activations (folded: the constant coordinate
 /// last, exactly 1).
 ///
@@ -50,16 +38,14 @@ impl Frame {
 /// (rib's `masked_eigendecompose` for `isolate_ln_var`); they come right after the constant
 /// direction.
 pub(crate) fn frame(
-    folded_moments: &Moments,
+    moments: Moments,
     folded: bool,
     center: bool,
     isolated: usize,
     threshold: f64,
     node: &str,
 ) -> Result<Frame> {
-    let hidden = if folded { folded_moments.without_constant() } else { folded_moments.clone() };
-    let moments = &hidden;
-    let d = moments.mean.len();
+    let d = moments.mean.len() - usize::from(folded);
     if isolated > d {
         return Err(Error::invalid(
             format!("isolated coordinates of node {node}"),
@@ -68,56 +54,62 @@ pub(crate) fn frame(
         ));
     }
     let has_constant = folded && center;
-    let (values, vectors) = if has_constant {
-        let (vals, vecs) = gram_eigen(moments, true, isolated, threshold)?;
-        // U = blockdiag over (hidden rows, constant row) with the constant direction first.
-        let u = Matrix::from_fn(d + 1, vecs.ncols() + 1, |i, j| match (i == d, j == 0) {
-            (true, true) => 1.0,
-            (false, false) => vecs[(i, j - 1)],
-            _ => 0.0,
-        });
-        (std::iter::once(1.0).chain(vals).collect::<Vec<_>>(), u)
-    } else if folded {
-        gram_eigen(folded_moments, false, isolated, threshold)?
+    // Centred with a constant coordinate: the covariance of the hidden coordinates, and the
+    // constant direction (eigenvalue 1) placed first. Otherwise the Gram as it is (uncentred
+    // with a folded constant, or centred / uncentred without one).
+    let (moments, (values, vectors)) = if has_constant {
+        let hidden = moments.into_without_constant();
+        let eigen = gram_eigen(&hidden, true, isolated, threshold)?;
+        (hidden, eigen)
     } else {
-        gram_eigen(moments, center, isolated, threshold)?
+        let eigen = gram_eigen(&moments, center, isolated, threshold)?;
+        (moments, eigen)
     };
+    let first = usize::from(has_constant);
+    let values: Vec<f64> = if has_constant { std::iter::once(1.0).chain(values).collect() } else { values };
     let mut gram_eigenvalues = values.clone();
     gram_eigenvalues.sort_by(|a, b| b.total_cmp(a));
 
     // Values beyond the vectors' columns are the kernel side's exact zeros, never kept.
-    let keep: Vec<usize> = (0..vectors.ncols()).filter(|&j| values[j] > threshold).collect();
+    let keep: Vec<usize> = (0..first + vectors.ncols()).filter(|&j| values[j] > threshold).collect();
     if keep.is_empty() {
         return Err(Error::RankZero { node: node.to_string(), matrix: "gram", threshold });
     }
     // Isolated directions sit at 0..isolated after the constant one; a dropped one (a Gram
     // diagonal at or below the threshold) is simply not held apart.
-    let first = usize::from(has_constant);
     let isolated = keep.iter().filter(|&&j| j >= first && j < first + isolated).count();
-    let u = vectors.select_columns(&keep);
     let kept: Vec<f64> = keep.iter().map(|&j| values[j]).collect();
+    let columns: Vec<usize> = keep.iter().filter(|&&j| j >= first).map(|&j| j - first).collect();
+    // The kernel side returns the kept vectors only: then every column is kept, in order.
+    let all = columns.iter().enumerate().all(|(i, &c)| i == c) && columns.len() == vectors.ncols();
+    let u = if all { vectors } else { vectors.select_columns(&columns) };
+    let ut = u.transpose();
     let (w, w_pinv) = if has_constant {
-        // Y is the identity with last row [−μ, 1] (f·Y = [h − μ, 1]) and Y⁻¹ has last row
-        // [μ, 1], so W = Y U and W⁺ = Uᵀ Y⁻¹ only change U's last row / add to Uᵀ's columns.
-        let (mu, last) = (&moments.mean, d);
-        // μᵀU row by row (per column the same order of additions as a column walk).
+        // U = blockdiag(U_h, 1) with the constant direction first. Y is the identity with
+        // last row [−μ, 1] (f·Y = [h − μ, 1]) and Y⁻¹ has last row [μ, 1], so W = Y U only
+        // gains the last row [1, −μᵀU_h] and W⁺ = Uᵀ Y⁻¹ the first row [μ, 1].
+        let mu = &moments.mean;
+        // μᵀU_h row by row (per column the same order of additions as a column walk).
         let mut shift = vec![-0.0_f64; u.ncols()];
         for (r, &m) in mu.iter().enumerate() {
             for (acc, v) in shift.iter_mut().zip(u.row(r)) {
                 *acc += m * v;
             }
         }
-        let mut w = u.clone();
-        for (v, s) in w.row_mut(last).iter_mut().zip(&shift) {
-            *v -= s;
-        }
-        let ut = u.transpose();
-        let w_pinv = Matrix::from_fn(u.ncols(), d + 1, |j, c| {
-            if c < last { ut[(j, c)] + ut[(j, last)] * mu[c] } else { ut[(j, last)] }
+        let w = Matrix::from_fn(d + 1, u.ncols() + 1, |i, j| match (i == d, j) {
+            (true, 0) => 1.0,
+            (false, 0) => 0.0,
+            (true, j) => -shift[j - 1],
+            (false, j) => u[(i, j - 1)],
+        });
+        let w_pinv = Matrix::from_fn(u.ncols() + 1, d + 1, |j, c| match (j, c == d) {
+            (0, true) => 1.0,
+            (0, false) => mu[c],
+            (_, true) => 0.0,
+            (j, false) => ut[(j - 1, c)],
         });
         (w, w_pinv)
     } else {
-        let ut = u.transpose();
         (u, ut)
     };
     Ok(Frame { gram_eigenvalues, kept, w, w_pinv, has_constant, isolated })
@@ -141,8 +133,10 @@ pub(crate) fn gram_eigen(m: &Moments, centred: bool, isolated: usize, threshold:
             return Ok((sub_values, sub_vectors));
         }
         // The isolated coordinates' values are the Gram's diagonal, as in the dense path.
+        let n = rows.nrows() as f64;
+        let shift = |i: usize| if centred { m.mean[i] } else { 0.0 };
         let diagonal =
-            (0..isolated).map(|i| (m.covariance[(i, i)] + if centred { 0.0 } else { m.mean[i] * m.mean[i] }).abs());
+            (0..isolated).map(|i| (0..rows.nrows()).map(|r| (rows[(r, i)] - shift(i)).powi(2)).sum::<f64>() / n);
         let cols = isolated + sub_vectors.ncols();
         let vectors = Matrix::from_fn(width, cols, |i, j| match (i < isolated, j < isolated) {
             (true, true) => f64::from(u8::from(i == j)),
@@ -151,6 +145,7 @@ pub(crate) fn gram_eigen(m: &Moments, centred: bool, isolated: usize, threshold:
         });
         return Ok((diagonal.chain(sub_values).collect(), vectors));
     }
+    let m = m.with_covariance()?;
     let gram = if centred { m.covariance.clone() } else { m.second_moment() };
     masked_abs_eigen(&gram, isolated)
 }
@@ -167,7 +162,10 @@ pub(crate) fn gram_spectrum(m: &Moments, centred: bool) -> Result<Vec<f64>> {
             values.resize(width, 0.0);
             values
         }
-        None => crate::linalg::symmetric_eigenvalues(&if centred { m.covariance.clone() } else { m.second_moment() })?,
+        None => {
+            let m = m.with_covariance()?;
+            crate::linalg::symmetric_eigenvalues(&if centred { m.covariance.clone() } else { m.second_moment() })?
+        }
     };
     values.iter_mut().for_each(|v| *v = v.abs());
     values.sort_by(|a, b| b.total_cmp(a));
@@ -186,7 +184,8 @@ fn gram_rows(rows: &Matrix, mean: &[f64], centred: bool, skip: usize) -> Matrix 
 fn kernel(a: &Matrix) -> Matrix {
     let n = a.nrows();
     let mut k = Matrix::zeros(n, n);
-    crate::linalg::gemm(k.as_mut_slice(), a.view(), false, a.view(), true, 1.0 / n as f64, false);
+    crate::linalg::kernel_lower_add(&mut k, a.view(), 1.0 / n as f64);
+    crate::linalg::symmetrize_from_lower(&mut k);
     k
 }
 
@@ -201,10 +200,12 @@ fn kernel(a: &Matrix) -> Matrix {
 /// dense `m × m` matrix.
 fn kernel_abs_eigen(a: &Matrix, threshold: f64) -> Result<Option<(Vec<f64>, Matrix)>> {
     let (n, m) = a.shape();
-    let (sigma, q) = sorted_abs_eigen(&kernel(a))?;
+    let (values, vectors) = symmetric_eigen(&kernel(a))?;
+    let order = abs_descending(&values);
+    let sigma: Vec<f64> = order.iter().map(|&k| values[k].abs()).collect();
     let r = sigma.iter().take_while(|&&v| v > threshold).count();
+    let q_kept = Matrix::from_fn(n, r, |i, j| vectors[(i, order[j])]);
     let mut u = Matrix::zeros(m, r);
-    let q_kept = q.select_columns(&(0..r).collect::<Vec<_>>());
     crate::linalg::gemm(u.as_mut_slice(), a.view(), true, q_kept.view(), false, 1.0, false);
     // Column norms accumulated row by row (the same order of additions as a column walk,
     // without striding through u a row length at a time).
@@ -253,9 +254,15 @@ pub(crate) fn masked_abs_eigen(m: &Matrix, isolated: usize) -> Result<(Vec<f64>,
 /// Eigenpairs with `|λ|`, sorted by `|λ|` descending (stable, so equal values keep faer's order).
 pub(crate) fn sorted_abs_eigen(m: &Matrix) -> Result<(Vec<f64>, Matrix)> {
     let (vals, vecs) = symmetric_eigen(m)?;
-    let mut order: Vec<usize> = (0..vals.len()).collect();
-    order.sort_by(|&a, &b| vals[b].abs().total_cmp(&vals[a].abs()));
+    let order = abs_descending(&vals);
     Ok((order.iter().map(|&k| vals[k].abs()).collect(), vecs.select_columns(&order)))
+}
+
+/// The indices of `values` by `|λ|` descending (stable).
+fn abs_descending(values: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].abs().total_cmp(&values[a].abs()));
+    order
 }
 
 #[cfg(test)]
@@ -284,7 +291,7 @@ mod tests {
     #[test]
     fn an_isolated_coordinate_is_its_own_direction_after_the_constant() {
         let m = planted(200);
-        let f = frame(&m, true, true, 1, 1e-12, "planted").unwrap();
+        let f = frame(m.clone(), true, true, 1, 1e-12, "planted").unwrap();
         let cov = m.without_constant().covariance;
         assert!(cov[(0, 1)].abs() > 0.1, "the planted coordinate is correlated with the others");
         assert_eq!((f.has_constant, f.isolated), (true, 1));
@@ -317,7 +324,7 @@ mod tests {
                 .all(|(a, b)| (a - b).abs() < 1e-12)
         );
         // Without isolation the same data mixes coordinate 0 into every direction.
-        let plain = frame(&m, true, true, 0, 1e-12, "planted").unwrap();
+        let plain = frame(m.clone(), true, true, 0, 1e-12, "planted").unwrap();
         assert_eq!(plain.isolated, 0);
         assert!((1..plain.kept.len()).all(|j| plain.w[(0, j)].abs() > 1e-6));
     }
@@ -333,10 +340,10 @@ mod tests {
         });
         let mut acc = GramAccumulator::new(4);
         acc.update(x.view()).unwrap();
-        let f = frame(&acc.finish().unwrap(), true, true, 1, 1e-12, "dead").unwrap();
+        let f = frame(acc.finish().unwrap(), true, true, 1, 1e-12, "dead").unwrap();
         assert_eq!(f.isolated, 0);
         assert_eq!(f.kept.len(), 3);
-        assert!(frame(&acc.finish().unwrap(), true, true, 4, 1e-12, "too many").is_err());
+        assert!(frame(acc.finish().unwrap(), true, true, 4, 1e-12, "too many").is_err());
     }
 
     /// Folded rows `[x, 1]` of width `d + 1` with `n < d` and spectra over several decades.
@@ -358,8 +365,12 @@ mod tests {
     fn moments_of(x: &Matrix) -> (Moments, Moments) {
         let mut acc = GramAccumulator::new(x.ncols());
         acc.update(x.view()).unwrap();
-        let kernel = acc.finish().unwrap();
+        // The bases' moments: rows kept, the d × d covariance not formed.
+        let kernel = acc.finish_rows().unwrap();
         assert!(kernel.rows.is_some(), "fewer rows than the width keep the rows");
+        assert_eq!(kernel.covariance.nrows(), 0);
+        let with_covariance = kernel.with_covariance().unwrap();
+        assert_eq!(*with_covariance, acc.finish().unwrap(), "the covariance formed on demand is finish()'s");
         let dense = acc.to_dense().unwrap().finish().unwrap();
         assert!(dense.rows.is_none());
         (kernel, dense)
@@ -413,8 +424,8 @@ mod tests {
             for (folded, center) in [(true, true), (true, false), (false, true), (false, false)] {
                 for isolated in [0, 1, 2] {
                     let what = format!("n {n}, d {d}, folded {folded}, centred {center}, isolated {isolated}");
-                    let a = frame(&kernel, folded, center, isolated, 1e-10, "planted").unwrap();
-                    let b = frame(&dense, folded, center, isolated, 1e-10, "planted").unwrap();
+                    let a = frame(kernel.clone(), folded, center, isolated, 1e-10, "planted").unwrap();
+                    let b = frame(dense.clone(), folded, center, isolated, 1e-10, "planted").unwrap();
                     // Rank ≤ n (≤ n − 1 centred), plus the constant and the isolated directions.
                     assert!(a.kept.len() <= n + 1 + isolated, "{what}: {} kept", a.kept.len());
                     // The kernel side was taken: the values beyond its rank are exact zeros.

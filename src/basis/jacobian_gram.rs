@@ -176,13 +176,13 @@ pub(crate) enum JacobianGram {
 }
 
 impl JacobianGram {
-    /// `M = R⁺ M' R⁺ᵀ`.
-    pub(crate) fn project(&self, r_pinv: &Matrix) -> Result<Matrix> {
+    /// `P M' Pᵀ`.
+    pub(crate) fn project(&self, p: &Matrix) -> Result<Matrix> {
         match self {
-            JacobianGram::Dense(m) => r_pinv.matmul(m)?.matmul(&r_pinv.transpose()),
+            JacobianGram::Dense(m) => p.matmul(m)?.matmul(&p.transpose()),
             JacobianGram::Factored { g, core } => {
-                let p = g.matmul(&r_pinv.transpose())?;
-                p.transpose().matmul(core)?.matmul(&p)
+                let gp = g.matmul(&p.transpose())?;
+                gp.transpose().matmul(core)?.matmul(&gp)
             }
         }
     }

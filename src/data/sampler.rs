@@ -110,13 +110,17 @@ impl ActivationSampler for Dataset {
     }
 }
 
-/// Streams a 2-D float `.npy` file in chunks, re-reading it on every pass.
+/// Streams a 2-D float `.npy` file in chunks, re-reading it on every pass, except that a file
+/// of at most one chunk is read once, on the first pass, and kept: the memory of the one chunk
+/// a pass holds anyway, without a read (and fresh pages) per pass.
 #[derive(Clone, Debug)]
 pub struct NpySampler {
     path: PathBuf,
     chunk_rows: usize,
     rows: usize,
     cols: usize,
+    /// The whole file, once read, when it is a single chunk.
+    single_chunk: std::sync::OnceLock<Matrix>,
 }
 
 impl NpySampler {
@@ -127,7 +131,13 @@ impl NpySampler {
         if reader.n_rows() == 0 || reader.n_cols() == 0 {
             return Err(Error::Empty { what: format!("{}: no rows or zero-width rows", path.display()) });
         }
-        Ok(NpySampler { rows: reader.n_rows(), cols: reader.n_cols(), path, chunk_rows })
+        Ok(NpySampler {
+            rows: reader.n_rows(),
+            cols: reader.n_cols(),
+            path,
+            chunk_rows,
+            single_chunk: std::sync::OnceLock::new(),
+        })
     }
 }
 
@@ -154,6 +164,18 @@ impl ActivationSampler for NpySampler {
         check_rows(&rows, self.rows)?;
         if rows.is_empty() {
             return Ok(());
+        }
+        if self.rows <= self.chunk_rows {
+            let whole = match self.single_chunk.get() {
+                Some(m) => m,
+                None => {
+                    let mut m = Matrix::default();
+                    NpyRowReader::open(&self.path, self.chunk_rows)?.read_rows(self.rows, &mut m)?;
+                    // Concurrent first passes may both read; either copy is the file.
+                    self.single_chunk.get_or_init(|| m)
+                }
+            };
+            return visit(rows.start, whole.rows(rows));
         }
         let mut reader = NpyRowReader::open(&self.path, self.chunk_rows)?;
         reader.seek_row(rows.start)?;

@@ -129,13 +129,7 @@ impl GramAccumulator {
                 .collect::<Result<_>>()?;
             return parts.iter().try_for_each(|part| self.merge(part));
         }
-        let mut mean = vec![0.0; d];
-        for i in 0..n {
-            for (m, &v) in mean.iter_mut().zip(batch.row(i)) {
-                *m += v;
-            }
-        }
-        mean.iter_mut().for_each(|m| *m /= n as f64);
+        let mean = row_mean(batch);
         let mut centred = ScratchMatrix::take();
         centred.resize(n, d);
         for i in 0..n {
@@ -209,6 +203,21 @@ impl GramAccumulator {
         self.count += nb;
     }
 
+    /// As [`finish`](Self::finish), but while the rows are kept the `d × d` covariance is not
+    /// formed (it is left `0 × 0`): a node seen on fewer rows than its width is decomposed on its
+    /// kernel side (`docs/math.md` §3.5), from the rows and the mean alone. The mean is the one
+    /// `finish` gives; [`Moments::with_covariance`] forms the covariance where it is needed.
+    pub(crate) fn finish_rows(&self) -> Result<Moments> {
+        match &self.rows {
+            Some(rows) if self.count > 0 => {
+                let rows = Matrix::from_vec(self.count as usize, self.dim(), rows.clone())?;
+                let mean = row_mean(rows.view());
+                Ok(Moments { count: self.count, mean, covariance: Matrix::default(), rows: Some(rows) })
+            }
+            _ => self.finish(),
+        }
+    }
+
     /// The moments; errors if no rows were seen.
     pub fn finish(&self) -> Result<Moments> {
         if self.count == 0 {
@@ -227,7 +236,32 @@ impl GramAccumulator {
     }
 }
 
+/// The column means of a batch, summed in row order.
+fn row_mean(batch: MatrixView<'_>) -> Vec<f64> {
+    let mut mean = vec![0.0; batch.ncols()];
+    for i in 0..batch.nrows() {
+        for (m, &v) in mean.iter_mut().zip(batch.row(i)) {
+            *m += v;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= batch.nrows() as f64);
+    mean
+}
+
 impl Moments {
+    /// These moments with their covariance formed: itself, unless it comes from
+    /// [`GramAccumulator::finish_rows`] (kept rows, covariance `0 × 0`).
+    pub(crate) fn with_covariance(&self) -> Result<std::borrow::Cow<'_, Moments>> {
+        match &self.rows {
+            Some(rows) if self.covariance.nrows() != self.mean.len() => {
+                let mut full = GramAccumulator { rows: None, ..GramAccumulator::new(self.mean.len()) };
+                full.update(rows.view())?;
+                Ok(std::borrow::Cow::Owned(Moments { rows: Some(rows.clone()), ..full.finish()? }))
+            }
+            _ => Ok(std::borrow::Cow::Borrowed(self)),
+        }
+    }
+
     /// The uncentred second moment `E[x xᵀ] = Cov + μμᵀ`.
     pub fn second_moment(&self) -> Matrix {
         let mu = &self.mean;
@@ -245,11 +279,20 @@ impl Moments {
     /// before a decomposition meets an infinity.
     pub fn checked(self, what: &str) -> Result<Self> {
         let bad = self.covariance.as_slice().iter().chain(&self.mean).position(|v| !v.is_finite());
+        // Without a formed covariance (kept rows), its diagonal (the kernel's trace) bounds
+        // every entry of the Gram and of its kernel.
+        let bad = bad.or_else(|| {
+            let rows = self.rows.as_ref().filter(|_| self.covariance.nrows() != self.mean.len())?;
+            let d = self.mean.len();
+            let n = rows.nrows() as f64;
+            let diagonal = (0..d).map(|j| (0..rows.nrows()).map(|i| (rows[(i, j)] - self.mean[j]).powi(2) / n).sum());
+            diagonal.enumerate().find(|(_, v): &(usize, f64)| !v.is_finite()).map(|(j, _)| j * d + j)
+        });
         match bad {
             None => Ok(self),
             Some(k) => {
-                let d = self.covariance.ncols().max(1);
-                let (row, col) = if k < self.covariance.as_slice().len() { (k / d, k % d) } else { (0, k - d * d) };
+                let d = self.mean.len().max(1);
+                let (row, col) = if k < d * d { (k / d, k % d) } else { (0, k - d * d) };
                 let largest = self.mean.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
                 Err(Error::NonFinite {
                     what: format!(
@@ -266,14 +309,37 @@ impl Moments {
     /// The moments of the first `dim − 1` coordinates: the units of a folded node, its constant
     /// coordinate (last, exactly 1 on the data: zero variance) left out.
     pub fn without_constant(&self) -> Moments {
-        let d = self.mean.len().saturating_sub(1);
-        Moments {
-            count: self.count,
-            mean: self.mean[..d].to_vec(),
-            covariance: Matrix::from_fn(d, d, |i, j| self.covariance[(i, j)]),
-            rows: self.rows.as_ref().map(|r| Matrix::from_fn(r.nrows(), d, |i, j| r[(i, j)])),
-        }
+        self.clone().into_without_constant()
     }
+
+    /// [`without_constant`](Self::without_constant) in place: the rows and the covariance
+    /// lose their last column without a copy (a wide node's rows are its largest state).
+    pub(crate) fn into_without_constant(mut self) -> Moments {
+        let d = self.mean.len().saturating_sub(1);
+        self.mean.truncate(d);
+        if self.covariance.nrows() == d + 1 {
+            let mut data = drop_last_column(std::mem::take(&mut self.covariance)).into_vec();
+            data.truncate(d * d);
+            self.covariance = Matrix::from_vec(d, d, data).expect("d · d entries");
+        }
+        self.rows = self.rows.map(drop_last_column);
+        self
+    }
+}
+
+/// `m` without its last column, compacted in its own buffer.
+fn drop_last_column(m: Matrix) -> Matrix {
+    let (n, w) = m.shape();
+    if w == 0 {
+        return m;
+    }
+    let mut data = m.into_vec();
+    // Row i moves from i·w to i·(w − 1) ≤ i·w: front to back, nothing is overwritten unread.
+    for i in 1..n {
+        data.copy_within(i * w..i * w + w - 1, i * (w - 1));
+    }
+    data.truncate(n * (w - 1));
+    Matrix::from_vec(n, w - 1, data).expect("n · (w − 1) entries")
 }
 
 #[cfg(test)]
