@@ -258,7 +258,7 @@ fn interaction_basis(
     // Column `j` of V: a masked unit vector, or the eigenvector beside the masked block.
     let v_entry = |i: usize, j: usize| match (i < masked, j < masked) {
         (true, true) => f64::from(u8::from(i == j)),
-        (false, false) => sub_vectors[(i - masked, j - masked)],
+        (false, false) if j - masked < sub_vectors.ncols() => sub_vectors[(i - masked, j - masked)],
         _ => 0.0,
     };
     let lambda_raw: Vec<f64> = match lambda_dash {
@@ -298,7 +298,8 @@ fn interaction_basis(
 }
 
 /// `M = R⁺ M' R⁺ᵀ`'s diagonal on the first `masked` (unrotated) directions, and the eigenpairs
-/// of `M[masked.., masked..]`, |λ| descending, vectors as columns; `R⁺ = D^{1/2} W⁺` from the
+/// of `M[masked.., masked..]`, |λ| descending, vectors as columns (those of exact zeros may be
+/// left out: columns beyond the matrix are zero vectors); `R⁺ = D^{1/2} W⁺` from the
 /// frame `f` and `sqrt_d = D^{1/2}`.
 ///
 /// With `M' = Gᵀ Â G` of rank `r` below the width `m` of the block (the closed form of a wide
@@ -338,16 +339,17 @@ fn whitened_eigen(
         let (mu, w) = sorted_abs_eigen(&bbt)?;
         let mut btw = Matrix::zeros(width, w.ncols());
         crate::linalg::gemm(btw.as_mut_slice(), b.view(), true, w.view(), false, 1.0, false);
+        // The vectors of the r values from `B Bᵀ` (zero where μ is); the other `width − r`
+        // values are exact zeros, whose directions no positive threshold keeps: no columns.
         let mut values = vec![0.0; width];
-        let mut vectors = Matrix::zeros(width, width);
-        for (i, &m) in mu.iter().enumerate().filter(|&(_, &m)| m > 0.0) {
-            values[i] = m;
-            let scale = 1.0 / m.sqrt();
-            for row in 0..width {
-                vectors[(row, i)] = btw[(row, i)] * scale;
-            }
+        let scales: Vec<f64> = mu.iter().map(|&m| if m > 0.0 { 1.0 / m.sqrt() } else { 0.0 }).collect();
+        for (v, &m) in values.iter_mut().zip(&mu).filter(|&(_, &m)| m > 0.0) {
+            *v = m;
         }
-        return Ok((masked_diagonal, values, vectors));
+        for row in 0..width {
+            btw.row_mut(row).iter_mut().zip(&scales).for_each(|(v, s)| *v *= s);
+        }
+        return Ok((masked_diagonal, values, btw));
     }
     // R⁺ M' R⁺ᵀ = D^{1/2} (W⁺ M' W⁺ᵀ) D^{1/2}.
     let inner = m_dash.project(&f.w_pinv)?;
