@@ -6,7 +6,9 @@ mod common;
 use common::fixtures;
 use degeneracy::basis::{BasisFormula, JacobianPath, LibConfig, fit_bases};
 use degeneracy::estimate::Quadrature;
-use degeneracy::graph::{EdgeConfig, EdgeFormula, accumulate_edge, accumulate_edge_outputs, compute_edges};
+use degeneracy::graph::{
+    EdgeConfig, EdgeFormula, accumulate_edge, accumulate_edge_outputs, compute_edge, compute_edges,
+};
 use degeneracy::{Activation, Matrix, io};
 
 fn run_config(run: &str) -> (LibConfig, EdgeConfig) {
@@ -495,4 +497,37 @@ mod export {
             Err(degeneracy::Error::ShapeMismatch { .. })
         ));
     }
+}
+
+/// `compute_edges` runs every pair in one pass over the rows (one forward per work unit); its
+/// sums are those of one pass per pair (`compute_edge`), bit for bit, for both formulas, the
+/// product form and the generic path, over several work units (digits: 1024 rows) and with
+/// streamed rows (a 300-row `.npy` read in 128-row chunks, 784-wide inputs).
+#[test]
+fn one_pass_over_all_pairs_equals_a_pass_per_pair() {
+    let dir = fixtures().join("digits_mlp");
+    let mlp = io::load_mlp(dir.join("model.safetensors"), Activation::Relu).unwrap();
+    let x = io::read_matrix(dir.join("inputs.npy")).unwrap();
+    let check = |mlp: &degeneracy::Mlp, sampler: &dyn degeneracy::data::ActivationSampler, run: &str| {
+        let (lib, edge_config) = run_config(run);
+        for path in [JacobianPath::Auto, JacobianPath::Generic] {
+            let config = EdgeConfig { path, ..edge_config };
+            let bases = fit_bases(mlp, sampler, &lib).unwrap();
+            let all = compute_edges(mlp, sampler, &bases, &config).unwrap();
+            assert_eq!(all.len(), bases.len() - 1);
+            for (e, pair) in all.iter().zip(bases.windows(2)) {
+                let one = compute_edge(mlp, sampler, &pair[0], &pair[1], &config).unwrap();
+                assert_eq!((&e.in_node, &e.out_node), (&one.in_node, &one.out_node));
+                assert!(e.e_hat == one.e_hat, "{run} {path:?} {} → {}: the fused pass differs", e.in_node, e.out_node);
+            }
+        }
+    };
+    check(&mlp, &x, "digits_mlp/jacobian_squared");
+    check(&mlp, &x, "digits_mlp/alpha2_functional");
+    let wide = degeneracy::Mlp::init(&[784, 30, 20, 10], Activation::Relu, true, 2).unwrap();
+    let rows = Matrix::from_fn(300, 784, |i, j| ((i * 7919 + j * 104_729) % 1013) as f64 / 1013.0);
+    let tmp = tempfile::tempdir().unwrap();
+    io::write_matrix(tmp.path().join("x.npy"), &rows).unwrap();
+    let streamed = degeneracy::data::NpySampler::open(tmp.path().join("x.npy"), 128).unwrap();
+    check(&wide, &streamed, "digits_mlp/jacobian_squared");
 }

@@ -175,25 +175,7 @@ pub fn compute_edges(
     bases: &[NodeBasis],
     config: &EdgeConfig,
 ) -> Result<Vec<Edges>> {
-    in_pairs(sampler, bases, |input, output| compute_edge(net, sampler, input, output, config))
-}
-
-/// `f` on every pair of consecutive bases, the pairs in parallel: a pass over few rows (one
-/// batch) would otherwise leave all but one thread idle. Each pair's sums do not depend on the
-/// others, so the results are those of a sequential loop; the first failing pair's error is
-/// returned. A sampler of a process group goes pair by pair: every process must merge its
-/// pairs' sums in the same order.
-fn in_pairs<T: Send>(
-    sampler: &dyn ActivationSampler,
-    bases: &[NodeBasis],
-    f: impl Fn(&NodeBasis, &NodeBasis) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
-    use rayon::prelude::*;
-    if sampler.communicator().is_some() {
-        return bases.windows(2).map(|pair| f(&pair[0], &pair[1])).collect();
-    }
-    let results: Vec<Result<T>> = bases.par_windows(2).map(|pair| f(&pair[0], &pair[1])).collect();
-    results.into_iter().collect()
+    Edges::from_sums(bases, &accumulate_edges(net, sampler, bases, config)?)
 }
 
 /// The edges from `input`'s directions to `output`'s (node layers in this order in `net`).
@@ -210,13 +192,66 @@ pub fn compute_edge(
 
 /// The mergeable sums behind [`compute_edges`], one per pair of consecutive bases: what a
 /// worker of a file-based run writes for its shard of the rows.
+///
+/// One pass over the rows for all pairs: each work unit runs the network forward once to every
+/// input node and updates every pair's sums, in row order (the same sums, bit for bit, as one
+/// pass per pair).
 pub fn accumulate_edges(
     net: &dyn Network,
     sampler: &dyn ActivationSampler,
     bases: &[NodeBasis],
     config: &EdgeConfig,
 ) -> Result<Vec<EdgeAccumulator>> {
-    in_pairs(sampler, bases, |input, output| accumulate_edge(net, sampler, input, output, config))
+    config.validate()?;
+    check_sampler(net, sampler)?;
+    if bases.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let sections = bases
+        .windows(2)
+        .map(|pair| edge_section(net, &pair[0], &pair[1]))
+        .collect::<Result<Vec<(usize, Box<dyn Section + '_>)>>>()?;
+    let plans: Vec<EdgePlan<'_>> = sections
+        .iter()
+        .zip(bases.windows(2))
+        .map(|((_, section), pair)| EdgePlan::new(&**section, &pair[0], &pair[1], 0..pair[1].dim(), config))
+        .collect();
+    let nodes: Vec<usize> = sections.iter().map(|(k, _)| *k).collect();
+    let points = config.quadrature.points();
+    map_batches(
+        sampler,
+        config.batch_size,
+        || bases.windows(2).map(|pair| EdgeAccumulator::new(pair[1].dim(), pair[0].dim())).collect::<Vec<_>>(),
+        |accs, first, x| {
+            let mut acts = ScratchMatrices::take(nodes.len());
+            net.forward_nodes(x, &nodes, &mut acts)?;
+            for (((&k, plan), acc), f) in nodes.iter().zip(&plans).zip(accs.iter_mut()).zip(acts.iter()) {
+                check_node_rows(net, k, f, first)?;
+                plan.update(acc, f.view(), first, &points)?;
+            }
+            Ok(())
+        },
+        |a, b| a.iter_mut().zip(&b).try_for_each(|(a, b)| a.merge(b)),
+    )
+}
+
+/// The section from `input`'s node layer to `output`'s, checked against the bases' widths,
+/// with the input's node index.
+fn edge_section<'a>(
+    net: &'a dyn Network,
+    input: &NodeBasis,
+    output: &NodeBasis,
+) -> Result<(usize, Box<dyn Section + 'a>)> {
+    let (k, l) = (net.node_index(&input.node)?, net.node_index(&output.node)?);
+    let section = checked_section(net, k, l)?;
+    if section.input().width != input.orig_dim() || section.output().width != output.orig_dim() {
+        return Err(Error::shape(
+            "compute_edge: bases C [width, dim] vs the node layers' widths (in, out)",
+            &[section.input().width, section.output().width],
+            &[input.orig_dim(), output.orig_dim()],
+        ));
+    }
+    Ok((k, section))
 }
 
 /// The mergeable sums behind [`compute_edge`] over the rows of `sampler`;
@@ -253,15 +288,7 @@ pub fn accumulate_edge_outputs(
         ));
     }
     check_sampler(net, sampler)?;
-    let (k, l) = (net.node_index(&input.node)?, net.node_index(&output.node)?);
-    let section = checked_section(net, k, l)?;
-    if section.input().width != input.orig_dim() || section.output().width != output.orig_dim() {
-        return Err(Error::shape(
-            "compute_edge: bases C [width, dim] vs the node layers' widths (in, out)",
-            &[section.input().width, section.output().width],
-            &[input.orig_dim(), output.orig_dim()],
-        ));
-    }
+    let (k, section) = edge_section(net, input, output)?;
     let points = config.quadrature.points();
     let plan = EdgePlan::new(&*section, input, output, outputs.clone(), config);
     map_batches(
