@@ -621,18 +621,33 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> AnyResult<()> {
     Ok(())
 }
 
-/// Process settings for a build, applied first thing in `main` (`docs/performance.md`,
-/// "Startup"): glibc's malloc keeps freed memory for reuse (`M_MMAP_THRESHOLD` 32 MiB,
-/// `M_TRIM_THRESHOLD` 1 GiB, `M_TOP_PAD` 64 MiB) instead of returning every large buffer to the
-/// kernel. A build allocates and frees the same few sizes phase after phase, and every fresh
-/// page costs a fault (the 784-wide build: 18 600 → 13 400 faults).
+/// Process settings for a build, applied first thing in `main` (`docs/performance.md`, "Where
+/// a build's process time goes"). A build allocates and frees the same few sizes phase after
+/// phase, and on a virtual machine every fresh 4 KiB page costs a fault of ~3 µs: the 784-wide
+/// build touched 18 600 pages, more than half its time. So glibc's malloc keeps one heap for
+/// all threads (`M_ARENA_MAX` 1) and keeps freed memory in it for reuse (`M_MMAP_THRESHOLD`
+/// 32 MiB, `M_TRIM_THRESHOLD` 1 GiB, `M_TOP_PAD` 64 MiB), and that heap is advised for
+/// transparent huge pages (one fault per 2 MiB). Measured: 18 600 → 2 100 faults, and digits
+/// 1 759 → 741. Where THP is disabled the advice is a no-op; other platforms change nothing.
 pub fn start_build_process() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only changes allocator parameters; called before any other thread runs.
+    // SAFETY: `mallopt`, `malloc`/`free` of a block of our own, `sbrk(0)` (a query) and `madvise`
+    // on the heap's own pages; called before any other thread exists.
     unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        // One heap allocation grows the heap by the top pad; the whole 2 MiB pages from it to
+        // the heap's end are then advised.
+        let probe = libc::malloc(1 << 20);
+        libc::free(probe);
+        const HUGE: usize = 2 << 20;
+        let start = (probe as usize).next_multiple_of(HUGE);
+        let end = libc::sbrk(0) as usize & !(HUGE - 1);
+        if !probe.is_null() && end > start {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
     }
 }
 
