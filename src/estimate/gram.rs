@@ -385,5 +385,26 @@ mod tests {
         let mut acc = GramAccumulator::new(3);
         assert!(acc.update(Matrix::zeros(4, 2).view()).is_err());
         assert!(acc.finish().is_err());
+        assert!(acc.finish_rows().is_err());
+    }
+
+    /// Kept rows without a formed covariance: the mean is `finish`'s to the bit, the covariance
+    /// formed on demand is `finish`'s, and a Gram that overflows is caught from the rows.
+    #[test]
+    fn moments_from_kept_rows_match_finish_and_catch_overflow() {
+        let x = Matrix::from_fn(5, 9, |i, j| ((i * 7 + j * 3) % 11) as f64 - 4.0 + j as f64);
+        let mut acc = GramAccumulator::new(9);
+        acc.update(x.view()).unwrap();
+        let (lean, full) = (acc.finish_rows().unwrap(), acc.finish().unwrap());
+        assert_eq!((lean.covariance.nrows(), &lean.mean, &lean.rows), (0, &full.mean, &full.rows));
+        assert_eq!(*lean.with_covariance().unwrap(), full);
+        let without = lean.clone().into_without_constant();
+        assert_eq!(without.rows.as_ref().unwrap(), full.without_constant().rows.as_ref().unwrap());
+        assert!(lean.checked("rows").is_ok());
+        let huge = Matrix::from_fn(5, 9, |i, j| if (i + j) % 2 == 0 { 1e200 } else { -1e200 });
+        let mut acc = GramAccumulator::new(9);
+        acc.update(huge.view()).unwrap();
+        let err = acc.finish_rows().unwrap().checked("huge rows").unwrap_err();
+        assert!(matches!(err, Error::NonFinite { .. }), "{err}");
     }
 }
