@@ -312,8 +312,12 @@ fn work(case: &Case, stats: &NodeStatistics, bases: &[NodeBasis]) -> [(&'static 
             grams.push(Op::Product(n, d, next));
         }
         if let Some(s) = stats.derivatives(k) {
-            // Preactivations and the derivative moments' Gram.
-            grams.extend([Op::Product(n, d, s.dim()), Op::Gram(n, s.dim())]);
+            // The derivative moments' Gram, after the preactivations `f W_fᵀ` except for a ReLU
+            // layer (its signs are read off the next node's activations).
+            if case.mlp.activations()[k] != Activation::Relu {
+                grams.push(Op::Product(n, d, s.dim()));
+            }
+            grams.push(Op::Gram(n, s.dim()));
         }
         let b = &bases[slot];
         if b.formula.is_none() {

@@ -11,7 +11,7 @@ use super::quadrature::Quadrature;
 use crate::data::{ActivationSampler, map_batches};
 use crate::error::{Error, Result};
 use crate::matrix::{Matrix, MatrixView};
-use crate::nn::{FoldedLinear, Network, Section, check_nodes};
+use crate::nn::{Activation, FoldedLinear, Network, Section, check_nodes};
 use crate::scratch::{ScratchMatrices, ScratchMatrix};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,18 @@ pub struct NodeStatistics {
     /// For each node whose section to the next selected node is a [`FoldedLinear`] or a
     /// residual block around one: moments of `s(x) = Σ_α w_α σ'(α z(x))`, `z` its pre-activations.
     derivatives: Vec<Option<GramAccumulator>>,
+}
+
+/// `±1` with the sign of each pre-activation `z` of a ReLU layer, from its outputs
+/// `h = [relu(z), …]` (the first `units` columns): `z > 0 ⇔ h > 0`, and `z ≤ 0` gives
+/// `σ'(αz) = σ'(−α) = 0` for every `α ≥ 0` as `σ'(0) = 0`.
+fn relu_signs(h: &Matrix, units: usize, z: &mut Matrix) {
+    z.resize(h.nrows(), units);
+    for x in 0..h.nrows() {
+        for (v, &y) in z.row_mut(x).iter_mut().zip(h.row(x)) {
+            *v = if y > 0.0 { 1.0 } else { -1.0 };
+        }
+    }
 }
 
 /// The sections whose derivative moments are collected, one per selected node.
@@ -104,10 +116,17 @@ impl NodeStatistics {
             let f = &acts[slot];
             check_node_rows(net, k, f, first_row)?;
             self.activations[slot].update(f.view())?;
-            if let (Some(acc), Some(layer)) =
-                (&mut self.derivatives[slot], sections[slot].as_ref().and_then(|s| derivative_layer(&**s)))
+            if let (Some(acc), Some(section)) = (&mut self.derivatives[slot], sections[slot].as_ref())
+                && let Some(layer) = derivative_layer(&**section)
             {
-                layer.preactivations(f.view(), &mut z);
+                match (section.structure(), acts.get(slot + 1)) {
+                    // ReLU: σ'(αz) depends on the sign of z alone, which the next node's
+                    // activations σ(z) already carry (no second `f W_fᵀ`).
+                    (Some(_), Some(next)) if layer.activation() == Activation::Relu => {
+                        relu_signs(next, layer.units(), &mut z)
+                    }
+                    _ => layer.preactivations(f.view(), &mut z),
+                }
                 layer.derivative_vectors(&z, &points, &mut s);
                 acc.update(s.view())?;
             }
@@ -218,4 +237,40 @@ pub(crate) fn check_node_rows(net: &dyn Network, k: usize, f: &Matrix, first_sam
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Mlp;
+    use crate::estimate::Quadrature;
+    use crate::nn::checked_section;
+
+    /// A ReLU layer's derivative moments read the signs off the next node's activations; they
+    /// equal, bit for bit, the moments of `σ'` at the recomputed pre-activations `f W_fᵀ`, for a
+    /// one-point and a five-point rule (rows without exact zeros, so no kink is ambiguous).
+    #[test]
+    fn relu_derivative_moments_from_the_next_node_equal_the_recomputed_ones() {
+        let mlp = Mlp::init(&[12, 9, 7, 3], crate::Activation::Relu, true, 4).unwrap();
+        let x = Matrix::from_fn(200, 12, |i, j| ((i * 13 + j * 7) % 17) as f64 * 0.21 - 1.6 + 0.013 * j as f64);
+        for quadrature in [Quadrature::Gradient, Quadrature::from_name("gauss-legendre", 4).unwrap()] {
+            let nodes = [0, 1, 2, 3];
+            let mut stats = NodeStatistics::new(&mlp, &nodes, Some(quadrature)).unwrap();
+            stats.update(&mlp, x.view(), 0).unwrap();
+            let mut acts = vec![Matrix::default(); nodes.len()];
+            mlp.forward_nodes(x.view(), &nodes, &mut acts).unwrap();
+            let points = quadrature.points();
+            for slot in 0..3 {
+                let section = checked_section(&mlp, nodes[slot], nodes[slot + 1]).unwrap();
+                let layer = section.structure().unwrap();
+                let (mut z, mut s) = (Matrix::default(), Matrix::default());
+                layer.preactivations(acts[slot].view(), &mut z);
+                layer.derivative_vectors(&z, &points, &mut s);
+                let mut reference = GramAccumulator::new(layer.units());
+                reference.update(s.view()).unwrap();
+                let got = stats.derivatives(nodes[slot]).unwrap();
+                assert!(got.finish().unwrap() == reference.finish().unwrap(), "node {slot}, {quadrature:?}");
+            }
+        }
+    }
 }
