@@ -217,15 +217,28 @@ pub fn accumulate_edges(
         .map(|((_, section), pair)| EdgePlan::new(&**section, &pair[0], &pair[1], 0..pair[1].dim(), config))
         .collect();
     let nodes: Vec<usize> = sections.iter().map(|(k, _)| *k).collect();
+    accumulate_plans(net, sampler, &nodes, &plans, config)
+}
+
+/// The sums of `plans` (plan `i` from input node `nodes[i]`, nodes increasing) in one pass over
+/// the rows: each work unit runs the network forward once to every input node and updates every
+/// plan's sums; units merge in row order.
+fn accumulate_plans(
+    net: &dyn Network,
+    sampler: &dyn ActivationSampler,
+    nodes: &[usize],
+    plans: &[EdgePlan<'_>],
+    config: &EdgeConfig,
+) -> Result<Vec<EdgeAccumulator>> {
     let points = config.quadrature.points();
     map_batches(
         sampler,
         config.batch_size,
-        || bases.windows(2).map(|pair| EdgeAccumulator::new(pair[1].dim(), pair[0].dim())).collect::<Vec<_>>(),
+        || plans.iter().map(|p| EdgeAccumulator::new(p.c_out.ncols(), p.c_in.ncols())).collect::<Vec<_>>(),
         |accs, first, x| {
             let mut acts = ScratchMatrices::take(nodes.len());
-            net.forward_nodes(x, &nodes, &mut acts)?;
-            for (((&k, plan), acc), f) in nodes.iter().zip(&plans).zip(accs.iter_mut()).zip(acts.iter()) {
+            net.forward_nodes(x, nodes, &mut acts)?;
+            for (((&k, plan), acc), f) in nodes.iter().zip(plans).zip(accs.iter_mut()).zip(acts.iter()) {
                 check_node_rows(net, k, f, first)?;
                 plan.update(acc, f.view(), first, &points)?;
             }
@@ -289,20 +302,9 @@ pub fn accumulate_edge_outputs(
     }
     check_sampler(net, sampler)?;
     let (k, section) = edge_section(net, input, output)?;
-    let points = config.quadrature.points();
-    let plan = EdgePlan::new(&*section, input, output, outputs.clone(), config);
-    map_batches(
-        sampler,
-        config.batch_size,
-        || EdgeAccumulator::new(outputs.len(), input.dim()),
-        |acc, first, x| {
-            let mut acts = ScratchMatrices::take(1);
-            net.forward_nodes(x, &[k], &mut acts)?;
-            check_node_rows(net, k, &acts[0], first)?;
-            plan.update(acc, acts[0].view(), first, &points)
-        },
-        |a, b| a.merge(&b),
-    )
+    let plan = EdgePlan::new(&*section, input, output, outputs, config);
+    let mut sums = accumulate_plans(net, sampler, &[k], std::slice::from_ref(&plan), config)?;
+    Ok(sums.pop().expect("one plan, one sum"))
 }
 
 /// What a batch update needs, prepared once per edge matrix.
