@@ -85,7 +85,7 @@ pub fn build_bases(
         let closed = stats.derivatives(k).filter(|_| formula == BasisFormula::Jacobian);
         let span = crate::profile::span("bases/m_dash");
         let (m_dash, lambda_dash) = match (closed, section.structure(), section.residual()) {
-            (Some(s), Some(layer), _) => (jacobian_gram::closed_form(layer, &s.finish()?, c_next, &points), None),
+            (Some(s), Some(layer), _) => (jacobian_gram::closed_form(layer, s, c_next, &points)?, None),
             (Some(s), None, Some(block)) => {
                 (jacobian_gram::closed_form_residual(block, &s.finish()?, c_next, &points)?, None)
             }
@@ -321,8 +321,7 @@ fn whitened_eigen(
         && g.nrows() < width
     {
         // G R⁺ᵀ = (G W⁺ᵀ) D^{1/2}.
-        let mut p = Matrix::zeros(g.nrows(), n);
-        crate::linalg::gemm(p.as_mut_slice(), g.view(), false, f.w_pinv.view(), true, 1.0, false);
+        let mut p = g.times_transposed(&f.w_pinv);
         for t in 0..p.nrows() {
             p.row_mut(t).iter_mut().zip(sqrt_d).for_each(|(v, s)| *v *= s);
         }

@@ -168,71 +168,118 @@ impl JacobianGramAccumulator {
 /// `M'`, dense or as `Gᵀ Â G` with a small core `Â`: the closed form is low-rank
 /// (`d_out + 1 ≪ d_in` for wide inputs), and `R⁺ M' R⁺ᵀ = (G R⁺ᵀ)ᵀ Â (G R⁺ᵀ)` then costs
 /// a fraction of the dense product.
-pub(crate) enum JacobianGram {
+pub(crate) enum JacobianGram<'a> {
     /// `M'` itself, `[d_in, d_in]`.
     Dense(Matrix),
     /// `M' = Gᵀ Â G` with `G` `[r, d_in]` and `Â` `[r, r]`.
-    Factored { g: Matrix, core: Matrix },
+    Factored { g: Factor<'a>, core: Matrix },
 }
 
-impl JacobianGram {
+impl JacobianGram<'_> {
     /// `P M' Pᵀ`.
     pub(crate) fn project(&self, p: &Matrix) -> Result<Matrix> {
         match self {
             JacobianGram::Dense(m) => p.matmul(m)?.matmul(&p.transpose()),
             JacobianGram::Factored { g, core } => {
-                let gp = g.matmul(&p.transpose())?;
+                let gp = g.times_transposed(p);
                 gp.transpose().matmul(core)?.matmul(&gp)
             }
         }
     }
 }
 
+/// The `G` of a factored `M'`, read from the layer's folded weight `W` without copying it (a
+/// `d_out × d_in` copy is a fresh matrix, whose page faults cost more than the closed form's
+/// arithmetic): the rows `[I]` (a residual block's skip path, `d_in` rows), then `W`, then
+/// `e_cᵀ` (the constant input coordinate, when the layer carries the constant).
+pub(crate) struct Factor<'a> {
+    identity: bool,
+    w: &'a Matrix,
+    constant: bool,
+}
+
+impl Factor<'_> {
+    /// Rows of `G`.
+    pub(crate) fn nrows(&self) -> usize {
+        let d_in = self.w.ncols();
+        usize::from(self.identity) * d_in + self.w.nrows() + usize::from(self.constant)
+    }
+
+    /// `G Xᵀ`, `[rows of G, rows of X]`; `X` has `d_in` columns.
+    pub(crate) fn times_transposed(&self, x: &Matrix) -> Matrix {
+        let (n, d_in) = (x.nrows(), self.w.ncols());
+        let mut out = Matrix::zeros(self.nrows(), n);
+        let skip = if self.identity { d_in * n } else { 0 };
+        if self.identity {
+            for (j, row) in (0..n).map(|j| (j, x.row(j))) {
+                for (i, &v) in row.iter().enumerate() {
+                    out[(i, j)] = v;
+                }
+            }
+        }
+        let w_rows = self.w.nrows() * n;
+        crate::linalg::gemm(
+            &mut out.as_mut_slice()[skip..skip + w_rows],
+            self.w.view(),
+            false,
+            x.view(),
+            true,
+            1.0,
+            false,
+        );
+        if self.constant {
+            let last = out.nrows() - 1;
+            for j in 0..n {
+                out[(last, j)] = x[(j, d_in - 1)];
+            }
+        }
+        out
+    }
+}
+
 /// `M' = E_x Σ_i g_i g_iᵀ` for one folded layer `[h, c] ↦ [σ(p), κ(c)]`, `p = W_f f`, with
-/// `g_i = Σ_α w_α J(αf)ᵀ C_next[:, i]`, from the moments of `s(x) = Σ_α w_α σ'(α p(x))`:
+/// `g_i = Σ_α w_α J(αf)ᵀ C_next[:, i]`, from the moments `s` of `s(x) = Σ_α w_α σ'(α p(x))`:
 ///
 /// `M' = W_fᵀ (Q ⊙ E[ssᵀ]) W_f + K (v e_cᵀ + e_c vᵀ) + K² ‖C_c‖² e_c e_cᵀ`
 ///
 /// with `Q = C_h C_hᵀ`, `v = W_fᵀ (E[s] ⊙ C_h C_cᵀ)`, `K = Σ_α w_α κ'(α)`, `C_h` / `C_c` the
 /// hidden rows / constant row of `C_next`, `e_c` the constant input coordinate. Returned as
 /// `Gᵀ Â G` with `G = [W_f; e_cᵀ]` and `Â = [[Q ⊙ E[ssᵀ], K(E[s] ⊙ C_h C_cᵀ)], [·ᵀ, K²‖C_c‖²]]`.
-pub(crate) fn closed_form(
-    layer: &FoldedLinear,
-    s: &Moments,
+///
+/// `Â` is formed in one buffer: the lower triangle of `C_next C_nextᵀ` holds `Q`, `C_c C_hᵀ`
+/// and `‖C_c‖²`; each entry is then scaled in place (`E[ssᵀ]` read from the accumulator's
+/// scatter, no covariance formed).
+pub(crate) fn closed_form<'a>(
+    layer: &'a FoldedLinear,
+    s: &GramAccumulator,
     c_next: &Matrix,
     points: &[QuadraturePoint],
-) -> JacobianGram {
+) -> Result<JacobianGram<'a>> {
     let w = layer.folded_weight();
-    let (d_out, d_in) = w.shape();
-    // C_h is the first d_out rows of C_next: a view, and Q = C_h C_hᵀ without copies.
-    let c_h = c_next.rows(0..d_out);
-    let mut q = Matrix::zeros(d_out, d_out);
-    crate::linalg::gemm(q.as_mut_slice(), c_h, false, c_h, true, 1.0, false);
-    // Q ⊙ E[ssᵀ] in place, E[ssᵀ] = Cov + μμᵀ read entry by entry (no d_out² copies).
-    for (i, row) in q.as_mut_slice().chunks_exact_mut(d_out.max(1)).enumerate() {
-        let (cov, mu_i) = (s.covariance.row(i), s.mean[i]);
-        for ((qv, c), mu_j) in row.iter_mut().zip(cov).zip(&s.mean) {
-            *qv *= c + mu_i * mu_j;
+    let d_out = w.nrows();
+    let constant = layer.carries_constant();
+    let r = d_out + usize::from(constant);
+    if s.dim() != d_out || c_next.nrows() < r {
+        return Err(Error::shape(
+            "closed-form M': derivative moments, C_next rows",
+            &[d_out, r],
+            &[s.dim(), c_next.nrows()],
+        ));
+    }
+    let s = s.folded()?;
+    let mut core = Matrix::zeros(r, r);
+    crate::linalg::kernel_lower_add(&mut core, c_next.rows(0..r), 1.0);
+    s.scale_by_second_moment_lower(&mut core)?;
+    if constant {
+        let k: f64 = points.iter().map(|p| p.weight * layer.constant_carrier(p.alpha).1).sum();
+        let mean = s.mean();
+        for (v, &mu) in core.row_mut(d_out).iter_mut().zip(mean) {
+            *v *= k * mu;
         }
+        core[(d_out, d_out)] *= k * k;
     }
-    if !layer.carries_constant() {
-        return JacobianGram::Factored { g: w.clone(), core: q };
-    }
-    let c_c = c_next.row(d_out);
-    let k: f64 = points.iter().map(|p| p.weight * layer.constant_carrier(p.alpha).1).sum();
-    let cross: Vec<f64> =
-        (0..d_out).map(|i| k * s.mean[i] * c_h.row(i).iter().zip(c_c).map(|(a, b)| a * b).sum::<f64>()).collect();
-    let corner = k * k * c_c.iter().map(|x| x * x).sum::<f64>();
-    let core = Matrix::from_fn(d_out + 1, d_out + 1, |i, j| match (i < d_out, j < d_out) {
-        (true, true) => q[(i, j)],
-        (true, false) => cross[i],
-        (false, true) => cross[j],
-        (false, false) => corner,
-    });
-    let mut g = Matrix::zeros(d_out + 1, d_in);
-    g.as_mut_slice()[..d_out * d_in].copy_from_slice(w.as_slice());
-    g[(d_out, d_in - 1)] = 1.0;
-    JacobianGram::Factored { g, core }
+    crate::linalg::symmetrize_from_lower(&mut core);
+    Ok(JacobianGram::Factored { g: Factor { identity: false, w, constant }, core })
 }
 
 /// `M'` of a residual block `f ↦ f + σ(f W_fᵀ) R` (see [`crate::nn::ResidualLayer`]), from the
@@ -243,12 +290,12 @@ pub(crate) fn closed_form(
 ///
 /// returned as `Gᵀ Â G` with `G = [I; W_f]` and `Â = [[K² CCᵀ, K CCᵀRᵀ diag(E[s])], [K diag(E[s])
 /// R CCᵀ, (R CCᵀ Rᵀ) ⊙ E[ssᵀ]]]`.
-pub(crate) fn closed_form_residual(
-    block: ResidualLayer<'_>,
+pub(crate) fn closed_form_residual<'a>(
+    block: ResidualLayer<'a>,
     s: &Moments,
     c_next: &Matrix,
     points: &[QuadraturePoint],
-) -> Result<JacobianGram> {
+) -> Result<JacobianGram<'a>> {
     let w = block.hidden.folded_weight();
     let (h, d) = w.shape();
     if block.readout.shape() != (h, d) || c_next.nrows() != d || s.mean.len() != h {
@@ -270,8 +317,7 @@ pub(crate) fn closed_form_residual(
         (false, true) => k * s.mean[i - d] * x[(i - d, j)],
         (false, false) => q[(i - d, j - d)] * s2[(i - d, j - d)],
     });
-    let g = Matrix::from_fn(d + h, d, |i, j| if i < d { f64::from(u8::from(i == j)) } else { w[(i - d, j)] });
-    Ok(JacobianGram::Factored { g, core })
+    Ok(JacobianGram::Factored { g: Factor { identity: true, w, constant: false }, core })
 }
 
 /// The cotangents `(t, i)` for `t` in output positions and `i` in `directions` of `c_out`:
@@ -394,4 +440,35 @@ fn update_one_minus_alpha_squared(
     }
     let rows = Matrix::from_fn(n, 2 * d, |r, j| if j < d { g[(r, j)] } else { f[(r, j - d)] });
     acc.update(rows.view())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `G Xᵀ` of every shape of factor equals the product with `G` written out densely.
+    #[test]
+    fn factor_times_transposed_equals_the_dense_product() {
+        let w = Matrix::from_fn(3, 5, |i, j| (i * 5 + j) as f64 - 6.5);
+        let x = Matrix::from_fn(4, 5, |i, j| ((i * 3 + j * 2) % 7) as f64 / 2.0 - 1.0);
+        for (identity, constant) in [(false, false), (false, true), (true, false)] {
+            let factor = Factor { identity, w: &w, constant };
+            let mut rows: Vec<Vec<f64>> = Vec::new();
+            if identity {
+                rows.extend((0..5).map(|i| (0..5).map(|j| f64::from(u8::from(i == j))).collect()));
+            }
+            rows.extend((0..3).map(|i| w.row(i).to_vec()));
+            if constant {
+                rows.push((0..5).map(|j| f64::from(u8::from(j == 4))).collect());
+            }
+            let g = Matrix::from_fn(rows.len(), 5, |i, j| rows[i][j]);
+            assert_eq!(factor.nrows(), g.nrows());
+            let expected = g.matmul(&x.transpose()).unwrap();
+            let got = factor.times_transposed(&x);
+            assert_eq!(got.shape(), expected.shape());
+            for (a, b) in got.as_slice().iter().zip(expected.as_slice()) {
+                assert!((a - b).abs() < 1e-12, "identity {identity}, constant {constant}: {a} vs {b}");
+            }
+        }
+    }
 }

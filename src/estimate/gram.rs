@@ -225,14 +225,58 @@ impl GramAccumulator {
         }
         if let Some(rows) = &self.rows {
             let rows = Matrix::from_vec(self.count as usize, self.dim(), rows.clone())?;
-            let mut full = GramAccumulator { rows: None, ..GramAccumulator::new(self.dim()) };
-            full.update(rows.view())?;
-            return Ok(Moments { rows: Some(rows), ..full.finish()? });
+            return Ok(Moments { rows: Some(rows), ..self.folded()?.finish()? });
         }
         let mut covariance = self.scatter.clone();
         linalg::symmetrize_from_lower(&mut covariance);
         covariance.as_mut_slice().iter_mut().for_each(|v| *v /= self.count as f64);
         Ok(Moments { count: self.count, mean: self.mean.clone(), covariance, rows: None })
+    }
+}
+
+impl GramAccumulator {
+    /// This state with kept rows folded into its mean and scatter (itself if none are kept).
+    pub(crate) fn folded(&self) -> Result<std::borrow::Cow<'_, GramAccumulator>> {
+        match &self.rows {
+            Some(rows) if self.count > 0 => {
+                let mut full = GramAccumulator { rows: None, ..GramAccumulator::new(self.dim()) };
+                full.update(MatrixView::new(self.count as usize, self.dim(), rows)?)?;
+                Ok(std::borrow::Cow::Owned(full))
+            }
+            _ => Ok(std::borrow::Cow::Borrowed(self)),
+        }
+    }
+
+    /// `E[x]` of a folded state (see [`Self::folded`]).
+    pub(crate) fn mean(&self) -> &[f64] {
+        &self.mean
+    }
+
+    /// `q ⊙ E[xxᵀ]` on the lower triangle of `q`'s leading `dim × dim` block, `E[xxᵀ]` read
+    /// entry by entry from the scatter (`scatter / count + μμᵀ`, the values of
+    /// [`Moments::second_moment`]) without forming a `dim × dim` matrix. Errors if no rows were
+    /// seen or `q` is smaller than `dim × dim`.
+    pub(crate) fn scale_by_second_moment_lower(&self, q: &mut Matrix) -> Result<()> {
+        let state = self.folded()?;
+        let d = state.dim();
+        if state.count == 0 {
+            return Err(Error::Empty { what: "GramAccumulator: second moment of no rows".into() });
+        }
+        if q.nrows() < d || q.ncols() < d {
+            return Err(Error::shape(
+                "GramAccumulator::scale_by_second_moment_lower",
+                &[d, d],
+                &[q.nrows(), q.ncols()],
+            ));
+        }
+        let count = state.count as f64;
+        for i in 0..d {
+            let (scatter, mu_i) = (&state.scatter.row(i)[..=i], state.mean[i]);
+            for ((v, &c), &mu_j) in q.row_mut(i)[..=i].iter_mut().zip(scatter).zip(&state.mean) {
+                *v *= c / count + mu_i * mu_j;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -406,5 +450,31 @@ mod tests {
         acc.update(huge.view()).unwrap();
         let err = acc.finish_rows().unwrap().checked("huge rows").unwrap_err();
         assert!(matches!(err, Error::NonFinite { .. }), "{err}");
+    }
+
+    /// `q ⊙ E[xxᵀ]` from the scatter equals the product with a two-pass `Cov + μμᵀ`, with the
+    /// rows kept (3 rows of 6) and folded (9 rows), on the leading block of a larger `q`.
+    #[test]
+    fn hadamard_with_the_second_moment_matches_a_two_pass_reference() {
+        for n in [3, 9] {
+            let x = Matrix::from_fn(n, 6, |i, j| ((i * 5 + j * 7) % 13) as f64 / 3.0 - 1.5 + 0.25 * j as f64);
+            let mut acc = GramAccumulator::new(6);
+            acc.update(x.view()).unwrap();
+            let (mean, cov) = dense(&x);
+            let q0 = Matrix::from_fn(7, 7, |i, j| 1.0 + (i * 7 + j) as f64 / 10.0);
+            let mut q = q0.clone();
+            acc.scale_by_second_moment_lower(&mut q).unwrap();
+            for i in 0..7 {
+                for j in 0..7 {
+                    let expected =
+                        if j <= i && i < 6 { q0[(i, j)] * (cov[(i, j)] + mean[i] * mean[j]) } else { q0[(i, j)] };
+                    assert!((q[(i, j)] - expected).abs() <= 1e-12 * expected.abs().max(1.0), "n {n} ({i}, {j})");
+                }
+            }
+            let mut small = Matrix::zeros(5, 5);
+            assert!(matches!(acc.scale_by_second_moment_lower(&mut small), Err(Error::ShapeMismatch { .. })));
+        }
+        let mut q = Matrix::zeros(6, 6);
+        assert!(matches!(GramAccumulator::new(6).scale_by_second_moment_lower(&mut q), Err(Error::Empty { .. })));
     }
 }
