@@ -211,8 +211,8 @@ impl Factor<'_> {
         let mut out = Matrix::zeros(self.nrows(), n);
         let skip = if self.identity { d_in * n } else { 0 };
         if self.identity {
-            for (j, row) in (0..n).map(|j| (j, x.row(j))) {
-                for (i, &v) in row.iter().enumerate() {
+            for j in 0..n {
+                for (i, &v) in x.row(j).iter().enumerate() {
                     out[(i, j)] = v;
                 }
             }
