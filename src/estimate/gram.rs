@@ -239,9 +239,7 @@ impl GramAccumulator {
     pub(crate) fn folded(&self) -> Result<std::borrow::Cow<'_, GramAccumulator>> {
         match &self.rows {
             Some(rows) if self.count > 0 => {
-                let mut full = GramAccumulator { rows: None, ..GramAccumulator::new(self.dim()) };
-                full.update(MatrixView::new(self.count as usize, self.dim(), rows)?)?;
-                Ok(std::borrow::Cow::Owned(full))
+                Ok(std::borrow::Cow::Owned(fold_rows(MatrixView::new(self.count as usize, self.dim(), rows)?)?))
             }
             _ => Ok(std::borrow::Cow::Borrowed(self)),
         }
@@ -280,6 +278,14 @@ impl GramAccumulator {
     }
 }
 
+/// An accumulator of `rows` with its mean and scatter formed (no rows kept, whatever their
+/// number): what a state that kept its rows finishes from.
+fn fold_rows(rows: MatrixView<'_>) -> Result<GramAccumulator> {
+    let mut full = GramAccumulator { rows: None, ..GramAccumulator::new(rows.ncols()) };
+    full.update(rows)?;
+    Ok(full)
+}
+
 /// The column means of a batch, summed in row order.
 fn row_mean(batch: MatrixView<'_>) -> Vec<f64> {
     let mut mean = vec![0.0; batch.ncols()];
@@ -298,9 +304,7 @@ impl Moments {
     pub(crate) fn with_covariance(&self) -> Result<std::borrow::Cow<'_, Moments>> {
         match &self.rows {
             Some(rows) if self.covariance.nrows() != self.mean.len() => {
-                let mut full = GramAccumulator { rows: None, ..GramAccumulator::new(self.mean.len()) };
-                full.update(rows.view())?;
-                Ok(std::borrow::Cow::Owned(Moments { rows: Some(rows.clone()), ..full.finish()? }))
+                Ok(std::borrow::Cow::Owned(Moments { rows: Some(rows.clone()), ..fold_rows(rows.view())?.finish()? }))
             }
             _ => Ok(std::borrow::Cow::Borrowed(self)),
         }
